@@ -1,0 +1,7 @@
+"""``python -m retnet``."""
+
+import sys
+
+from retnet.cli.__main__ import main
+
+sys.exit(main())

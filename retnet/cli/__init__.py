@@ -1,0 +1,1 @@
+"""The ``retnet`` command line: argv is parsed only in this package."""
