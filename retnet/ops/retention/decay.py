@@ -11,7 +11,7 @@ import math
 
 import torch
 
-DECAY_SCHEDULES = ("torchscale", "paper")
+DECAY_SCHEDULES = ("torchscale", "paper", "single", "none")
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -36,17 +36,18 @@ def log_decay_schedule(
     """Per-head ``log γ`` for one of the two schedules of SPEC §1.
 
     ``torchscale``: γ_h = 1 − 2^(−5−h). ``paper``: γ = 1 − exp(linspace(ln(1/32), ln(1/512), H)).
+    Two ablations of the paper's Table 6: ``single`` (γ = 127/128 for every head) and ``none`` (γ = 1).
     The values are computed in float64 and rounded once to ``dtype`` (float32 or float64), so a float64 run
     gets the exact float64 value rather than a widened float32 one.
 
     Args:
         num_heads: H, number of heads (≥ 1).
-        schedule: ``"torchscale"`` or ``"paper"``.
+        schedule: one of ``DECAY_SCHEDULES``.
         dtype: float32 or float64 (never a 16-bit type: 1 − 1/512 rounds to 1 in bf16).
         device: where to put the result.
 
     Returns:
-        ``(H,)`` tensor of log γ (all < 0).
+        ``(H,)`` tensor of log γ (≤ 0).
 
     Raises:
         ValueError: on an unknown schedule, ``num_heads < 1`` or a 16-bit dtype.
@@ -55,16 +56,19 @@ def log_decay_schedule(
         raise ValueError(f"num_heads must be >= 1, got {num_heads}")
     if dtype not in (torch.float32, torch.float64):
         raise ValueError(f"log-decay must be float32 or float64, got {dtype}")
-    heads = torch.arange(num_heads, dtype=torch.float64)
+    heads = torch.arange(num_heads, dtype=torch.float64, device=device)
     if schedule == "torchscale":
         one_minus_gamma = torch.pow(2.0, -5.0 - heads)
     elif schedule == "paper":
         if num_heads == 1:
-            one_minus_gamma = torch.tensor([1.0 / 32.0], dtype=torch.float64)
+            one_minus_gamma = torch.full_like(heads, 1.0 / 32.0)
         else:
-            one_minus_gamma = torch.exp(
-                torch.linspace(math.log(1 / 32), math.log(1 / 512), num_heads, dtype=torch.float64)
-            )
+            lo, hi = math.log(1 / 32), math.log(1 / 512)
+            one_minus_gamma = torch.exp(torch.linspace(lo, hi, num_heads, dtype=torch.float64, device=device))
+    elif schedule == "single":
+        one_minus_gamma = torch.full_like(heads, 1.0 / 128.0)
+    elif schedule == "none":
+        one_minus_gamma = torch.zeros_like(heads)
     else:
         raise ValueError(f"unknown decay schedule {schedule!r}; expected one of {DECAY_SCHEDULES}")
     return torch.log1p(-one_minus_gamma).to(dtype=dtype, device=device)

@@ -1,0 +1,101 @@
+"""``save_pretrained`` / ``from_pretrained``: safetensors + JSON config, written atomically, verified on load."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from .config import RetNetConfig
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CHECKSUM_NAME = "checksums.json"
+
+
+def sha256_file(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call ``write(tmp_path)`` then rename onto ``path`` (same directory, fsynced): readers never see half a file."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_pretrained(model, directory) -> None:
+    """Write the config, the weights (tied weights once) and their checksum into ``directory``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {}
+    seen = set()
+    for name, tensor in model.state_dict().items():
+        if tensor.data_ptr() in seen and name == "lm_head.weight":
+            continue  # tied to the embedding
+        seen.add(tensor.data_ptr())
+        state[name] = tensor.detach().contiguous().cpu()
+    meta = {"format": "pt", "library": "retnet"}
+    atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
+    checksum = {WEIGHTS_NAME: sha256_file(directory / WEIGHTS_NAME)}
+    atomic_write(directory / CHECKSUM_NAME, lambda p: p.write_text(json.dumps(checksum, indent=2) + "\n"))
+    atomic_write(directory / CONFIG_NAME, lambda p: model.config.save(p))
+
+
+def load_pretrained(cls, directory, *, device=None, dtype=None):
+    """Load and verify a checkpoint written by :func:`save_pretrained`.
+
+    Raises:
+        FileNotFoundError: a missing directory, config or weights file.
+        ValueError: a corrupt or truncated file, a checksum mismatch, or weights that do not fit the config.
+    """
+    directory = Path(directory)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory / name} not found (not a retnet checkpoint directory?)")
+    config = RetNetConfig.load(directory / CONFIG_NAME)
+    if (directory / CHECKSUM_NAME).is_file():
+        expected = json.loads((directory / CHECKSUM_NAME).read_text()).get(WEIGHTS_NAME)
+        if expected is not None and sha256_file(directory / WEIGHTS_NAME) != expected:
+            raise ValueError(f"{directory / WEIGHTS_NAME} does not match its checksum (corrupt or truncated)")
+    try:
+        state = load_file(str(directory / WEIGHTS_NAME))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise ValueError(f"cannot read {directory / WEIGHTS_NAME}: {err}") from None
+    with torch.device("meta"):
+        model = cls(config)
+    if config.tie_word_embeddings:
+        state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
+    expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    missing = sorted(set(expected_shapes) - set(state))
+    unexpected = sorted(set(state) - set(expected_shapes))
+    if missing or unexpected:
+        raise ValueError(f"checkpoint does not fit its config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+    for k, shape in expected_shapes.items():
+        if tuple(state[k].shape) != shape:
+            raise ValueError(f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, config expects {shape}")
+    model.load_state_dict(state, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
