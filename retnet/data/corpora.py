@@ -280,7 +280,13 @@ def resolve_source(source: str, cache_dir: str | Path, *, fetch: bool = True) ->
 
 
 def list_files(path: Path) -> list[Path]:
-    """Document files under ``path`` (itself if a file), sorted for determinism."""
+    """Document files under ``path`` (itself if a file), sorted for determinism.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no text files.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"corpus not found: {path}")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))

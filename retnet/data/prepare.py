@@ -213,3 +213,12 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"not a prepared dataset: {dataset_dir} (no {MANIFEST}; run 'retnet data prepare')")
     return json.loads(path.read_text())
+
+
+def encode_documents(tokenizer: Tokenizer, source: str | Path) -> np.ndarray:
+    """Tokenize the documents under ``source`` in memory (each followed by the separator): ``(N,)`` int64."""
+    parts = []
+    for _, text in iter_documents(Path(source)):
+        parts.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
+        parts.append(np.array([tokenizer.sep_id], dtype=np.int64))
+    return np.concatenate(parts)

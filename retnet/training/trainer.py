@@ -65,6 +65,7 @@ class TrainResult:
     tokens_per_s: float = 0.0
     mfu: float | None = None
     skipped: int = 0
+    rank: int = 0
 
 
 def lm_loss_sum(model: nn.Module, batch: Batch, form: str, chunk_size: int) -> torch.Tensor:
@@ -298,7 +299,7 @@ class _Trainer:
                 self.run_dir, self.num_params / 1e6, info.world_size, self.strategy, cfg.precision,
                 self.device.type, cfg.steps, cfg.batch_size, cfg.data.seq_len,
             )  # fmt: skip
-        result = TrainResult(self.run_dir, cfg.steps)
+        result = TrainResult(self.run_dir, cfg.steps, rank=info.rank)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
         start, window_t, window_tokens = time.time(), time.time(), 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
