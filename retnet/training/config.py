@@ -69,7 +69,11 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """AdamW and the learning-rate schedule (paper §3.1: β = (0.9, 0.98), weight decay 0.01-0.05, clip 2.0)."""
+    """AdamW and the learning-rate schedule (paper §3.1: β = (0.9, 0.98), weight decay 0.01-0.05, clip 2.0).
+
+    ``decay_steps`` is the length of the schedule (0: the run's ``steps``); setting it lets a run stop early
+    and be resumed later with more steps on the very same schedule.
+    """
 
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -78,6 +82,7 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.05
     warmup_steps: int = 50
+    decay_steps: int = 0
     schedule: str = "cosine"
     grad_clip: float = 2.0
 
@@ -195,6 +200,7 @@ class TrainConfig:
             "eval_every": self.eval_every,
             "eval_batches": self.eval_batches,
             "optim.warmup_steps": self.optim.warmup_steps,
+            "optim.decay_steps": self.optim.decay_steps,
             "checkpoint.every": self.checkpoint.every,
             "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip,
@@ -227,6 +233,11 @@ def _coerce(key: str, value, typ):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(key, value, args[0])
+    if isinstance(value, str) and typ in (int, float):
+        try:
+            return typ(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and typ is not str:
         try:
             value = yaml.safe_load(value)

@@ -208,7 +208,7 @@ class _Trainer:
     # ---- one step ----------------------------------------------------------------------------------------
     def _train_step(self) -> tuple[float, float]:
         cfg, info = self.cfg, self.info
-        lr = lr_at(self.step, cfg.steps, cfg.optim)
+        lr = lr_at(self.step, cfg.optim.decay_steps or cfg.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         windows = self.sampler.batch(self.step, cfg.batch_size, info.rank, info.world_size)
