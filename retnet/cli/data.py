@@ -20,7 +20,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_fetch)
 
     p = actions.add_parser("prepare", help="tokenize a corpus into memory-mapped token files")
-    p.add_argument("source", help="corpus name or a local text/JSONL file or folder")
+    p.add_argument("source", help="corpus name or local text/JSONL file or folder; comma-separated for a mixture")
     p.add_argument("out", help="output dataset folder")
     p.add_argument("--tokenizer", choices=["byte", "bpe"], default="byte")
     p.add_argument("--vocab-size", type=int, default=4096, help="BPE vocabulary size")
@@ -52,7 +52,8 @@ def run_fetch(args) -> int:
 def run_prepare(args) -> int:
     from ..data import prepare_dataset, read_manifest, resolve_source
 
-    source = resolve_source(args.source, args.cache_dir, fetch=not args.no_fetch)
+    names = [n for n in args.source.split(",") if n]
+    source = [resolve_source(n, args.cache_dir, fetch=not args.no_fetch) for n in names]
     out = prepare_dataset(
         source,
         args.out,

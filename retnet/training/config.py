@@ -43,7 +43,8 @@ class DataSection:
     """Corpus, tokenizer and sequence layout.
 
     Attributes:
-        corpus: a registered corpus name (fetched on demand) or a local text/JSONL file or folder.
+        corpus: a registered corpus name (fetched on demand) or a local text/JSONL file or folder; a
+            comma-separated list of them makes a mixture.
         dataset: a prepared dataset folder; empty derives one under ``cache_dir`` from corpus and tokenizer.
         tokenizer: "byte" or "bpe".
         vocab_size: BPE vocabulary size.
