@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 
@@ -34,7 +35,8 @@ def test_loss_decreases_and_artifacts(dataset, tmp_path):
     assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000036", "step_00000040"]
     for name in ("train_config.yaml", "tokenizer/tokenizer_config.json", "metrics.jsonl", "loss_curve.png"):
         assert (run / name).is_file(), name
-    assert any((run / "tensorboard").iterdir())
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any((run / "tensorboard").iterdir())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40]
     text = sample_text(load_trained(run), "the ", max_new_tokens=30, seed=0)
