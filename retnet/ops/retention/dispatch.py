@@ -114,8 +114,7 @@ def _check_cu_seqlens(cu_seqlens, q, initial_state, offset):
 
 
 def _triton_available(q) -> bool:
-    if not q.is_cuda:
-        return False
+    # CUDA tensors, or CPU tensors under Triton's interpreter (the CPU test suite; never picked by "auto").
     try:
         from ..triton_utils import triton_runtime_available
     except ImportError:
@@ -135,7 +134,7 @@ def _pick_backend(backend: str, q: torch.Tensor) -> str:
                 "(install `triton`, or use backend='torch')"
             )
         return "triton"
-    if available:
+    if available and q.is_cuda:
         return "triton"
     if q.is_cuda and not _fallback_logged:
         logger.warning("retention: Triton kernels unavailable on %s; using the PyTorch reference", q.device)
