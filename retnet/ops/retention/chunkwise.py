@@ -235,7 +235,10 @@ def _dqk_bwd_kernel(
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
 ):  # fmt: skip
-    """dQ_i = ((dO_i Vᵢᵀ) ⊙ D) K_i + ξ ⊙ dO_i S_{i−1}ᵀ;  dK_i = ((dO_i V_iᵀ) ⊙ D)ᵀ Q_i + ζ ⊙ V_i dS_iᵀ (dO scaled by r)."""
+    """dQ_i = ((dO_i V_iᵀ) ⊙ D) K_i + ξ ⊙ dO_i S_{i−1}ᵀ;  dK_i = ((dO_i V_iᵀ) ⊙ D)ᵀ Q_i + ζ ⊙ V_i dS_iᵀ.
+
+    dO is scaled by the saved row factors r first.
+    """
     i_k, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_decay + i_h).to(tl.float32)
