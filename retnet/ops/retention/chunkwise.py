@@ -337,11 +337,11 @@ def _dv_bwd_kernel(
 # Block sizes per kernel, measured on an H200 in bf16 (benchmarks/ops.py --sweep). Keys: kernel name; values:
 # (BK cap, BV cap, num_warps, num_stages). BK / BV are min(cap, next power of two of K / V).
 BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
-    "state_fwd": (64, 64, 4, 2),
-    "output_fwd": (64, 64, 4, 2),
-    "state_bwd": (64, 64, 4, 2),
-    "dqk_bwd": (64, 64, 4, 2),
-    "dv_bwd": (64, 64, 4, 2),
+    "state_fwd": (64, 64, 4, 3),
+    "output_fwd": (64, 64, 4, 3),
+    "state_bwd": (64, 64, 4, 3),
+    "dqk_bwd": (64, 64, 4, 3),
+    "dv_bwd": (64, 64, 4, 3),
 }
 CHUNK = 64
 """Chunk length BT of the kernels. The result does not depend on it (every form computes the same function)."""
