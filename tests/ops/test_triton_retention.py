@@ -80,9 +80,20 @@ def _check(name, got, ref64, ref_lp, dtype, scale=1.0):
     assert rms <= bound, f"{name}: RMS-relative err {rms:.3e} > {bound:.1e}"
 
 
+def _refused_on_this_device(dtype, with_state):
+    """16-bit chunkwise kernels with an initial state are refused on CUDA (``triton_limitation``)."""
+    return DEVICE.type == "cuda" and with_state and dtype in (torch.float16, torch.bfloat16)
+
+
 def _compare(B, T, H, K, V, dtype, offset=0, with_state=False, normalize=True):
     qkv, state, pos, w, wS = _inputs(B, T, H, K, V, dtype, offset, with_state)
-    out_k, pos_k, g_k = _run(qkv, state, pos, w, wS, dtype, H, "triton", normalize)
+    if _refused_on_this_device(dtype, with_state):
+        with pytest.raises(NotImplementedError, match="initial state with 16-bit"):
+            _run(qkv, state, pos, w, wS, dtype, H, "triton", normalize)
+        backend = "auto"  # falls back to the reference: still checked below against float64
+    else:
+        backend = "triton"
+    out_k, pos_k, g_k = _run(qkv, state, pos, w, wS, dtype, H, backend, normalize)
     out_64, pos_64, g_64 = _run([x.double() for x in qkv], state, pos, w, wS, torch.float64, H, "torch", normalize)
     out_lp, _, g_lp = _run(qkv, state, pos, w, wS, dtype, H, "torch", normalize)
     assert torch.equal(pos_k, pos_64)

@@ -109,7 +109,7 @@ def _state_fwd_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     p_S0 = tl.make_block_ptr(S0 + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-    b_S = tl.load(p_S0, boundary_check=(0, 1)).to(tl.float32)
+    b_S = tl.load(p_S0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     b_z = tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
@@ -123,8 +123,8 @@ def _state_fwd_kernel(
         p_v = tl.make_block_ptr(
             v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
-        b_kt = tl.load(p_kt, boundary_check=(0, 1)).to(tl.float32) * b_zeta[None, :]
-        b_v = tl.load(p_v, boundary_check=(0, 1))
+        b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
         b_v = tl.where(b_valid[:, None], b_v, 0.0).to(p_v.dtype.element_ty)
         # (BK, BT) @ (BT, BV) -> (BK, BV)
         b_S = b_S * b_gL + tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=IP)
@@ -159,9 +159,9 @@ def _output_fwd_kernel(
         )
         p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         o_k = i_k * BK + tl.arange(0, BK)
-        b_q = tl.load(p_q, boundary_check=(0, 1))
-        b_kt = tl.load(p_kt, boundary_check=(0, 1))
-        b_h = tl.load(p_h, boundary_check=(0, 1))
+        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero")
+        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
         b_z = tl.load(zh + (i_bh * NT + i_t) * K + o_k, mask=o_k < K, other=0.0)
         # (BT, BK) @ (BK, BV) -> (BT, BV)
         b_o += tl.dot(b_q, b_h, input_precision=IP)
@@ -171,7 +171,7 @@ def _output_fwd_kernel(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = _chunk_decays(lg, p0, i_t, T, BT)
     b_A = b_A * b_D
     p_v = tl.make_block_ptr(v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_v = tl.load(p_v, boundary_check=(0, 1))
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
     b_v = tl.where(b_valid[:, None], b_v, 0.0).to(p_v.dtype.element_ty)
     b_s = b_s * b_xi + tl.sum(b_A, axis=1)
     # (BT, BT) @ (BT, BV) -> (BT, BV)
@@ -204,7 +204,7 @@ def _state_bwd_kernel(
     p0 = tl.load(position + i_b)
     if HAS_DSF:
         p_dSf = tl.make_block_ptr(dS_final + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        b_dS = tl.load(p_dSf, boundary_check=(0, 1)).to(tl.float32)
+        b_dS = tl.load(p_dSf, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     else:
         b_dS = tl.zeros([BK, BV], dtype=tl.float32)
     for i_r in range(NT):
@@ -220,8 +220,8 @@ def _state_bwd_kernel(
         p_do = tl.make_block_ptr(
             do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
-        b_qt = tl.load(p_qt, boundary_check=(0, 1)).to(tl.float32) * (b_xi * b_r)[None, :]
-        b_do = tl.load(p_do, boundary_check=(0, 1))
+        b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         # (BK, BT) @ (BT, BV) -> (BK, BV)
         b_dS = b_dS * b_gL + tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=IP)
     p_dS0 = tl.make_block_ptr(dS0 + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
@@ -258,10 +258,10 @@ def _dqk_bwd_kernel(
         p_dht = tl.make_block_ptr(
             dh + (i_bh * NT + i_t) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1)
         )
-        b_v = tl.load(p_v, boundary_check=(0, 1))
-        b_do = tl.load(p_do, boundary_check=(0, 1))
-        b_ht = tl.load(p_ht, boundary_check=(0, 1))
-        b_dht = tl.load(p_dht, boundary_check=(0, 1))
+        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero")
+        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero")
         # (BT, BV) @ (BV, BT) -> (BT, BT)
         b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=IP)
         # (BT, BV) @ (BV, BK) -> (BT, BK)
@@ -273,8 +273,8 @@ def _dqk_bwd_kernel(
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
     p_q = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     p_k = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-    b_q = tl.load(p_q, boundary_check=(0, 1))
-    b_k = tl.load(p_k, boundary_check=(0, 1))
+    b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+    b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
     b_k = tl.where(b_valid[:, None], b_k, 0.0).to(p_k.dtype.element_ty)
     b_dA = (b_dA * b_r[:, None] * b_D).to(b_k.dtype)
     # (BT, BT) @ (BT, BK) -> (BT, BK)
@@ -310,9 +310,9 @@ def _dv_bwd_kernel(
             q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
         )
         p_dh = tl.make_block_ptr(dh + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        b_k = tl.load(p_k, boundary_check=(0, 1))
-        b_qt = tl.load(p_qt, boundary_check=(0, 1))
-        b_dh = tl.load(p_dh, boundary_check=(0, 1))
+        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+        b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero")
+        b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
         # (BT, BK) @ (BK, BT) -> (BT, BT)
         b_At += tl.dot(b_k, b_qt, input_precision=IP)
         # (BT, BK) @ (BK, BV) -> (BT, BV)
@@ -321,7 +321,7 @@ def _dv_bwd_kernel(
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
     p_do = tl.make_block_ptr(do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
-    b_do = tl.load(p_do, boundary_check=(0, 1))
+    b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
     b_At = (b_At * tl.trans(b_D) * b_r[None, :]).to(b_do.dtype)
     # (BT, BT) @ (BT, BV) -> (BT, BV)
     b_dv = b_dv * b_zeta[:, None] + tl.dot(b_At, b_do, input_precision=IP)

@@ -20,6 +20,21 @@ logger = logging.getLogger(__name__)
 _fp64_logged = False
 
 
+def triton_limitation(q: torch.Tensor, form: str, has_initial_state: bool, needs_grad: bool) -> str | None:
+    """Why the kernels must not run this call, or None when they may.
+
+    On sm90 (H200, Triton 3.6) the chunkwise kernels give wrong outputs and gradients when an initial state is
+    combined with 16-bit inputs: the state-dependent terms of the normaliser (forward) and of dq (backward) are
+    corrupted in a few rows, while float32 and stateless 16-bit runs match the reference. Until that is fixed,
+    such calls are refused rather than answered wrongly. The decode-step kernel is not affected.
+    """
+    if not (q.is_cuda and has_initial_state and q.dtype in (torch.float16, torch.bfloat16)):
+        return None
+    if form == "recurrent" and q.shape[1] <= RECURRENT_MAX_T and not needs_grad:
+        return None
+    return "the chunkwise Triton kernels do not yet support an initial state with 16-bit inputs on CUDA"
+
+
 def triton_retention(
     q: torch.Tensor,
     k: torch.Tensor,
