@@ -225,24 +225,25 @@ class _Trainer:
             total += loss_sum.detach().double()
         all_reduce_sum(total)
         loss = total.item() / (cfg.batch_size * cfg.data.seq_len)
-        grad_norm = math.nan
-        if math.isfinite(loss):
-            self.scaler.unscale_(self.optimizer)
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)) and not self.scaler.is_enabled():
-            self._non_finite(loss, grad_norm)
+        if not math.isfinite(loss):
+            self._non_finite(f"loss {loss}")
+            return loss, math.nan
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self._non_finite(f"gradient norm {grad_norm}")
             return loss, grad_norm
-        self.scaler.step(self.optimizer)  # fp16: skips the step itself on inf/NaN gradients
+        self.scaler.step(self.optimizer)  # fp16: the scaler skips the update on inf/NaN gradients
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.consecutive_skips = 0
         return loss, grad_norm
 
-    def _non_finite(self, loss: float, grad_norm: float) -> None:
+    def _non_finite(self, what: str) -> None:
+        """A NaN/inf loss, or NaN/inf gradients without a grad scaler (which handles fp16 overflow itself)."""
         self.optimizer.zero_grad(set_to_none=True)
-        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         if self.cfg.nan_policy == "stop":
             raise NonFiniteLossError(
                 f"non-finite {what} at step {self.step + 1}; stopped without saving (last checkpoint kept). "

@@ -81,14 +81,28 @@ def test_mixed_precision_runs(dataset, tmp_path, precision):
     assert res.losses[-1][1] < res.losses[0][1]
 
 
-def _nan_at(monkeypatch, step):
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _nan_at(monkeypatch, step, kind="loss"):
     calls = {"n": 0}
     real = trainer_mod.lm_loss_sum
 
     def loss_with_nan(model, batch, form, chunk_size):
         calls["n"] += 1
         loss = real(model, batch, form, chunk_size)
-        return loss * float("nan") if calls["n"] == step else loss
+        if calls["n"] != step:
+            return loss
+        return loss * float("nan") if kind == "loss" else _NanGradient.apply(loss)
 
     monkeypatch.setattr(trainer_mod, "lm_loss_sum", loss_with_nan)
 
@@ -103,6 +117,13 @@ def test_nan_stops_without_corrupting_checkpoints(dataset, tmp_path, monkeypatch
     monkeypatch.undo()
     resumed = _run(dataset, tmp_path / "nan", resume=str(tmp_path / "nan"), steps=12)
     assert all(math.isfinite(x) for _, x in resumed.losses)
+
+
+def test_nan_gradient_stops(dataset, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 2, kind="grad")
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient norm nan at step 2"):
+        _run(dataset, tmp_path / "nangrad", steps=4)
+    assert ckpt_io.list_checkpoints(tmp_path / "nangrad") == []
 
 
 def test_nan_skip_policy(dataset, tmp_path, monkeypatch):
