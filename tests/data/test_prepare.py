@@ -94,3 +94,5 @@ def test_packing_boundaries():
     assert segment_boundaries(np.array([[9, 1]]), sep).tolist() == [0, 1, 2]
     rows = make_batch(windows, sep, reset_at_boundaries=False)
     assert rows.input_ids.shape == (2, 4) and rows.cu_seqlens is None
+    no_docs = make_batch(np.array([[1, 2, 3], [4, 5, 9]]), sep)  # a separator only as the last target
+    assert no_docs.input_ids.shape == (2, 2) and no_docs.cu_seqlens is None
