@@ -37,8 +37,9 @@ def _fake_sdist(path: Path) -> Path:
     return path
 
 
-def _fake_deb(path: Path) -> Path:
-    data = _tar_bytes({"./usr/share/doc/python3.11/html/_sources/library/os.rst.txt": b"os module\n"}, "w")
+def _fake_deb(path: Path, files: dict[str, bytes] | None = None) -> Path:
+    files = files or {"./usr/share/doc/python3.11/html/_sources/library/os.rst.txt": b"os module\n"}
+    data = _tar_bytes(files, "w")
     members = [("debian-binary", b"2.0\n"), ("control.tar.xz", lzma.compress(b""))]
     members.append(("data.tar.xz", lzma.compress(data)))
     out = bytearray(b"!<arch>\n")
@@ -105,6 +106,13 @@ def test_fetch_deb_package(tmp_path):
     deb = _fake_deb(tmp_path / "python3.11-doc_all.deb")
     text = fetch_corpus("python-docs", tmp_path / "cache", downloader=lambda s, d: shutil.copy(deb, d))
     assert [t for _, t in iter_documents(text)] == ["os module\n"]
+
+
+def test_fetch_deb_with_inner_tarball(tmp_path):
+    inner = _tar_bytes({"linux-source-6.1/kernel/fork.c": b"int fork;\n", "linux-source-6.1/README": b"x"}, "w:xz")
+    deb = _fake_deb(tmp_path / "linux-source-6.1_all.deb", {"./usr/src/linux-source-6.1.tar.xz": inner})
+    text = fetch_corpus("linux", tmp_path / "cache", downloader=lambda s, d: shutil.copy(deb, d))
+    assert [(Path(k).name, t) for k, t in iter_documents(text)] == [("fork.c", "int fork;\n")]
 
 
 def test_unknown_and_missing_sources(tmp_path):
