@@ -124,7 +124,8 @@ class TrainConfig:
         form: training form, "parallel" or "chunkwise".
         chunk_size: chunk size of the chunkwise form.
         activation_checkpointing: recompute each block in the backward pass.
-        compile: wrap the model in ``torch.compile``.
+        compile: compile every block with ``torch.compile``.
+        compile_backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces without code generation).
         device: "auto", "cpu" or "cuda".
         eval_every: validate every N steps (0: only at the end).
         eval_batches: validation batches (of ``batch_size`` sequences) per evaluation; 0 means all.
@@ -148,6 +149,7 @@ class TrainConfig:
     chunk_size: int = 64
     activation_checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
     device: str = "auto"
     eval_every: int = 100
     eval_batches: int = 8

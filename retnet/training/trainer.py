@@ -153,7 +153,7 @@ class _Trainer:
             apply_activation_checkpointing(base)
         if cfg.compile:
             for block in base.model.layers:
-                block.compile()
+                block.compile(backend=cfg.compile_backend)
         self.strategy = resolve_strategy(cfg.parallel.strategy, info)
         self.model = wrap_model(base, self.strategy, info, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)

@@ -141,3 +141,11 @@ def test_corrupt_checkpoint_falls_back(dataset, tmp_path):
     assert ckpt_io.latest_checkpoint(tmp_path / "c").name == "step_00000006"
     with pytest.raises(ValueError, match="does not match its checksum"):
         ckpt_io.verify_checkpoint(newest)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_blocks_match_eager(dataset, tmp_path, backend):
+    extra = {"steps": 3, "model.num_hidden_layers": 1, "data.reset_at_boundaries": False}
+    eager = _run(dataset, tmp_path / "eager", **extra)
+    compiled = _run(dataset, tmp_path / "compiled", compile=True, compile_backend=backend, **extra)
+    assert [x for _, x in compiled.losses] == pytest.approx([x for _, x in eager.losses], rel=1e-4)
