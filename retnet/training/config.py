@@ -139,7 +139,7 @@ class TrainConfig:
     """
 
     run_dir: str = ""
-    name: str = "run"
+    name: str = "shakespeare"
     seed: int = 0
     steps: int = 300
     batch_size: int = 16

@@ -54,6 +54,12 @@ def test_repo_configs_load():
         assert isinstance(load_config([path]), TrainConfig), path
 
 
+def test_defaults_are_the_shakespeare_config():
+    from pathlib import Path
+
+    assert load_config([Path(__file__).parents[2] / "configs" / "shakespeare.yaml"]) == TrainConfig()
+
+
 def test_schedule_shapes():
     cfg = OptimSection(lr=1.0, warmup_steps=10, min_lr_ratio=0.1, schedule="cosine")
     assert lr_at(0, 100, cfg) == pytest.approx(0.1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from retnet.training import load_config, train
 
@@ -32,3 +33,13 @@ def test_two_processes_match_one(dataset, tmp_path, strategy):
             load_config([], fast_overrides(dataset, run, steps=8)), resume=str(run / "checkpoints" / "step_00000004")
         )
         assert [x for _, x in resumed.losses] == pytest.approx([x for _, x in single.losses][4:], rel=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_gpus_with_nccl_match_one(dataset, tmp_path, strategy):
+    extra = {"steps": 8, "device": "cuda", "parallel.backend": "nccl"}
+    single = train(load_config([], fast_overrides(dataset, tmp_path / "one", **extra)))
+    two = _two_ranks(dataset, tmp_path / strategy, tmp_path, **extra, **{"parallel.strategy": strategy})
+    assert two == pytest.approx([x for _, x in single.losses], rel=1e-3, abs=1e-4)
