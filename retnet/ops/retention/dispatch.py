@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ...utils.checks import values_checkable
 from .decay import compute_dtype
 from .reference import REFERENCE_FORMS
 from .state import RetentionState
@@ -49,7 +50,7 @@ def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
         raise TypeError(f"log_decay must be float32 or float64 (16-bit decays break the masks), got {log_decay.dtype}")
     if log_decay.device != q.device:
         raise ValueError(f"log_decay is on {log_decay.device} but q is on {q.device}")
-    if not torch.compiler.is_compiling():
+    if values_checkable():
         if not bool(torch.isfinite(log_decay).all()) or bool((log_decay > 0).any()):
             raise ValueError("log_decay must be finite and <= 0 (decays 0 < γ <= 1)")
     if form not in FORMS:
@@ -87,7 +88,7 @@ def _resolve_state(initial_state, offset, q, v) -> RetentionState:
         raise ValueError(f"initial_state must be on {q.device}")
     if not S.dtype.is_floating_point or not z.dtype.is_floating_point:
         raise TypeError("initial_state.S and .z must be floating tensors")
-    if offset is not None and not torch.compiler.is_compiling():
+    if offset is not None and values_checkable():
         if not bool((torch.as_tensor(offset, device=pos.device) == pos).all()):
             raise ValueError(
                 f"offset={offset!r} disagrees with the initial state's position {pos.tolist()}; "
