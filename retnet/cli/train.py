@@ -10,11 +10,17 @@ import argparse
 
 def register(subparsers) -> None:
     """Add the ``train`` subcommand."""
+    import textwrap
+
+    from ..training.config import describe_keys
+
+    keys = textwrap.fill("  ".join(describe_keys()), width=118, initial_indent="  ", subsequent_indent="  ")
     parser = subparsers.add_parser(
         "train",
         help="train a RetNet (default: small model on Shakespeare)",
         description="Train a RetNet. Settings come from YAML files (--config) and --key=value overrides such as "
         "--optim.lr=3e-4 --model.preset=small --data.corpus=sotu; see configs/ and docs/training.md.",
+        epilog="config keys and defaults (override any with --key=value):\n" + keys,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")

@@ -327,3 +327,16 @@ def load_config(paths: list[str | Path] = (), overrides: dict | None = None) -> 
         _apply(cfg, overrides)
     cfg.validate()
     return cfg
+
+
+def describe_keys(obj=None, prefix: str = "") -> list[str]:
+    """``key=default`` for every config key (dotted), for ``retnet train --help``."""
+    obj = TrainConfig() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += describe_keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}={value!r}")
+    return out
