@@ -303,6 +303,7 @@ class _Trainer:
         result = TrainResult(self.run_dir, cfg.steps, rank=info.rank)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
         start, window_t, window_tokens = time.time(), time.time(), 0
+        train_time, train_tokens = 0.0, 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
         while self.step < cfg.steps:
@@ -314,10 +315,11 @@ class _Trainer:
             if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
-                tok_s = window_tokens / max(time.time() - window_t, 1e-9)
+                elapsed = max(time.time() - window_t, 1e-9)
+                tok_s = window_tokens / elapsed
+                train_time, train_tokens = train_time + elapsed, train_tokens + window_tokens
                 mfu = tok_s * self.flops_per_token / (self.peak * info.world_size) if self.peak else None
                 window_t, window_tokens = time.time(), 0
-                result.tokens_per_s, result.mfu = tok_s, mfu
                 if metrics:
                     extra = {"mfu": mfu} if mfu is not None else {}
                     lr = self.optimizer.param_groups[0]["lr"]
@@ -338,8 +340,14 @@ class _Trainer:
                     )
             if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or end:
                 self._save()
+            if window_tokens == 0:
+                window_t = time.time()  # tokens/s and MFU measure training only, not validation or saving
         bar.close()
         result.wall_s, result.skipped = time.time() - start, self.skipped
+        # Throughput over the whole run, training steps only (validation and checkpoint time excluded).
+        result.tokens_per_s = train_tokens / max(train_time, 1e-9)
+        if self.peak:
+            result.mfu = result.tokens_per_s * self.flops_per_token / (self.peak * info.world_size)
         self._export()
         if metrics:
             metrics.close()
