@@ -18,20 +18,20 @@ STEPS = 18
 
 
 def _reference(dataset, run_dir, **extra):
-    train(load_config([], fast_overrides(dataset, run_dir, steps=STEPS, **extra)))
+    train(load_config([], fast_overrides(dataset, run_dir, **{"steps": STEPS, **extra})))
     return train_losses(run_dir)
 
 
 def _resume(dataset, run_dir, **extra):
-    train(load_config([], fast_overrides(dataset, run_dir, steps=STEPS, **extra)), resume=str(run_dir))
+    train(load_config([], fast_overrides(dataset, run_dir, **{"steps": STEPS, **extra})), resume=str(run_dir))
     return train_losses(run_dir)
 
 
 def test_sigkill_during_training_then_resume(dataset, tmp_path):
-    extra = {"checkpoint.every": 3}
+    extra = {"checkpoint.every": 3, "steps": 48}  # long enough to be still running when the kill comes
     expected = _reference(dataset, tmp_path / "ref", **extra)
     run = tmp_path / "killed"
-    proc = run_cli(["train", *to_argv(fast_overrides(dataset, run, steps=STEPS, **extra))])
+    proc = run_cli(["train", *to_argv(fast_overrides(dataset, run, **extra))])
     deadline = time.time() + 120
     while not (run / "checkpoints" / "step_00000003").exists():
         assert proc.poll() is None, proc.stdout.read()
