@@ -12,14 +12,14 @@ COMPARE_PRESETS: dict[str, dict] = {
     "tiny": dict(
         model=dict(hidden_size=64, num_hidden_layers=2, num_heads=2),
         baseline=dict(attention_head_dim=32, ssm_state_size=16, max_position_embeddings=512),
-        data=dict(tokenizer="byte", vocab_size=256, ood_max_bytes=2_000_000, eval_tokens=32_768),
+        data=dict(tokenizer="byte", vocab_size=256, ood_max_bytes=1_000_000, eval_tokens=32_768),
         train=dict(seq_len=128, batch_size=16, tokens=204_800, lr=3e-3, warmup_steps=10, log_every=5),
     ),
     "small": dict(
         # d = 512 with 2 heads keeps the paper's head dim 256; "reduce head dimension" then gives 8 heads of 64
         model=dict(hidden_size=512, num_hidden_layers=6, num_heads=2),
         baseline=dict(attention_head_dim=64, ssm_state_size=64, max_position_embeddings=2048),
-        data=dict(tokenizer="bpe", vocab_size=8192, ood_max_bytes=20_000_000, eval_tokens=262_144),
+        data=dict(tokenizer="bpe", vocab_size=8192, ood_max_bytes=3_000_000, eval_tokens=262_144),
         train=dict(
             seq_len=512, batch_size=64, tokens=4_194_304, lr=1.5e-3, warmup_steps=25, log_every=5, dtype="bfloat16"
         ),
