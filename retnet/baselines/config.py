@@ -8,7 +8,10 @@ settings are copied from the RetNet config being compared, so only the mixer dif
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 from ..layers.ffn import ACTIVATIONS
 
@@ -120,3 +123,12 @@ class MixerLMConfig:
         if unknown:
             raise ValueError(f"unknown MixerLMConfig field(s): {', '.join(unknown)}")
         return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MixerLMConfig:
+        """Read a config written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))
