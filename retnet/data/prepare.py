@@ -145,7 +145,7 @@ def prepare_dataset(
     try:
         texts = (text for _, text in iter_documents(source))
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", leave=False)
-        for ids, val, doc_id in zip(_encode_all(tok, texts, workers), in_val, doc_ids):
+        for ids, val in zip(_encode_all(tok, texts, workers), in_val):
             split = "val" if (by_document and val) else "train"
             arr = np.asarray(ids, dtype=dtype)
             files[split].write(arr.tobytes())

@@ -1,0 +1,315 @@
+"""``TrainConfig``: every setting of a training run, loaded from YAML files plus ``--key=value`` overrides.
+
+Sections are typed dataclasses (model, data, optim, parallel, checkpoint); keys are dotted on the command line
+(``--optim.lr=3e-4``). Unknown keys and values of the wrong type fail with a one-line ``ValueError`` naming the
+key and the valid choices. The resolved config is written into the run folder as ``train_config.yaml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+TRAIN_FORMS = ("parallel", "chunkwise")
+SCHEDULES = ("cosine", "linear", "constant")
+STRATEGIES = ("auto", "none", "ddp", "fsdp")
+NAN_POLICIES = ("stop", "skip")
+
+
+@dataclass
+class ModelSection:
+    """The model: a preset of :mod:`retnet.model.presets` plus optional overrides (None keeps the preset's)."""
+
+    preset: str = "tiny"
+    hidden_size: int | None = None
+    num_hidden_layers: int | None = None
+    num_heads: int | None = None
+    value_dim: int | None = None
+    ffn_dim: int | None = None
+    flavour: str | None = None
+    dropout: float | None = None
+    tie_word_embeddings: bool | None = None
+    backend: str | None = None
+
+
+@dataclass
+class DataSection:
+    """Corpus, tokenizer and sequence layout.
+
+    Attributes:
+        corpus: a registered corpus name (fetched on demand) or a local text/JSONL file or folder.
+        dataset: a prepared dataset folder; empty derives one under ``cache_dir`` from corpus and tokenizer.
+        tokenizer: "byte" or "bpe".
+        vocab_size: BPE vocabulary size.
+        seq_len: tokens per training sequence T.
+        val_fraction: held-out share when preparing.
+        reset_at_boundaries: pack rows into one with state resets at rows and documents (SPEC §3).
+        cache_dir: where corpora and prepared datasets live.
+        fetch: allow downloading a registered corpus that is not cached.
+        workers: tokenisation processes when preparing.
+    """
+
+    corpus: str = "shakespeare"
+    dataset: str = ""
+    tokenizer: str = "byte"
+    vocab_size: int = 4096
+    seq_len: int = 256
+    val_fraction: float = 0.05
+    reset_at_boundaries: bool = True
+    cache_dir: str = "~/.cache/retnet"
+    fetch: bool = True
+    workers: int = 1
+
+
+@dataclass
+class OptimSection:
+    """AdamW and the learning-rate schedule (paper §3.1: β = (0.9, 0.98), weight decay 0.01-0.05, clip 2.0)."""
+
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.98
+    eps: float = 1e-8
+    weight_decay: float = 0.05
+    warmup_steps: int = 50
+    schedule: str = "cosine"
+    grad_clip: float = 2.0
+
+
+@dataclass
+class ParallelSection:
+    """How the model is spread over ranks.
+
+    Attributes:
+        strategy: "auto" (DDP when more than one rank), "none", "ddp" or "fsdp" (FSDP2 ``fully_shard`` per block).
+        backend: process-group backend; empty picks nccl on CUDA and gloo otherwise.
+    """
+
+    strategy: str = "auto"
+    backend: str = ""
+
+
+@dataclass
+class CheckpointSection:
+    """Checkpointing: every ``every`` steps (0: only at the end), keeping the last ``keep``."""
+
+    every: int = 100
+    keep: int = 2
+
+
+@dataclass
+class TrainConfig:
+    """A training run.
+
+    Attributes:
+        run_dir: output folder; empty makes ``runs/<name>-<timestamp>``.
+        name: run name used for the default run folder.
+        seed: seeds the model init, data order and sampling.
+        steps: optimizer steps.
+        batch_size: global batch in sequences per optimizer step (over all ranks and micro-batches).
+        micro_batch_size: sequences per forward/backward on one rank; 0 means batch_size / world size.
+        precision: "fp32", "bf16" (autocast) or "fp16" (autocast + grad scaler).
+        form: training form, "parallel" or "chunkwise".
+        chunk_size: chunk size of the chunkwise form.
+        activation_checkpointing: recompute each block in the backward pass.
+        compile: wrap the model in ``torch.compile``.
+        device: "auto", "cpu" or "cuda".
+        eval_every: validate every N steps (0: only at the end).
+        eval_batches: validation batches (of ``batch_size`` sequences) per evaluation; 0 means all.
+        log_every: steps between metric records.
+        nan_policy: "stop" the run on a non-finite loss or "skip" the step.
+        max_skips: stop after this many consecutive skipped steps.
+        sample_tokens: tokens sampled at the end of training (0: none).
+        sample_prompt: prompt of that sample.
+        tensorboard: also write TensorBoard events (if tensorboard is installed).
+        peak_tflops: accelerator peak for MFU; 0 looks the device up.
+    """
+
+    run_dir: str = ""
+    name: str = "run"
+    seed: int = 0
+    steps: int = 300
+    batch_size: int = 16
+    micro_batch_size: int = 0
+    precision: str = "fp32"
+    form: str = "chunkwise"
+    chunk_size: int = 64
+    activation_checkpointing: bool = False
+    compile: bool = False
+    device: str = "auto"
+    eval_every: int = 100
+    eval_batches: int = 8
+    log_every: int = 10
+    nan_policy: str = "stop"
+    max_skips: int = 10
+    sample_tokens: int = 200
+    sample_prompt: str = "\n"
+    tensorboard: bool = True
+    peak_tflops: float = 0.0
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    parallel: ParallelSection = field(default_factory=ParallelSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Check values.
+
+        Raises:
+            ValueError: the first bad value, named by its dotted key.
+        """
+        choices = {
+            "precision": (self.precision, PRECISIONS),
+            "form": (self.form, TRAIN_FORMS),
+            "nan_policy": (self.nan_policy, NAN_POLICIES),
+            "optim.schedule": (self.optim.schedule, SCHEDULES),
+            "parallel.strategy": (self.parallel.strategy, STRATEGIES),
+            "data.tokenizer": (self.data.tokenizer, ("byte", "bpe")),
+            "device": (self.device, ("auto", "cpu", "cuda")),
+        }
+        for key, (value, allowed) in choices.items():
+            if value not in allowed:
+                raise ValueError(f"config {key}={value!r} is invalid; expected one of {', '.join(allowed)}")
+        positive = {
+            "steps": self.steps,
+            "batch_size": self.batch_size,
+            "chunk_size": self.chunk_size,
+            "data.seq_len": self.data.seq_len,
+            "log_every": self.log_every,
+            "checkpoint.keep": self.checkpoint.keep,
+        }
+        for key, value in positive.items():
+            if value < 1:
+                raise ValueError(f"config {key}={value!r} is invalid; it must be >= 1")
+        non_negative = {
+            "micro_batch_size": self.micro_batch_size,
+            "eval_every": self.eval_every,
+            "eval_batches": self.eval_batches,
+            "optim.warmup_steps": self.optim.warmup_steps,
+            "checkpoint.every": self.checkpoint.every,
+            "optim.weight_decay": self.optim.weight_decay,
+            "optim.grad_clip": self.optim.grad_clip,
+        }
+        for key, value in non_negative.items():
+            if value < 0:
+                raise ValueError(f"config {key}={value!r} is invalid; it must be >= 0")
+        if not self.optim.lr > 0:
+            raise ValueError(f"config optim.lr={self.optim.lr!r} is invalid; it must be > 0")
+        if not 0 < self.data.val_fraction < 1:
+            raise ValueError(f"config data.val_fraction={self.data.val_fraction!r} is invalid; it must be in (0, 1)")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        """Write the config as YAML."""
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+
+def _field_types(cls) -> dict[str, typing.Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(key: str, value, typ):
+    """Convert ``value`` (from YAML or a command-line string) to ``typ``; raise ValueError on mismatch."""
+    origin = typing.get_origin(typ)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(typ) if a is not type(None)]
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            return None
+        return _coerce(key, value, args[0])
+    if isinstance(value, str) and typ is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as err:
+            raise ValueError(f"config {key}: cannot parse {value!r}") from err
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+    elif typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif typ is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+    raise ValueError(f"config {key}={value!r} is invalid; expected {typ.__name__}")
+
+
+def _apply(obj, data: dict, prefix: str = "") -> None:
+    hints = _field_types(type(obj))
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in hints:
+            valid = ", ".join(f"{prefix}{k}" for k in hints)
+            raise ValueError(f"unknown config key {full!r}; valid keys: {valid}")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"config {full} must be a mapping of its keys, got {value!r}")
+            _apply(current, value, f"{full}.")
+        else:
+            setattr(obj, key, _coerce(full, value, hints[key]))
+
+
+def parse_overrides(args: list[str]) -> dict:
+    """``["--optim.lr=3e-4", "--steps", "10"]`` -> ``{"optim": {"lr": "3e-4"}, "steps": "10"}``.
+
+    Raises:
+        ValueError: an argument that is not ``--key=value`` or ``--key value``.
+    """
+    out: dict = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if not arg.startswith("--") or len(arg) <= 2:
+            raise ValueError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --optim.lr=3e-4)")
+        if "=" in arg:
+            key, value = arg[2:].split("=", 1)
+        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
+            key, value = arg[2:], args[i + 1]
+            i += 1
+        else:
+            raise ValueError(f"override {arg!r} has no value; write --key=value")
+        node = out
+        *parents, leaf = key.replace("-", "_").split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+        i += 1
+    return out
+
+
+def load_config(paths: list[str | Path] = (), overrides: dict | None = None) -> TrainConfig:
+    """Build a :class:`TrainConfig` from YAML files (later ones win) and then ``overrides``.
+
+    Raises:
+        FileNotFoundError: a missing YAML file.
+        ValueError: unknown keys, bad values, or a YAML file that is not a mapping.
+    """
+    cfg = TrainConfig()
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        data = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of keys")
+        _apply(cfg, data)
+    if overrides:
+        _apply(cfg, overrides)
+    cfg.validate()
+    return cfg

@@ -1,0 +1,103 @@
+"""Validation and ``retnet eval``: loss, perplexity and bits per byte over a token stream, in any form.
+
+Bits per byte = total cross-entropy (nats) / ln 2 / UTF-8 bytes of the predicted tokens, so runs with different
+tokenizers compare. Windows are taken in stream order; each rank evaluates an equal share and the sums are
+all-reduced. Any sequence length works, including lengths beyond training (long-context evaluation; use the
+chunkwise or recurrent form there).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data import WindowSampler, make_batch
+from .distributed import DistInfo, all_reduce_sum
+
+
+@dataclass
+class EvalResult:
+    """Validation metrics (loss in nats per token)."""
+
+    loss: float
+    perplexity: float
+    bits_per_byte: float
+    tokens: int
+    bytes: int
+
+    def as_dict(self) -> dict:
+        return {"loss": self.loss, "ppl": self.perplexity, "bpb": self.bits_per_byte, "tokens": self.tokens}
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    batch_size: int,
+    token_bytes: np.ndarray,
+    sep_id: int,
+    form: str = "chunkwise",
+    chunk_size: int = 64,
+    reset_at_boundaries: bool = True,
+    max_windows: int = 0,
+    device: torch.device | str = "cpu",
+    autocast: contextlib.AbstractContextManager | None = None,
+    info: DistInfo | None = None,
+) -> EvalResult:
+    """Evaluate ``model`` on windows of ``tokens``.
+
+    Args:
+        model: the (possibly wrapped) model; put in eval mode for the call.
+        tokens: the token stream.
+        seq_len: tokens per window.
+        batch_size: windows per forward pass on each rank.
+        token_bytes: ``(vocab,)`` bytes per token.
+        sep_id: the document separator.
+        form: "parallel", "chunkwise" or "recurrent".
+        chunk_size: chunk size of the chunkwise form.
+        reset_at_boundaries: reset the state at document boundaries.
+        max_windows: evaluate at most the first this many windows (0: the whole stream).
+        device: where the model lives.
+        autocast: a context manager for mixed precision.
+        info: this rank.
+
+    Raises:
+        ValueError: a stream too short for one window per rank.
+    """
+    info = info or DistInfo()
+    sampler = WindowSampler(tokens, seq_len, shuffle=False)
+    total = min(sampler.num_windows, max_windows) if max_windows else sampler.num_windows
+    per_rank = total // info.world_size
+    if per_rank < 1:
+        raise ValueError(f"{len(tokens)} tokens are too few for {info.world_size} window(s) of {seq_len + 1}")
+    table = torch.from_numpy(token_bytes)
+    sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
+    was_training = model.training
+    model.eval()
+    first = info.rank * per_rank
+    for start in range(0, per_rank, batch_size):
+        idx = range(first + start, first + min(start + batch_size, per_rank))
+        batch = make_batch(np.stack([sampler.window(i) for i in idx]), sep_id, reset_at_boundaries).to(device)
+        with autocast or contextlib.nullcontext():
+            logits = model(batch.input_ids, form=form, chunk_size=chunk_size, cu_seqlens=batch.cu_seqlens).logits
+        nats = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+        sums += torch.tensor([nats.item(), batch.num_tokens, table[batch.targets.cpu()].sum().item()], dtype=sums.dtype)
+    model.train(was_training)
+    all_reduce_sum(sums)
+    nats, count, nbytes = sums.tolist()
+    loss = nats / count
+    return EvalResult(
+        loss=loss,
+        perplexity=math.exp(min(loss, 700.0)),
+        bits_per_byte=nats / math.log(2) / max(nbytes, 1.0),
+        tokens=int(count),
+        bytes=int(nbytes),
+    )

@@ -1,0 +1,366 @@
+"""The training loop of ``retnet train``: one CPU to many GPUs, exact resume, NaN guard, metrics.
+
+Per optimizer step: the rank's share of the global batch (a pure function of the step, see
+:mod:`retnet.data.dataset`) is split into micro-batches; each contributes its summed next-token cross-entropy
+divided by the global token count (times the world size, because DDP and FSDP average gradients over ranks),
+so the gradient is the same for any rank count and accumulation split. Then the loss is all-reduced and checked
+(non-finite: stop or skip, never saved), gradients are unscaled (fp16), clipped and applied. The learning rate
+is a function of the step. Checkpoints (:mod:`retnet.training.checkpoint`) hold everything needed to continue
+bit-for-bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from tqdm import tqdm
+
+from ..data import Batch, PreparedDataset, WindowSampler, make_batch
+from ..model import RetNetForCausalLM
+from . import checkpoint as ckpt_io
+from .build import ensure_dataset, model_config, pick_device
+from .config import TrainConfig
+from .distributed import (
+    DistInfo,
+    all_reduce_sum,
+    barrier,
+    broadcast_object,
+    init_distributed,
+    resolve_strategy,
+    teardown,
+    wrap_model,
+)
+from .evaluate import EvalResult, evaluate
+from .flops import peak_flops, train_flops_per_token
+from .metrics import MetricsLogger, plot_loss_curve
+from .optim import build_optimizer
+from .schedule import lr_at
+
+logger = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN/inf loss or gradient and the policy says stop."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced."""
+
+    run_dir: Path
+    steps: int
+    losses: list[tuple[int, float]] = field(default_factory=list)
+    val: EvalResult | None = None
+    wall_s: float = 0.0
+    tokens_per_s: float = 0.0
+    mfu: float | None = None
+    skipped: int = 0
+
+
+def lm_loss_sum(model: nn.Module, batch: Batch, form: str, chunk_size: int) -> torch.Tensor:
+    """Summed next-token cross-entropy of ``batch`` (float32 scalar)."""
+    logits = model(batch.input_ids, form=form, chunk_size=chunk_size, cu_seqlens=batch.cu_seqlens).logits
+    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+
+
+def apply_activation_checkpointing(model: RetNetForCausalLM) -> None:
+    """Recompute every block in the backward pass (parameter names are unchanged)."""
+    for block in model.model.layers:
+        block.forward = _checkpointed(block.forward)
+
+
+def _checkpointed(fn):
+    def forward(*args, **kwargs):
+        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
+
+    return forward
+
+
+def _autocast(cfg: TrainConfig, device: torch.device):
+    if cfg.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+
+
+def resolve_run_dir(cfg: TrainConfig, resume: str | None, info: DistInfo) -> Path:
+    """The run folder: from ``resume``, ``cfg.run_dir``, or ``runs/<name>-<timestamp>`` (chosen by rank 0).
+
+    Raises:
+        ValueError: ``cfg.run_dir`` already holds checkpoints and no resume was asked for.
+    """
+    if resume:
+        path = Path(resume)
+        return path.parent.parent if (path / ckpt_io.MANIFEST).is_file() else path
+    if cfg.run_dir:
+        path = Path(cfg.run_dir)
+        if ckpt_io.list_checkpoints(path):
+            raise ValueError(f"run folder {path} already has checkpoints; pass --resume {path} or another --run_dir")
+        return path
+    stamp = broadcast_object(datetime.now().strftime("%Y%m%d-%H%M%S"))
+    return Path("runs") / f"{cfg.name}-{stamp}"
+
+
+def train(cfg: TrainConfig, *, resume: str | None = None) -> TrainResult:
+    """Run training as described by ``cfg`` (every rank of a ``torchrun`` job calls this).
+
+    Args:
+        cfg: the run's configuration.
+        resume: a run folder (its latest valid checkpoint) or a checkpoint folder to continue from.
+
+    Raises:
+        NonFiniteLossError: a NaN/inf loss with ``nan_policy="stop"`` (or too many skipped steps).
+        ValueError / FileNotFoundError: bad configuration, data or checkpoint.
+    """
+    device_type = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
+    info = init_distributed(cfg.parallel.backend, device_type)
+    try:
+        return _Trainer(cfg, info, resume).run()
+    finally:
+        teardown()
+
+
+class _Trainer:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: str | None) -> None:
+        self.cfg, self.info = cfg, info
+        self.device = pick_device(cfg, info)
+        self.run_dir = resolve_run_dir(cfg, resume, info)
+        self.resume_from = ckpt_io.resolve_checkpoint(resume) if resume else None
+        per_rank, rem = divmod(cfg.batch_size, info.world_size)
+        if rem:
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} ranks")
+        self.micro = cfg.micro_batch_size or per_rank
+        if per_rank % self.micro:
+            raise ValueError(f"micro_batch_size {self.micro} does not divide the per-rank batch {per_rank}")
+        self.data = PreparedDataset(ensure_dataset(cfg.data, info, cfg.seed))
+        self.tokenizer = self.data.tokenizer
+        self.sampler = WindowSampler(self.data.tokens("train"), cfg.data.seq_len, seed=cfg.seed)
+        self.model_cfg = model_config(cfg.model, self.tokenizer.vocab_size)
+        torch.manual_seed(cfg.seed)  # identical initialisation on every rank
+        base = RetNetForCausalLM(self.model_cfg).to(self.device)
+        self.num_params = base.num_parameters()
+        if cfg.activation_checkpointing:
+            apply_activation_checkpointing(base)
+        if cfg.compile:
+            for block in base.model.layers:
+                block.compile()
+        self.strategy = resolve_strategy(cfg.parallel.strategy, info)
+        self.model = wrap_model(base, self.strategy, info, self.device)
+        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
+        self.autocast = _autocast(cfg, self.device)
+        self.step, self.tokens_seen, self.skipped, self.consecutive_skips = 0, 0, 0, 0
+        self.flops_per_token = train_flops_per_token(
+            self.model_cfg, self.num_params, cfg.data.seq_len, cfg.form, cfg.chunk_size
+        )
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
+        self.peak = peak_flops(name, cfg.precision, cfg.peak_tflops)
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def _write_extras(self, folder: Path) -> None:
+        self.cfg.save(folder / "train_config.yaml")
+        self.tokenizer.save(folder / "tokenizer")
+
+    def _trainer_state(self) -> dict:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "skipped": self.skipped,
+            "consecutive_skips": self.consecutive_skips,
+            "scaler": self.scaler.state_dict(),
+            "data": {"sampler_seed": self.cfg.seed, "windows_served": self.step * self.cfg.batch_size},
+            "tokenizer_hash": self.tokenizer.fingerprint(),
+        }
+
+    def _save(self) -> None:
+        ckpt_io.save_checkpoint(
+            self.run_dir,
+            self.step,
+            self.model,
+            self.optimizer,
+            self._trainer_state(),
+            info=self.info,
+            model_config=self.model_cfg,
+            write_extras=self._write_extras,
+            keep=self.cfg.checkpoint.keep,
+        )
+
+    def _load(self, path: Path) -> None:
+        state = ckpt_io.load_checkpoint(path, self.model, self.optimizer, info=self.info, model_config=self.model_cfg)
+        if state.get("tokenizer_hash") != self.tokenizer.fingerprint():
+            raise ValueError(f"checkpoint {path} was trained with another tokenizer than dataset {self.data.path}")
+        self.step, self.tokens_seen = state["step"], state["tokens_seen"]
+        self.skipped, self.consecutive_skips = state["skipped"], state["consecutive_skips"]
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        logger.info("resumed from %s at step %d", path, self.step)
+
+    # ---- one step ----------------------------------------------------------------------------------------
+    def _train_step(self) -> tuple[float, float]:
+        cfg, info = self.cfg, self.info
+        lr = lr_at(self.step, cfg.steps, cfg.optim)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        windows = self.sampler.batch(self.step, cfg.batch_size, info.rank, info.world_size)
+        scale = info.world_size / (cfg.batch_size * cfg.data.seq_len)
+        n_micro = len(windows) // self.micro
+        total = torch.zeros((), dtype=torch.float64, device=self.device)
+        for i in range(n_micro):
+            part = windows[i * self.micro : (i + 1) * self.micro]
+            batch = make_batch(part, self.data.sep_id, cfg.data.reset_at_boundaries).to(self.device)
+            last = i == n_micro - 1
+            with self._sync_context(last), self.autocast:
+                loss_sum = lm_loss_sum(self.model, batch, cfg.form, cfg.chunk_size)
+            self.scaler.scale(loss_sum * scale).backward()
+            total += loss_sum.detach().double()
+        all_reduce_sum(total)
+        loss = total.item() / (cfg.batch_size * cfg.data.seq_len)
+        grad_norm = math.nan
+        if math.isfinite(loss):
+            self.scaler.unscale_(self.optimizer)
+            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)) and not self.scaler.is_enabled():
+            self._non_finite(loss, grad_norm)
+            return loss, grad_norm
+        self.scaler.step(self.optimizer)  # fp16: skips the step itself on inf/NaN gradients
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.consecutive_skips = 0
+        return loss, grad_norm
+
+    def _non_finite(self, loss: float, grad_norm: float) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
+        if self.cfg.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite {what} at step {self.step + 1}; stopped without saving (last checkpoint kept). "
+                "Lower optim.lr, use precision=fp32/bf16, or set nan_policy=skip"
+            )
+        self.skipped += 1
+        self.consecutive_skips += 1
+        logger.warning("skipping step %d: non-finite %s", self.step + 1, what)
+        if self.consecutive_skips > self.cfg.max_skips:
+            raise NonFiniteLossError(f"{self.consecutive_skips} consecutive non-finite steps; stopping")
+
+    def _sync_context(self, last: bool):
+        if last:
+            return contextlib.nullcontext()
+        if self.strategy == "ddp":
+            return self.model.no_sync()
+        if self.strategy == "fsdp":
+            return _fsdp_no_sync(self.model)
+        return contextlib.nullcontext()
+
+    def _evaluate(self) -> EvalResult:
+        cfg = self.cfg
+        return evaluate(
+            self.model,
+            self.data.tokens("val"),
+            seq_len=cfg.data.seq_len,
+            batch_size=max(self.micro, 1),
+            token_bytes=self.tokenizer.token_bytes(),
+            sep_id=self.data.sep_id,
+            form=cfg.form,
+            chunk_size=cfg.chunk_size,
+            reset_at_boundaries=cfg.data.reset_at_boundaries,
+            max_windows=cfg.eval_batches * cfg.batch_size,
+            device=self.device,
+            autocast=self.autocast,
+            info=self.info,
+        )
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        cfg, info = self.cfg, self.info
+        if info.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            ckpt_io.clean_partial(self.run_dir)
+            cfg.save(self.run_dir / "train_config.yaml")
+            self.tokenizer.save(self.run_dir / "tokenizer")
+        barrier()
+        if self.resume_from is not None:
+            self._load(self.resume_from)
+        metrics = MetricsLogger(self.run_dir, cfg.tensorboard, self.step) if info.is_main else None
+        if info.is_main:
+            logger.info(
+                "run %s: %.2fM parameters, %d ranks (%s), %s on %s, %d steps of %d x %d tokens",
+                self.run_dir, self.num_params / 1e6, info.world_size, self.strategy, cfg.precision,
+                self.device.type, cfg.steps, cfg.batch_size, cfg.data.seq_len,
+            )  # fmt: skip
+        result = TrainResult(self.run_dir, cfg.steps)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
+        start, window_t, window_tokens = time.time(), time.time(), 0
+        step_tokens = cfg.batch_size * cfg.data.seq_len
+        self.model.train()
+        while self.step < cfg.steps:
+            loss, grad_norm = self._train_step()
+            self.step += 1
+            self.tokens_seen += step_tokens
+            window_tokens += step_tokens
+            result.losses.append((self.step, loss))
+            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                tok_s = window_tokens / max(time.time() - window_t, 1e-9)
+                mfu = tok_s * self.flops_per_token / (self.peak * info.world_size) if self.peak else None
+                window_t, window_tokens = time.time(), 0
+                result.tokens_per_s, result.mfu = tok_s, mfu
+                if metrics:
+                    extra = {"mfu": mfu} if mfu is not None else {}
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    metrics.log("train", self.step, loss=loss, lr=lr, grad_norm=grad_norm, tok_per_s=tok_s, **extra)
+                post = {"loss": f"{loss:.4f}", "tok/s": f"{tok_s:,.0f}"}
+                if mfu is not None:
+                    post["mfu"] = f"{100 * mfu:.1f}%"
+                bar.set_postfix(post)
+            bar.update(1)
+            end = self.step == cfg.steps
+            if (cfg.eval_every and self.step % cfg.eval_every == 0) or end:
+                result.val = self._evaluate()
+                if metrics:
+                    metrics.log("val", self.step, **result.val.as_dict())
+                    bar.write(
+                        f"step {self.step}: val loss {result.val.loss:.4f}, ppl {result.val.perplexity:.2f}, "
+                        f"bpb {result.val.bits_per_byte:.3f}"
+                    )
+            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or end:
+                self._save()
+        bar.close()
+        result.wall_s, result.skipped = time.time() - start, self.skipped
+        self._export()
+        if metrics:
+            metrics.close()
+            plot_loss_curve(self.run_dir)
+        return result
+
+    def _export(self) -> None:
+        """Write the final weights as ``<run>/model`` (safetensors + config.json) for eval and generate."""
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if self.info.is_main:
+            export = RetNetForCausalLM(self.model_cfg)
+            export.load_state_dict(full)
+            export.save_pretrained(self.run_dir / "model")
+            self.tokenizer.save(self.run_dir / "model" / "tokenizer")
+        barrier()
+
+
+@contextlib.contextmanager
+def _fsdp_no_sync(model: nn.Module):
+    model.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        model.set_requires_gradient_sync(True)
