@@ -127,6 +127,7 @@ class MixerLM(nn.Module):
         states: list | None = None,
         output_states: bool = False,
         attention_mask: torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
     ) -> RetNetOutput:
         """Logits for ``input_ids`` (RetNet's forward contract).
@@ -139,6 +140,7 @@ class MixerLM(nn.Module):
             states: per-layer mixer states from an earlier call.
             output_states: also return the per-layer states after the segment.
             attention_mask: must be None or all ones (left padding is not supported by the baselines).
+            cu_seqlens: must be None (the baselines have no document resets inside a row).
             labels: ``(B, T)`` targets aligned with ``input_ids`` (shifted inside); -100 is ignored.
 
         Returns:
@@ -150,6 +152,8 @@ class MixerLM(nn.Module):
         self._check_input_ids(input_ids)
         if form not in FORMS:
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
+        if cu_seqlens is not None:
+            raise ValueError("the baseline models do not support cu_seqlens (train with reset_at_boundaries=False)")
         if attention_mask is not None and not bool((attention_mask != 0).all()):
             raise ValueError("the baseline models do not support left padding; pass equal-length prompts")
         if states is not None and len(states) != len(self.layers):
@@ -179,6 +183,27 @@ class MixerLM(nn.Module):
             params.pop(id(self.embed_tokens.weight), None)
             params.pop(id(self.lm_head.weight), None)
         return sum(p.numel() for p in params.values())
+
+    def save_pretrained(self, directory) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``directory`` (RetNet's checkpoint format)."""
+        from ..model.serialization import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, *, device=None) -> MixerLM:
+        """Load a model written by :meth:`save_pretrained`."""
+        from pathlib import Path
+
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        model = cls(MixerLMConfig.load(directory / "config.json"))
+        state = load_file(str(directory / "model.safetensors"))
+        if model.config.tie_word_embeddings:
+            state["lm_head.weight"] = state["embed_tokens.weight"]
+        model.load_state_dict(state)
+        return model if device is None else model.to(device)
 
     def generate(self, input_ids, **kwargs) -> torch.Tensor:
         """Prompt followed by generated tokens; see :func:`retnet.generation.generate`."""

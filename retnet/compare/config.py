@@ -70,10 +70,11 @@ class TrainSection:
         seq_len: T.
         batch_size: sequences per optimizer step.
         tokens: training tokens per model (rounded down to whole steps).
-        lr: peak learning rate (AdamW β = (0.9, 0.98), weight decay 0.01, linear warm-up then linear decay).
+        lr: peak learning rate (AdamW β = (0.9, 0.98), linear warm-up, then ``schedule``).
         warmup_steps: warm-up steps.
         weight_decay: AdamW weight decay.
         grad_clip: gradient-norm clip.
+        schedule: learning-rate decay after warm-up (``linear``, ``cosine`` or ``constant``), to 10 % of ``lr``.
         dtype: ``float32`` or ``bfloat16`` (autocast; parameters stay float32).
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         log_every: record the training loss every this many steps.
@@ -88,6 +89,7 @@ class TrainSection:
     warmup_steps: int = 10
     weight_decay: float = 0.01
     grad_clip: float = 2.0
+    schedule: str = "linear"
     dtype: str = "float32"
     device: str = "auto"
     log_every: int = 5
@@ -109,6 +111,8 @@ class CompareConfig:
         archs: entries to train (see :data:`retnet.compare.archs.ENTRIES`), in order.
         out_dir: the run folder (results, checkpoints, prepared data).
         model, baseline, data, train: the sections above and :class:`~retnet.compare.archs.BaselineOptions`.
+        trainer: raw :class:`retnet.training.TrainConfig` overrides applied after the ``train`` section (e.g.
+            ``{"micro_batch_size": 16}`` for gradient accumulation at the 200M size).
     """
 
     preset: str = "tiny"
@@ -118,6 +122,7 @@ class CompareConfig:
     baseline: BaselineOptions = field(default_factory=BaselineOptions)
     data: DataSection = field(default_factory=DataSection)
     train: TrainSection = field(default_factory=TrainSection)
+    trainer: dict = field(default_factory=dict)
 
     def __post_init__(self):
         unknown = [a for a in self.archs if a not in ENTRIES]
@@ -155,7 +160,7 @@ class CompareConfig:
                 if bad:
                     raise ValueError(f"unknown field(s) in {key}: {', '.join(bad)}")
                 kwargs[key] = sections[key](**value)
-            elif key in ("preset", "archs", "out_dir"):
+            elif key in ("preset", "archs", "out_dir", "trainer"):
                 kwargs[key] = value
             else:
                 raise ValueError(f"unknown CompareConfig field {key!r}")

@@ -1,178 +1,134 @@
-"""Training and evaluation of one comparison entry on the shared data (paper §3.4: same data, tokenizer,
-token budget, optimizer and schedule for every architecture).
+"""Training and evaluation of one comparison entry through the shared trainer (:mod:`retnet.training`).
 
-Data comes from :mod:`retnet.data` (prepared token streams, seeded windows). Every architecture sees the same
-windows in the same order (the sampler is a pure function of seed and step) and no state resets inside a
-window, since the baselines carry no document boundaries. Training is resumable: a checkpoint (model,
-optimizer, step, loss curve, elapsed time) is written atomically every ``checkpoint_every`` steps.
+Every architecture goes through the same :func:`retnet.training.train` call — same prepared dataset and
+tokenizer, same seeded window order (a pure function of the step), same AdamW, warm-up, schedule, clipping,
+precision and step count — with only the model differing, passed through the trainer's ``model_factory``
+hook. Sequences are independent windows without state resets inside them (``reset_at_boundaries=False``),
+since the baselines carry no document boundaries. Evaluation is :func:`retnet.training.evaluate` on the held-out
+split of each prepared dataset. Training is resumable through the trainer's checkpoints.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
-import math
-import os
 import time
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from .config import CompareConfig, TrainSection
+from .config import CompareConfig
 
 logger = logging.getLogger(__name__)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``auto`` → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def train_config(config: CompareConfig, dataset_dir: Path, run_dir: Path):
+    """The :class:`retnet.training.TrainConfig` every entry shares (only ``run_dir`` differs).
+
+    ``config.trainer`` holds raw TrainConfig overrides applied last (e.g. ``{"micro_batch_size": 16}``).
+    """
+    from ..training import load_config
+
+    t = config.train
+    overrides = {
+        "run_dir": str(run_dir),
+        "name": run_dir.parent.name,
+        "seed": t.seed,
+        "steps": t.steps,
+        "batch_size": t.batch_size,
+        "precision": "bf16" if t.dtype == "bfloat16" else "fp32",
+        "form": "chunkwise",
+        "device": t.device,
+        "eval_every": 0,
+        "eval_batches": 1,  # the trainer's own end-of-run check; the comparison evaluates separately
+        "log_every": t.log_every,
+        "sample_tokens": 0,
+        "tensorboard": False,
+        "data": {"dataset": str(dataset_dir), "seq_len": t.seq_len, "reset_at_boundaries": False},
+        "optim": {
+            "lr": t.lr,
+            "warmup_steps": t.warmup_steps,
+            "weight_decay": t.weight_decay,
+            "grad_clip": t.grad_clip,
+            "schedule": t.schedule,
+        },
+        "checkpoint": {"every": t.checkpoint_every, "keep": 1},
+    }
+    return load_config([], _merge(overrides, config.trainer))
 
 
-def _autocast(device: torch.device, dtype: str):
-    if dtype == "bfloat16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
 
 
-def lr_at(step: int, train: TrainSection) -> float:
-    """Linear warm-up to ``lr``, then linear decay to 10 % of it at the last step."""
-    if step < train.warmup_steps:
-        return train.lr * (step + 1) / train.warmup_steps
-    progress = (step - train.warmup_steps) / max(train.steps - train.warmup_steps, 1)
-    return train.lr * (1.0 - 0.9 * min(progress, 1.0))
-
-
-def _loss(model: nn.Module, input_ids: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    logits = model(input_ids, form="chunkwise").logits  # (B, T, vocab)
-    return nn.functional.cross_entropy(logits.flatten(0, 1).float(), targets.flatten())
-
-
-def train_entry(model: nn.Module, train: TrainSection, dataset, ckpt_dir: Path) -> dict:
-    """Train ``model`` with the shared recipe, resuming from ``ckpt_dir`` if a checkpoint is there.
+def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_dir: Path) -> dict:
+    """Train ``model`` with the shared recipe, resuming from ``run_dir``'s last checkpoint if there is one.
 
     Args:
-        model: a RetNetForCausalLM or MixerLM (float32 parameters).
-        train: the recipe.
-        dataset: the in-domain :class:`retnet.data.PreparedDataset`.
-        ckpt_dir: checkpoint folder of this entry.
+        model: a RetNetForCausalLM or MixerLM (float32 parameters, any device); trained in place.
+        config: the comparison.
+        dataset_dir: the in-domain prepared dataset.
+        run_dir: the trainer's run folder for this entry.
 
     Returns:
         ``{"steps", "tokens", "wall_time_s", "tokens_per_s", "loss_curve": [{"step", "tokens", "loss"}],
-        "final_loss"}``.
+        "final_loss", "device"}``; the wall time sums the calls that trained this entry to completion.
     """
-    from ..data import WindowSampler, make_batch
+    from ..training import train
+    from ..training.checkpoint import latest_checkpoint
+    from ..training.metrics import read_metrics
 
-    device = resolve_device(train.device)
-    model.to(device)
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": train.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=train.lr, betas=(0.9, 0.98), eps=1e-8, fused=device.type == "cuda",
-    )  # fmt: skip
-    sampler = WindowSampler(dataset.tokens("train"), train.seq_len, seed=train.seed)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-    ckpt = ckpt_dir / "checkpoint.pt"
-    step, curve, elapsed = 0, [], 0.0
-    if ckpt.is_file():
-        state = torch.load(ckpt, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, curve, elapsed = state["step"], state["loss_curve"], state["elapsed"]
-        logger.info("resumed at step %d / %d", step, train.steps)
-    tokens_per_step = train.seq_len * train.batch_size
-    model.train()
-    t0 = time.time() - elapsed
-    running = torch.zeros((), device=device)
-    since_log = 0
-    while step < train.steps:
-        batch = make_batch(sampler.batch(step, train.batch_size), dataset.sep_id, reset_at_boundaries=False)
-        batch = batch.to(device)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, train)
-        with _autocast(device, train.dtype):
-            loss = _loss(model, batch.input_ids, batch.targets)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        nn.utils.clip_grad_norm_(model.parameters(), train.grad_clip)
-        opt.step()
-        step += 1
-        running += loss.detach()
-        since_log += 1
-        if step % train.log_every == 0 or step == train.steps:
-            mean = (running / since_log).item()  # one host sync per log interval
-            if not math.isfinite(mean):
-                raise RuntimeError(f"training loss is {mean} at step {step}")
-            curve.append({"step": step, "tokens": step * tokens_per_step, "loss": mean})
-            running.zero_()
-            since_log = 0
-        if step % train.checkpoint_every == 0 and step < train.steps:
-            _save(ckpt, model, opt, step, curve, time.time() - t0)
-    wall = time.time() - t0
-    _save(ckpt, model, opt, step, curve, wall)
-    tokens = step * tokens_per_step
+    cfg = train_config(config, dataset_dir, run_dir)
+    resume = str(run_dir) if latest_checkpoint(run_dir) is not None else None
+    timing_file = run_dir.parent / "timing.json"
+    spent = json.loads(timing_file.read_text())["wall_time_s"] if (resume and timing_file.is_file()) else 0.0
+    start = time.time()
+    result = train(cfg, resume=resume, model_factory=lambda vocab_size: model)
+    wall = spent + time.time() - start
+    timing_file.write_text(json.dumps({"wall_time_s": wall}) + "\n")
+    tokens_per_step = cfg.batch_size * cfg.data.seq_len
+    curve = [
+        {"step": r["step"], "tokens": r["step"] * tokens_per_step, "loss": r["loss"]}
+        for r in read_metrics(result.run_dir)
+        if r["kind"] == "train"
+    ]
     return {
-        "steps": step,
-        "tokens": tokens,
+        "steps": result.steps,
+        "tokens": result.steps * tokens_per_step,
         "wall_time_s": wall,
-        "tokens_per_s": tokens / max(wall, 1e-9),
+        "tokens_per_s": result.steps * tokens_per_step / max(wall, 1e-9),
         "loss_curve": curve,
         "final_loss": curve[-1]["loss"] if curve else float("nan"),
-        "device": str(device),
+        "device": str(next(model.parameters()).device),
     }
 
 
-def _save(path: Path, model, opt, step, curve, elapsed) -> None:
-    tmp = path.with_name(path.name + ".partial")
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "loss_curve": curve,
-             "elapsed": elapsed}  # fmt: skip
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-@torch.no_grad()
 def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig) -> dict:
-    """Mean next-token loss and perplexity on the held-out split of a prepared dataset.
+    """Loss, perplexity and bits per byte on the held-out split of a prepared dataset.
 
-    Windows of ``seq_len`` tokens are read in stream order, up to ``data.eval_tokens`` scored tokens.
+    Windows of ``seq_len`` tokens in stream order, at most ``data.eval_tokens`` scored tokens.
 
     Returns:
         ``{"loss", "perplexity", "bits_per_byte", "tokens"}``.
     """
-    from ..data import PreparedDataset, WindowSampler, make_batch
+    from ..data import PreparedDataset
+    from ..training import evaluate
 
     ds = PreparedDataset(dataset_dir)
-    train = config.train
-    device = next(model.parameters()).device
+    t = config.train
     stream = ds.tokens("val")
-    seq_len = min(train.seq_len, len(stream) - 1)
-    sampler = WindowSampler(stream, seq_len, shuffle=False)
-    windows = min(sampler.num_windows, max(config.data.eval_tokens // seq_len, 1))
-    model.eval()
-    total, count = 0.0, 0
-    for first in range(0, windows, train.batch_size):
-        n = min(train.batch_size, windows - first)
-        batch = make_batch(_windows(sampler, first, n), ds.sep_id, reset_at_boundaries=False).to(device)
-        with _autocast(device, train.dtype):
-            logits = model(batch.input_ids, form="chunkwise").logits
-        total += nn.functional.cross_entropy(
-            logits.flatten(0, 1).float(), batch.targets.flatten(), reduction="sum"
-        ).item()
-        count += batch.targets.numel()
-    model.train()
-    loss = total / count
-    return {
-        "loss": loss,
-        "perplexity": math.exp(loss),
-        "bits_per_byte": loss / math.log(2) / ds.bytes_per_token("val"),
-        "tokens": count,
-    }
-
-
-def _windows(sampler, first: int, n: int):
-    import numpy as np
-
-    return np.stack([sampler.window(first + j) for j in range(n)])
+    seq_len = min(t.seq_len, len(stream) - 1)
+    max_windows = max(config.data.eval_tokens // seq_len, 1)
+    device = next(model.parameters()).device
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.dtype == "bfloat16" else contextlib.nullcontext()
+    r = evaluate(
+        model, stream, seq_len=seq_len, batch_size=t.batch_size, token_bytes=ds.tokenizer.token_bytes(),
+        sep_id=ds.sep_id, form="chunkwise", reset_at_boundaries=False, max_windows=max_windows, device=device,
+        autocast=autocast,
+    )  # fmt: skip
+    return {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 COMPARE_PRESETS: dict[str, dict] = {
     "tiny": dict(
-        model=dict(hidden_size=64, num_hidden_layers=2, num_heads=2),
-        baseline=dict(attention_head_dim=32, ssm_state_size=16, max_position_embeddings=512),
-        data=dict(tokenizer="byte", vocab_size=256, ood_max_bytes=1_000_000, eval_tokens=32_768),
-        train=dict(seq_len=128, batch_size=16, tokens=204_800, lr=3e-3, warmup_steps=10, log_every=5),
+        model=dict(hidden_size=128, num_hidden_layers=2, num_heads=2),
+        baseline=dict(attention_head_dim=64, ssm_state_size=64, max_position_embeddings=2048),
+        data=dict(tokenizer="byte", vocab_size=256, ood_max_bytes=1_000_000, eval_tokens=65_536),
+        train=dict(seq_len=256, batch_size=8, tokens=512_000, lr=2e-3, warmup_steps=20, log_every=5),
     ),
     "small": dict(
         # d = 512 with 2 heads keeps the paper's head dim 256; "reduce head dimension" then gives 8 heads of 64

@@ -136,14 +136,14 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
         ValueError: a run folder holding a different comparison, or unmatchable sizes.
     """
     from ..data import PreparedDataset
-    from .harness import evaluate_entry, train_entry
+    from .harness import evaluate_entry, train_config, train_entry
 
     run_dir = Path(config.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, run_dir)
     in_dir, ood_dirs = prepare_data(config, run_dir)
-    dataset = PreparedDataset(in_dir)
-    vocab = dataset.tokenizer.vocab_size
+    vocab = PreparedDataset(in_dir).tokenizer.vocab_size
+    train_config(config, in_dir, run_dir / "check")  # validates the trainer settings before any training
     matched = match_parameters(config.archs, base_config(config, vocab), config.baseline,
                                ffn_multiple=config.model.ffn_multiple)  # fmt: skip
     (run_dir / "models.json").write_text(
@@ -175,8 +175,9 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
                     100 * m.deviation)  # fmt: skip
         torch.manual_seed(config.train.seed)
         model = build_model(m.config)
+        entry_dir.mkdir(exist_ok=True)
         start = time.time()
-        train = train_entry(model, config.train, dataset, entry_dir / "train")
+        train = train_entry(model, config, in_dir, entry_dir / "train")
         evaluation = {
             "in_domain": evaluate_entry(model, in_dir, config),
             "out_of_domain": {_corpus_slug(c): evaluate_entry(model, d, config) for c, d in ood_dirs.items()},
