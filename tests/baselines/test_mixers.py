@@ -111,3 +111,12 @@ def test_bad_config_rejected():
         MixerLMConfig(arch="mamba", vocab_size=10)
     with pytest.raises(ValueError, match="h3_head_dim"):
         MixerLMConfig(arch="h3", vocab_size=10, hidden_size=30, h3_head_dim=8)
+
+
+def test_save_and_load_pretrained(tmp_path):
+    model = MixerLM(tiny_config("hyena", tie_word_embeddings=True))
+    model.save_pretrained(tmp_path / "m")
+    loaded = MixerLM.from_pretrained(tmp_path / "m")
+    ids = torch.randint(0, VOCAB, (1, 9))
+    assert torch.equal(model(ids).logits, loaded(ids).logits)
+    assert loaded.lm_head.weight is loaded.embed_tokens.weight
