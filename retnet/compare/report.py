@@ -90,14 +90,17 @@ def plot_loss_curves(results: dict[str, dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, r in results.items():
-        curve = r["train"]["loss_curve"]
+    colors = plt.get_cmap("tab20").colors  # 11+ distinguishable lines (the default cycle has 10)
+    names = [n for n in (*TABLE5, *TABLE6[1:]) if n in results]
+    for i, name in enumerate(names):
+        curve = results[name]["train"]["loss_curve"]
         if not curve:
             continue
         tokens = [p["tokens"] for p in curve]
         losses = [p["loss"] for p in curve]
         style = "-" if name in TABLE5 else "--"
-        ax.plot(tokens, losses, style, label=LABELS.get(name, name), linewidth=1.2)
+        ax.plot(tokens, losses, style, color=colors[(2 * i) % 20 + (i >= 10)], label=LABELS.get(name, name),
+                linewidth=1.2)  # fmt: skip
     ax.set_xlabel("training tokens")
     ax.set_ylabel("training loss (nats/token)")
     ax.grid(alpha=0.3)
@@ -129,7 +132,7 @@ def plot_perplexity(results: dict[str, dict], ood: list[str], path: Path) -> Non
     ax.set_ylabel("perplexity")
     ax.set_yscale("log")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, ncol=len(groups), loc="lower center", bbox_to_anchor=(0.5, 1.0), frameon=False)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
