@@ -1,9 +1,18 @@
-"""Shared fixtures: seeding and the device to test on."""
+"""Shared fixtures: seeding and the device to test on.
 
+Without CUDA, the Triton kernels run through Triton's CPU interpreter, which must be selected before anything
+imports Triton (some libraries, transformers among them, import it during collection); so it is set here, at
+conftest import, and only when no GPU is present.
+"""
+
+import os
 import random
 
 import pytest
 import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 
 @pytest.fixture(autouse=True)

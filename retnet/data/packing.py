@@ -4,7 +4,9 @@ A window holds T + 1 tokens of the flat stream, possibly spanning several docume
 separator). Inputs are its first T tokens and targets its last T. With ``reset_at_boundaries`` the B rows are
 flattened into one row (1, B·T) and ``cu_seqlens`` marks every row start and every position right after a
 separator, so the retention state resets and positions restart there; the separator itself still sees its
-document and learns to end it. Every target is a real next token, so no target is masked.
+document and learns to end it. Every target is a real next token, so no target is masked. When no window
+of the batch holds a separator, the only boundaries are the row starts, so the B rows are passed as they are
+(the same function, without the per-segment work of the packed path).
 """
 
 from __future__ import annotations
@@ -56,10 +58,11 @@ def make_batch(windows: np.ndarray, sep_id: int, reset_at_boundaries: bool = Tru
     Args:
         windows: int64 token windows.
         sep_id: the document separator id.
-        reset_at_boundaries: pack into one row with ``cu_seqlens`` (state resets) instead of B rows.
+        reset_at_boundaries: pack into one row with ``cu_seqlens`` (state resets at rows and documents)
+            instead of B independent rows.
     """
     x, y = windows[:, :-1], windows[:, 1:]
-    if not reset_at_boundaries:
+    if not reset_at_boundaries or not (x == sep_id).any():
         return Batch(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.ascontiguousarray(y)), None)
     cu = torch.from_numpy(segment_boundaries(x, sep_id))
     return Batch(

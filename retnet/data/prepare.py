@@ -72,7 +72,7 @@ def _encode_all(tokenizer: Tokenizer, texts: Iterable[str], workers: int) -> Ite
 
 
 def prepare_dataset(
-    source: str | Path,
+    source: str | Path | list[str | Path],
     out_dir: str | Path,
     *,
     tokenizer: str = "byte",
@@ -87,7 +87,7 @@ def prepare_dataset(
     """Tokenise the documents under ``source`` into ``out_dir``; returns ``out_dir``.
 
     Args:
-        source: a text/JSONL file or folder of documents.
+        source: a text/JSONL file or folder of documents, or a list of them (a mixture).
         out_dir: the dataset folder to create (replaced if present).
         tokenizer: "byte" or "bpe" (trained on the training documents).
         vocab_size: BPE vocabulary size.
@@ -104,12 +104,14 @@ def prepare_dataset(
     """
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    source = Path(source)
-    if not source.exists():
-        raise FileNotFoundError(f"corpus not found: {source}")
+    sources = [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+    for path in sources:
+        if not path.exists():
+            raise FileNotFoundError(f"corpus not found: {path}")
+    source = sources[0] if len(sources) == 1 else sources
     out_dir = Path(out_dir)
     start = time.time()
-    doc_ids = [doc_id for doc_id, _ in iter_documents(source)]
+    doc_ids = [doc_id for doc_id, _ in _documents(sources)]
     if not doc_ids:
         raise ValueError(f"no documents under {source}")
     in_val = [is_validation(d, val_fraction, seed) for d in doc_ids]
@@ -121,7 +123,7 @@ def prepare_dataset(
 
         def train_texts() -> Iterator[str]:
             used = 0
-            for (_, text), val in zip(iter_documents(source), in_val):
+            for (_, text), val in zip(_documents(sources), in_val):
                 if (by_document and val) or used >= bpe_train_bytes:
                     continue
                 used += len(text)
@@ -138,12 +140,12 @@ def prepare_dataset(
     tmp.mkdir(parents=True)
     tok.save(tmp / "tokenizer")
     counts = {s: {"documents": 0, "tokens": 0, "bytes": 0} for s in SPLITS}
-    total_bytes = sum(f.stat().st_size for f in ([source] if source.is_file() else source.rglob("*")) if f.is_file())
+    total_bytes = sum(f.stat().st_size for p in sources for f in ([p] if p.is_file() else p.rglob("*")) if f.is_file())
     files = {s: open(tmp / f"{s}.bin", "wb") for s in SPLITS}
     sep = np.array([tok.sep_id], dtype=dtype)
     tok_bytes = tok.token_bytes()
     try:
-        texts = (text for _, text in iter_documents(source))
+        texts = (text for _, text in _documents(sources))
         bar = tqdm(total=total_bytes, unit="B", unit_scale=True, desc="tokenizing", leave=False)
         for ids, val in zip(_encode_all(tok, texts, workers), in_val):
             split = "val" if (by_document and val) else "train"
@@ -165,7 +167,7 @@ def prepare_dataset(
         raise ValueError(f"corpus {source} is too small to split into train and validation")
     manifest = {
         "format_version": FORMAT_VERSION,
-        "source": source_name or str(source),
+        "source": source_name or ",".join(str(p) for p in sources),
         "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.fingerprint()},
         "separator_id": tok.sep_id,
         "dtype": dtype.name,
@@ -186,6 +188,13 @@ def prepare_dataset(
         time.time() - start,
     )
     return out_dir
+
+
+def _documents(sources: list[Path]) -> Iterator[tuple[str, str]]:
+    """Documents of every source in order; ids carry the source's name when there are several."""
+    for path in sources:
+        for doc_id, text in iter_documents(path):
+            yield (f"{path.name}/{doc_id}" if len(sources) > 1 else doc_id), text
 
 
 def _split_tail(folder: Path, dtype: np.dtype, val_fraction: float, counts: dict, tok: Tokenizer) -> None:
@@ -213,3 +222,12 @@ def read_manifest(dataset_dir: str | Path) -> dict:
     if not path.is_file():
         raise FileNotFoundError(f"not a prepared dataset: {dataset_dir} (no {MANIFEST}; run 'retnet data prepare')")
     return json.loads(path.read_text())
+
+
+def encode_documents(tokenizer: Tokenizer, source: str | Path) -> np.ndarray:
+    """Tokenize the documents under ``source`` in memory (each followed by the separator): ``(N,)`` int64."""
+    parts = []
+    for _, text in iter_documents(Path(source)):
+        parts.append(np.asarray(tokenizer.encode(text), dtype=np.int64))
+        parts.append(np.array([tokenizer.sep_id], dtype=np.int64))
+    return np.concatenate(parts)

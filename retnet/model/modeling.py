@@ -13,6 +13,7 @@ from ..layers.ffn import build_ffn
 from ..layers.norm import build_norm
 from ..layers.retention import MultiScaleRetention, positions_for
 from ..ops.retention import FORMS, RetentionState
+from ..utils.checks import values_checkable
 from .config import RetNetConfig
 from .init import init_weights
 
@@ -129,7 +130,7 @@ class RetNetForCausalLM(nn.Module):
             raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
         if input_ids.shape[1] < 1 or input_ids.shape[0] < 1:
             raise ValueError(f"input_ids must hold at least one token per row, got shape {tuple(input_ids.shape)}")
-        if not torch.compiler.is_compiling():
+        if values_checkable():
             lo, hi = int(input_ids.min()), int(input_ids.max())
             if lo < 0 or hi >= self.config.vocab_size:
                 raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
@@ -276,7 +277,7 @@ def left_padding_offset(attention_mask: torch.Tensor, shape: torch.Size) -> torc
     if attention_mask.shape != shape:
         raise ValueError(f"attention_mask must have the shape of input_ids {tuple(shape)}")
     mask = attention_mask.long()
-    if not torch.compiler.is_compiling():
+    if values_checkable():
         if bool(((mask != 0) & (mask != 1)).any()):
             raise ValueError("attention_mask must hold only 0 and 1")
         if bool((mask[:, 1:] < mask[:, :-1]).any()):

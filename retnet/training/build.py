@@ -33,14 +33,25 @@ def dataset_dir(cfg: DataSection) -> Path:
     """The prepared dataset folder of ``cfg`` (explicit, or derived from corpus and tokenizer)."""
     if cfg.dataset:
         return Path(cfg.dataset).expanduser()
-    if cfg.corpus in CORPORA:
-        key = cfg.corpus
-    else:
-        resolved = str(Path(cfg.corpus).expanduser().resolve())
-        digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
-        key = re.sub(r"[^A-Za-z0-9_.-]", "_", Path(resolved).name) + "-" + digest
+    keys = []
+    for name in corpus_names(cfg):
+        if name in CORPORA:
+            keys.append(name)
+        else:
+            resolved = str(Path(name).expanduser().resolve())
+            digest = hashlib.sha256(resolved.encode()).hexdigest()[:8]
+            keys.append(re.sub(r"[^A-Za-z0-9_.-]", "_", Path(resolved).name) + "-" + digest)
+    key = "+".join(keys)
     tok = "byte" if cfg.tokenizer == "byte" else f"bpe{cfg.vocab_size}"
     return Path(cfg.cache_dir).expanduser() / "datasets" / f"{key}-{tok}-v{cfg.val_fraction:g}"
+
+
+def corpus_names(cfg: DataSection) -> list[str]:
+    """The corpora of ``cfg.corpus`` (a comma-separated list makes a mixture)."""
+    names = [c.strip() for c in cfg.corpus.split(",") if c.strip()]
+    if not names:
+        raise ValueError("config data.corpus is empty; name a corpus or a path")
+    return names
 
 
 def ensure_dataset(cfg: DataSection, info: DistInfo, seed: int = 0) -> Path:
@@ -55,7 +66,7 @@ def ensure_dataset(cfg: DataSection, info: DistInfo, seed: int = 0) -> Path:
             raise FileNotFoundError(f"prepared dataset not found: {path} (run 'retnet data prepare')")
         return path
     if info.is_main and not (path / "manifest.json").is_file():
-        source = resolve_source(cfg.corpus, cfg.cache_dir, fetch=cfg.fetch)
+        source = [resolve_source(name, cfg.cache_dir, fetch=cfg.fetch) for name in corpus_names(cfg)]
         logger.info("preparing %s with the %s tokenizer into %s", cfg.corpus, cfg.tokenizer, path)
         prepare_dataset(
             source,

@@ -43,7 +43,8 @@ class DataSection:
     """Corpus, tokenizer and sequence layout.
 
     Attributes:
-        corpus: a registered corpus name (fetched on demand) or a local text/JSONL file or folder.
+        corpus: a registered corpus name (fetched on demand) or a local text/JSONL file or folder; a
+            comma-separated list of them makes a mixture.
         dataset: a prepared dataset folder; empty derives one under ``cache_dir`` from corpus and tokenizer.
         tokenizer: "byte" or "bpe".
         vocab_size: BPE vocabulary size.
@@ -69,7 +70,11 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """AdamW and the learning-rate schedule (paper §3.1: β = (0.9, 0.98), weight decay 0.01-0.05, clip 2.0)."""
+    """AdamW and the learning-rate schedule (paper §3.1: β = (0.9, 0.98), weight decay 0.01-0.05, clip 2.0).
+
+    ``decay_steps`` is the length of the schedule (0: the run's ``steps``); setting it lets a run stop early
+    and be resumed later with more steps on the very same schedule.
+    """
 
     lr: float = 1e-3
     min_lr_ratio: float = 0.1
@@ -78,6 +83,7 @@ class OptimSection:
     eps: float = 1e-8
     weight_decay: float = 0.05
     warmup_steps: int = 50
+    decay_steps: int = 0
     schedule: str = "cosine"
     grad_clip: float = 2.0
 
@@ -118,7 +124,8 @@ class TrainConfig:
         form: training form, "parallel" or "chunkwise".
         chunk_size: chunk size of the chunkwise form.
         activation_checkpointing: recompute each block in the backward pass.
-        compile: wrap the model in ``torch.compile``.
+        compile: compile every block with ``torch.compile``.
+        compile_backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces without code generation).
         device: "auto", "cpu" or "cuda".
         eval_every: validate every N steps (0: only at the end).
         eval_batches: validation batches (of ``batch_size`` sequences) per evaluation; 0 means all.
@@ -132,7 +139,7 @@ class TrainConfig:
     """
 
     run_dir: str = ""
-    name: str = "run"
+    name: str = "shakespeare"
     seed: int = 0
     steps: int = 300
     batch_size: int = 16
@@ -142,6 +149,7 @@ class TrainConfig:
     chunk_size: int = 64
     activation_checkpointing: bool = False
     compile: bool = False
+    compile_backend: str = "inductor"
     device: str = "auto"
     eval_every: int = 100
     eval_batches: int = 8
@@ -195,6 +203,7 @@ class TrainConfig:
             "eval_every": self.eval_every,
             "eval_batches": self.eval_batches,
             "optim.warmup_steps": self.optim.warmup_steps,
+            "optim.decay_steps": self.optim.decay_steps,
             "checkpoint.every": self.checkpoint.every,
             "optim.weight_decay": self.optim.weight_decay,
             "optim.grad_clip": self.optim.grad_clip,
@@ -227,6 +236,11 @@ def _coerce(key: str, value, typ):
         if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
             return None
         return _coerce(key, value, args[0])
+    if isinstance(value, str) and typ in (int, float):
+        try:
+            return typ(value)
+        except ValueError:
+            pass
     if isinstance(value, str) and typ is not str:
         try:
             value = yaml.safe_load(value)
@@ -313,3 +327,16 @@ def load_config(paths: list[str | Path] = (), overrides: dict | None = None) -> 
         _apply(cfg, overrides)
     cfg.validate()
     return cfg
+
+
+def describe_keys(obj=None, prefix: str = "") -> list[str]:
+    """``key=default`` for every config key (dotted), for ``retnet train --help``."""
+    obj = TrainConfig() if obj is None else obj
+    out = []
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out += describe_keys(value, f"{prefix}{f.name}.")
+        else:
+            out.append(f"{prefix}{f.name}={value!r}")
+    return out

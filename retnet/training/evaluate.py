@@ -101,3 +101,77 @@ def evaluate(
         tokens=int(count),
         bytes=int(nbytes),
     )
+
+
+def evaluate_source(
+    model_path: str,
+    *,
+    data: str | None = None,
+    text: str | None = None,
+    split: str = "val",
+    form: str = "chunkwise",
+    seq_len: int | None = None,
+    chunk_size: int = 64,
+    batch_size: int = 8,
+    max_windows: int = 0,
+    reset_at_boundaries: bool = True,
+    device: str = "cpu",
+) -> EvalResult:
+    """``retnet eval``: evaluate a trained model on a prepared dataset, text files, or its run's dataset.
+
+    Args:
+        model_path: run folder, checkpoint folder or exported model folder.
+        data: a prepared dataset folder (its tokenizer must be the model's).
+        text: text/JSONL file or folder, tokenized with the model's tokenizer.
+        split: dataset split when ``data`` (or the run's dataset) is used.
+        form: "parallel", "chunkwise" or "recurrent".
+        seq_len: window length (default: the run's training length, else 256).
+        chunk_size: chunkwise chunk size.
+        batch_size: windows per forward pass.
+        max_windows: at most this many windows (0: all).
+        reset_at_boundaries: reset the state after each document separator.
+        device: "cpu" or "cuda".
+
+    Raises:
+        FileNotFoundError / ValueError: missing inputs or a tokenizer mismatch.
+    """
+    from pathlib import Path
+
+    from ..data import PreparedDataset
+    from ..data.prepare import encode_documents
+    from .artifacts import load_trained
+    from .build import dataset_dir
+    from .config import load_config
+
+    trained = load_trained(model_path, device=device)
+    run_cfg = None
+    for candidate in (trained.source / "train_config.yaml", trained.source.parent / "train_config.yaml"):
+        if candidate.is_file():
+            run_cfg = load_config([candidate])
+            break
+    seq_len = seq_len or (run_cfg.data.seq_len if run_cfg else 256)
+    tok = trained.tokenizer
+    if text is not None:
+        tokens = encode_documents(tok, Path(text))
+    else:
+        if data is None:
+            if run_cfg is None:
+                raise FileNotFoundError(f"{model_path} has no run config; pass --data or --text")
+            data = str(dataset_dir(run_cfg.data))
+        dataset = PreparedDataset(data)
+        if dataset.manifest["tokenizer"]["hash"] != tok.fingerprint():
+            raise ValueError(f"dataset {data} was tokenized with another tokenizer than the model's")
+        tokens = dataset.tokens(split)
+    return evaluate(
+        trained.model,
+        tokens,
+        seq_len=seq_len,
+        batch_size=batch_size,
+        token_bytes=tok.token_bytes(),
+        sep_id=tok.sep_id,
+        form=form,
+        chunk_size=chunk_size,
+        reset_at_boundaries=reset_at_boundaries,
+        max_windows=max_windows,
+        device=device,
+    )

@@ -65,6 +65,7 @@ class TrainResult:
     tokens_per_s: float = 0.0
     mfu: float | None = None
     skipped: int = 0
+    rank: int = 0
 
 
 def lm_loss_sum(model: nn.Module, batch: Batch, form: str, chunk_size: int) -> torch.Tensor:
@@ -160,7 +161,7 @@ class _Trainer:
             apply_activation_checkpointing(base)
         if cfg.compile:
             for block in base.model.layers:
-                block.compile()
+                block.compile(backend=cfg.compile_backend)
         self.strategy = resolve_strategy(cfg.parallel.strategy, info)
         self.model = wrap_model(base, self.strategy, info, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
@@ -218,7 +219,7 @@ class _Trainer:
     # ---- one step ----------------------------------------------------------------------------------------
     def _train_step(self) -> tuple[float, float]:
         cfg, info = self.cfg, self.info
-        lr = lr_at(self.step, cfg.steps, cfg.optim)
+        lr = lr_at(self.step, cfg.optim.decay_steps or cfg.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         windows = self.sampler.batch(self.step, cfg.batch_size, info.rank, info.world_size)
@@ -235,24 +236,25 @@ class _Trainer:
             total += loss_sum.detach().double()
         all_reduce_sum(total)
         loss = total.item() / (cfg.batch_size * cfg.data.seq_len)
-        grad_norm = math.nan
-        if math.isfinite(loss):
-            self.scaler.unscale_(self.optimizer)
-            clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-            grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not (math.isfinite(loss) and math.isfinite(grad_norm)) and not self.scaler.is_enabled():
-            self._non_finite(loss, grad_norm)
+        if not math.isfinite(loss):
+            self._non_finite(f"loss {loss}")
+            return loss, math.nan
+        self.scaler.unscale_(self.optimizer)
+        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
+        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
+            self._non_finite(f"gradient norm {grad_norm}")
             return loss, grad_norm
-        self.scaler.step(self.optimizer)  # fp16: skips the step itself on inf/NaN gradients
+        self.scaler.step(self.optimizer)  # fp16: the scaler skips the update on inf/NaN gradients
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.consecutive_skips = 0
         return loss, grad_norm
 
-    def _non_finite(self, loss: float, grad_norm: float) -> None:
+    def _non_finite(self, what: str) -> None:
+        """A NaN/inf loss, or NaN/inf gradients without a grad scaler (which handles fp16 overflow itself)."""
         self.optimizer.zero_grad(set_to_none=True)
-        what = f"loss {loss}" if not math.isfinite(loss) else f"gradient norm {grad_norm}"
         if self.cfg.nan_policy == "stop":
             raise NonFiniteLossError(
                 f"non-finite {what} at step {self.step + 1}; stopped without saving (last checkpoint kept). "
@@ -309,7 +311,7 @@ class _Trainer:
                 self.run_dir, self.num_params / 1e6, info.world_size, self.strategy, cfg.precision,
                 self.device.type, cfg.steps, cfg.batch_size, cfg.data.seq_len,
             )  # fmt: skip
-        result = TrainResult(self.run_dir, cfg.steps)
+        result = TrainResult(self.run_dir, cfg.steps, rank=info.rank)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
         start, window_t, window_tokens = time.time(), time.time(), 0
         step_tokens = cfg.batch_size * cfg.data.seq_len

@@ -11,6 +11,7 @@ import logging
 
 import torch
 
+from ...utils.checks import values_checkable
 from .decay import compute_dtype
 from .reference import REFERENCE_FORMS
 from .state import RetentionState
@@ -49,7 +50,7 @@ def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
         raise TypeError(f"log_decay must be float32 or float64 (16-bit decays break the masks), got {log_decay.dtype}")
     if log_decay.device != q.device:
         raise ValueError(f"log_decay is on {log_decay.device} but q is on {q.device}")
-    if not torch.compiler.is_compiling():
+    if values_checkable():
         if not bool(torch.isfinite(log_decay).all()) or bool((log_decay > 0).any()):
             raise ValueError("log_decay must be finite and <= 0 (decays 0 < γ <= 1)")
     if form not in FORMS:
@@ -87,7 +88,7 @@ def _resolve_state(initial_state, offset, q, v) -> RetentionState:
         raise ValueError(f"initial_state must be on {q.device}")
     if not S.dtype.is_floating_point or not z.dtype.is_floating_point:
         raise TypeError("initial_state.S and .z must be floating tensors")
-    if offset is not None and not torch.compiler.is_compiling():
+    if offset is not None and values_checkable():
         if not bool((torch.as_tensor(offset, device=pos.device) == pos).all()):
             raise ValueError(
                 f"offset={offset!r} disagrees with the initial state's position {pos.tolist()}; "
@@ -114,8 +115,7 @@ def _check_cu_seqlens(cu_seqlens, q, initial_state, offset):
 
 
 def _triton_available(q) -> bool:
-    if not q.is_cuda:
-        return False
+    # CUDA tensors, or CPU tensors under Triton's interpreter (the CPU test suite; never picked by "auto").
     try:
         from ..triton_utils import triton_runtime_available
     except ImportError:
@@ -123,22 +123,30 @@ def _triton_available(q) -> bool:
     return triton_runtime_available(q.device)
 
 
-def _pick_backend(backend: str, q: torch.Tensor) -> str:
+def _pick_backend(backend: str, q: torch.Tensor, form: str, has_initial_state: bool, needs_grad: bool) -> str:
     global _fallback_logged
     if backend == "torch":
         return "torch"
     available = _triton_available(q)
+    limitation = None
+    if available:
+        from .triton_dispatch import triton_limitation
+
+        limitation = triton_limitation(q, form, has_initial_state, needs_grad)
     if backend == "triton":
         if not available:
             raise RuntimeError(
                 "backend='triton' needs the Triton retention kernels and a CUDA tensor "
                 "(install `triton`, or use backend='torch')"
             )
+        if limitation is not None:
+            raise NotImplementedError(f"backend='triton': {limitation}; use backend='auto' or 'torch'")
         return "triton"
-    if available:
+    if available and q.is_cuda and limitation is None:
         return "triton"
     if q.is_cuda and not _fallback_logged:
-        logger.warning("retention: Triton kernels unavailable on %s; using the PyTorch reference", q.device)
+        reason = limitation or f"Triton kernels unavailable on {q.device}"
+        logger.warning("retention: %s; using the PyTorch reference", reason)
         _fallback_logged = True
     return "torch"
 
@@ -196,9 +204,14 @@ def retention(
     Raises:
         ValueError / TypeError: on bad shapes, dtypes, devices, form, backend, chunk size, offset or state.
         RuntimeError: ``backend="triton"`` when the kernels cannot run.
+        NotImplementedError: ``backend="triton"`` for a case the kernels do not cover yet
+            (``triton_dispatch.triton_limitation``); ``"auto"`` falls back to PyTorch there.
     """
     _check_inputs(q, k, v, log_decay, form, chunk_size, backend)
-    impl = _pick_backend(backend, q)
+    needs_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (q, k, v, *(initial_state[:1] if initial_state is not None else ()))
+    )
+    impl = _pick_backend(backend, q, form, initial_state is not None, needs_grad)
     if cu_seqlens is not None:
         bounds = _check_cu_seqlens(cu_seqlens, q, initial_state, offset)
         outs, states = [], []

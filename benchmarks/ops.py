@@ -1,0 +1,335 @@
+"""Benchmark of the retention op against its peers on one GPU (TARGETS.md, goal 1).
+
+Times, side by side in one run: our Triton kernels (``retention(..., backend="triton")``), our PyTorch chunkwise
+reference, flash-linear-attention's ``chunk_retention`` (when ``fla`` imports), a naive parallel form in bf16
+matmuls, and SDPA attention through each backend that accepts the shape; forward and forward+backward, for
+cfg A (H=8, K=256, V=512) and cfg B (H=16, K=V=128) at B·T = 65,536 tokens; then the decode step under CUDA
+graphs. The two ceilings (copy bandwidth, bf16 matmul rate) are measured in the same run.
+
+    python benchmarks/ops.py --out bench_out [--quick] [--sweep]
+
+Writes ``results.json`` and ``retention.png`` to ``--out`` and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import subprocess
+import sys
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.testing import do_bench
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
+from retnet.ops.retention import chunkwise as ck  # noqa: E402
+from retnet.ops.retention.recurrent import retention_step  # noqa: E402
+
+CFGS = {"A": (8, 256, 512), "B": (16, 128, 128)}
+TOKENS = 65536
+CHUNK = 64
+
+
+def _ms(fn, rep=200):
+    return do_bench(fn, warmup=25, rep=rep, return_mode="median")
+
+
+def measure_ceilings():
+    """Device-to-device copy bandwidth (bytes read + written) and bf16 matmul rate."""
+    x = torch.empty(2 * 1024**3 // 2, dtype=torch.bfloat16, device="cuda").normal_()
+    y = torch.empty_like(x)
+    t = _ms(lambda: y.copy_(x))
+    bw = 2 * x.numel() * 2 / (t * 1e-3)
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    t = _ms(lambda: a @ b)
+    return bw, 2 * 8192**3 / (t * 1e-3)
+
+
+def flops(B, T, H, K, V, backward):
+    """Chunkwise-form FLOPs (C = 64): intra-chunk Q Kᵀ and A V, inter-chunk Q S and the state update."""
+    fwd = 2 * CHUNK * K + 2 * CHUNK * V + 4 * K * V
+    # dA = dO Vᵀ, dQ/dK intra (2), Aᵀ recompute, dV intra; dQ, dK, dV inter, dS scan, state recompute.
+    bwd = 2 * CHUNK * V + 4 * CHUNK * K + 2 * CHUNK * K + 2 * CHUNK * V + 10 * K * V
+    return B * T * H * (fwd + (bwd if backward else 0))
+
+
+def min_bytes(B, T, H, K, V, backward, elt=2):
+    fwd = B * T * H * (2 * K + 2 * V) * elt  # read q, k, v; write o
+    bwd = B * T * H * (2 * K + 2 * V + 2 * K + V) * elt  # read q, k, v, do; write dq, dk, dv
+    return fwd + (bwd if backward else 0)
+
+
+def make_inputs(B, T, H, K, V, grad):
+    q = torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    k = (torch.randn(B, T, H, K, device="cuda", dtype=torch.bfloat16) * K**-0.5).requires_grad_(grad)
+    v = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16, requires_grad=grad)
+    return q, k, v
+
+
+def peers(H, K, V, T, B):
+    """name -> function(q, k, v) returning the output to time (and to backprop through)."""
+    lg = log_decay_schedule(H, device="cuda")
+    fns = {
+        "ours": lambda q, k, v: retention(q, k, v, lg, backend="triton")[0],
+        "torch_chunkwise": lambda q, k, v: retention(q, k, v, lg, backend="torch")[0],
+    }
+    try:
+        from fla.ops.retention import chunk_retention
+
+        fns["fla"] = lambda q, k, v: chunk_retention(q, k, v, scale=1.0)[0]
+    except ImportError:
+        pass
+    if B * H * T * T * 2 * 3 <= 48 * 1024**3:  # naive parallel form materialises (B, H, T, T)
+        idx = torch.arange(T, device="cuda")
+        rel = (idx[:, None] - idx[None, :]).float()
+        mask = torch.where(rel >= 0, torch.exp(lg.view(-1, 1, 1) * rel.clamp(min=0)), 0.0).to(torch.bfloat16)
+
+        def naive(q, k, v):
+            qh, kh, vh = (x.transpose(1, 2) for x in (q, k, v))  # (B, T, H, D) -> (B, H, T, D)
+            return ((qh @ kh.transpose(-1, -2)) * mask) @ vh
+
+        fns["naive_parallel"] = naive
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    for name, be in (
+        ("sdpa_flash", SDPBackend.FLASH_ATTENTION),
+        ("sdpa_cudnn", SDPBackend.CUDNN_ATTENTION),
+        ("sdpa_efficient", SDPBackend.EFFICIENT_ATTENTION),
+        ("sdpa_math", SDPBackend.MATH),
+    ):
+        if be == SDPBackend.MATH and B * H * T * T * 4 * 3 > 48 * 1024**3:
+            continue
+
+        def sdpa(q, k, v, be=be):
+            with sdpa_kernel(be):
+                return F.scaled_dot_product_attention(
+                    q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=True
+                )
+
+        fns[name] = sdpa
+    return fns
+
+
+def time_op(fn, B, T, H, K, V, backward):
+    q, k, v = make_inputs(B, T, H, K, V, backward)
+    if not backward:
+        with torch.no_grad():
+            fn(q, k, v)
+            return _ms(lambda: fn(q, k, v))
+    o = fn(q, k, v)
+    do = torch.randn_like(o)
+
+    def step():
+        for x in (q, k, v):
+            x.grad = None
+        fn(q, k, v).backward(do)
+
+    step()
+    return _ms(step)
+
+
+def bench_chunkwise(cfgs, Ts, bw, mm):
+    rows = []
+    for cfg in cfgs:
+        H, K, V = CFGS[cfg]
+        for T in Ts:
+            B = TOKENS // T
+            for backward in (False, True):
+                floor = max(min_bytes(B, T, H, K, V, backward) / bw, flops(B, T, H, K, V, backward) / mm) * 1e3
+                for name, fn in peers(H, K, V, T, B).items():
+                    if name == "torch_chunkwise" and T > (2048 if backward else 8192):
+                        continue  # Python loop over chunks: minutes at long T, and nothing new to learn
+                    try:
+                        ms = time_op(fn, B, T, H, K, V, backward)
+                    except Exception as e:  # a backend that rejects the shape or runs out of memory
+                        print(f"  {cfg} T={T} {name} {'fwd+bwd' if backward else 'fwd'}: n/a ({type(e).__name__})")
+                        torch.cuda.empty_cache()
+                        continue
+                    rows.append(
+                        {
+                            "cfg": cfg, "T": T, "B": B, "H": H, "K": K, "V": V,
+                            "pass": "fwd+bwd" if backward else "fwd",
+                            "op": name, "ms": ms, "floor_ms": floor,
+                            "tflops": flops(B, T, H, K, V, backward) / (ms * 1e-3) / 1e12,
+                            "tokens_per_s": B * T / (ms * 1e-3),
+                        }
+                    )  # fmt: skip
+                    print(f"  {cfg} T={T:6d} {rows[-1]['pass']:8s} {name:16s} {ms:9.3f} ms")
+                torch.cuda.empty_cache()
+    return rows
+
+
+def bench_decode(bw, batches=(1, 16, 128)):
+    H, K, V = CFGS["A"]
+    lg = log_decay_schedule(H, device="cuda")
+    rows = []
+    for B in batches:
+        state = RetentionState.zeros(B, H, K, V, device="cuda")
+        state.S.normal_()
+        q, k, v = (torch.randn(B, 1, H, d, device="cuda", dtype=torch.bfloat16) for d in (K, K, V))
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            retention_step(q, k, v, lg, state)
+        torch.cuda.current_stream().wait_stream(s)
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            retention_step(q, k, v, lg, state)
+        ms = _ms(g.replay, rep=500)
+        nbytes = B * H * (K * V * 4 * 2 + K * 4 * 2 + (2 * K + 2 * V) * 2)
+        row = {"op": "ours_step", "B": B, "ms": ms, "bytes": nbytes, "bw_frac": nbytes / (ms * 1e-3) / bw}
+        try:
+            from fla.ops.retention import fused_recurrent_retention
+
+            S0 = state.S.clone()
+            fla_fn = lambda q=q, k=k, v=v, S0=S0: fused_recurrent_retention(
+                q, k, v, scale=1.0, initial_state=S0, output_final_state=True
+            )
+            fla_fn()
+            row["fla_ms"] = _ms(fla_fn, rep=500)
+        except Exception as e:
+            print(f"  decode B={B} fla: n/a ({type(e).__name__})")
+        rows.append(row)
+        print(f"  decode B={B:4d} ours {ms * 1e3:8.1f} us  {row['bw_frac'] * 100:5.1f}% of copy bw  "
+              f"fla {row.get('fla_ms', float('nan')) * 1e3:8.1f} us")  # fmt: skip
+    return rows
+
+
+SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (128, 128, 8, 2)]
+
+
+def sweep(cfgs, T=8192):
+    """Per kernel, time each block configuration (others at the table's value) at one T; returns the best."""
+    out = {}
+    for cfg in cfgs:
+        H, K, V = CFGS[cfg]
+        B = TOKENS // T
+        lg = log_decay_schedule(H, device="cuda")
+        fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
+        base = dict(ck.BLOCK_TABLE)
+        for kern in base:
+            backward = kern not in ("output_fwd",)
+            res = {}
+            for c in SWEEP:
+                ck.BLOCK_TABLE[kern] = c
+                try:
+                    res[str(c)] = time_op(fn, B, T, H, K, V, backward)
+                except Exception as e:
+                    res[str(c)] = f"n/a {type(e).__name__}"
+            ck.BLOCK_TABLE.update(base)
+            ok = {k: v for k, v in res.items() if isinstance(v, float)}
+            best = min(ok, key=ok.get)
+            print(f"  sweep {cfg} {kern:10s} best {best} {ok[best]:.3f} ms  " + "  ".join(
+                f"{k}:{v:.3f}" if isinstance(v, float) else f"{k}:{v}" for k, v in res.items()))  # fmt: skip
+            out[f"{cfg}/{kern}"] = res
+    return out
+
+
+def env_stamp():
+    try:
+        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+    except Exception:
+        sha = os.environ.get("RETNET_GIT_SHA", "unknown")
+    try:
+        import fla
+
+        fla_version = getattr(fla, "__version__", "unknown")
+    except ImportError:
+        fla_version = None
+    return {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "triton": triton.__version__,
+        "fla": fla_version,
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "git_sha": sha,
+        "block_table": ck.BLOCK_TABLE,
+    }
+
+
+def print_table(rows, bw, mm):
+    print(f"\nceilings: copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s")
+    by = {}
+    for r in rows:
+        by.setdefault((r["cfg"], r["T"], r["pass"]), {})[r["op"]] = r
+    hdr = (
+        f"{'cfg':3s} {'T':>6s} {'pass':8s} {'ours ms':>8s} {'TFLOP/s':>7s} {'Mtok/s':>7s} {'floor':>7s} {'x floor':>7s}"
+    )
+    hdr += f" {'fla ms':>7s} {'fla/ours':>8s} {'sdpa best':>16s} {'sdpa/ours':>9s} {'naive/ours':>10s}"
+    print(hdr)
+    for (cfg, T, p), ops in by.items():
+        o = ops.get("ours")
+        if o is None:
+            continue
+        sd = {k: v["ms"] for k, v in ops.items() if k.startswith("sdpa")}
+        sb = min(sd, key=sd.get) if sd else None
+        fla = ops.get("fla", {}).get("ms", math.nan)
+        nv = ops.get("naive_parallel", {}).get("ms", math.nan)
+        print(
+            f"{cfg:3s} {T:6d} {p:8s} {o['ms']:8.3f} {o['tflops']:7.0f} {o['tokens_per_s'] / 1e6:7.1f} "
+            f"{o['floor_ms']:7.3f} {o['ms'] / o['floor_ms']:7.2f} {fla:7.3f} {fla / o['ms']:8.2f} "
+            f"{(sb or '-')[5:] + ' ' + (f'{sd[sb]:.3f}' if sb else ''):>16s} "
+            f"{(sd[sb] / o['ms'] if sb else math.nan):9.2f} {nv / o['ms']:10.2f}"
+        )
+
+
+def plot(rows, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    for ax, (cfg, p) in zip(axes.flat, [("A", "fwd"), ("A", "fwd+bwd"), ("B", "fwd"), ("B", "fwd+bwd")]):
+        sel = [r for r in rows if r["cfg"] == cfg and r["pass"] == p]
+        for op in sorted({r["op"] for r in sel}):
+            pts = sorted((r["T"], r["ms"]) for r in sel if r["op"] == op)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=op)
+        fl = sorted({(r["T"], r["floor_ms"]) for r in sel})
+        ax.plot([x for x, _ in fl], [y for _, y in fl], "k--", label="floor")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(f"cfg {cfg} {p} (B·T = {TOKENS})")
+        ax.set_xlabel("T")
+        ax.set_ylabel("ms")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--cfg", nargs="+", default=["A", "B"])
+    ap.add_argument("--T", nargs="+", type=int, default=[2048, 4096, 8192, 16384, 32768, 65536])
+    ap.add_argument("--sweep", action="store_true", help="time block-size variants per kernel first")
+    ap.add_argument("--table", default=None, help="JSON file with a BLOCK_TABLE to use")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    if args.table:
+        with open(args.table) as f:
+            ck.BLOCK_TABLE.update({k: tuple(v) for k, v in json.load(f).items()})
+    bw, mm = measure_ceilings()
+    print(f"ceilings: copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s")
+    result = {"env": env_stamp(), "copy_bw_Bps": bw, "matmul_flops": mm, "command": " ".join(sys.argv)}
+    if args.sweep:
+        result["sweep"] = sweep(args.cfg)
+    result["decode"] = bench_decode(bw)
+    result["chunkwise"] = bench_chunkwise(args.cfg, args.T, bw, mm)
+    result["env"]["block_table"] = ck.BLOCK_TABLE
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    plot(result["chunkwise"], os.path.join(args.out, "retention.png"))
+    print_table(result["chunkwise"], bw, mm)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Recurrent retention in Triton: the fused decode step (paper §2.1, Eq. 6; SPEC §3).
+
+One kernel advances the state token by token, in place:
+
+    S_n = γ S_{n−1} + k_nᵀ v_n,   z_n = γ z_{n−1} + k_n,   o_n = q_n S_n / max(|q_n z_n|, √c_n).
+
+Each program owns one ``(K, BV)`` slice of one (batch, head) state and keeps it in registers across the T
+tokens, so the state is read and written once per call: decoding is bound by the state's bytes. The kernel
+allocates nothing and synchronises with nothing, so :func:`retention_step` can be captured in a CUDA graph.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ..triton_utils import check_cuda_or_interpreter, next_power_of_2
+from .chunkwise import _row_scale
+from .state import RetentionState
+
+RECURRENT_MAX_T = 16
+"""Longest segment ``form="recurrent"`` sends to the step kernel; longer ones (and any segment that needs
+gradients) go to the chunkwise kernels, which compute the same function."""
+
+
+@triton.jit
+def _recurrent_step_kernel(
+    q, k, v, log_decay, S, z, z_new, position, o,
+    T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, NORMALIZE: tl.constexpr,
+):  # fmt: skip
+    i_v, i_bh = tl.program_id(0), tl.program_id(1)
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_decay + i_h).to(tl.float32)
+    g = tl.exp(lg)
+    p0 = tl.load(position + i_b)
+    o_k = tl.arange(0, BK)
+    o_v = i_v * BV + tl.arange(0, BV)
+    m_k = o_k < K
+    m_v = o_v < V
+    p_S = S + i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    m_S = m_k[:, None] & m_v[None, :]
+    b_S = tl.load(p_S, mask=m_S, other=0.0).to(tl.float32)
+    b_z = tl.load(z + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+    for t in range(T):
+        n = p0 + t
+        b_q = tl.load(q + ((i_b * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k + ((i_b * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + ((i_b * T + t) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        # Left padding (n < 0): k = v = 0, so the state only decays.
+        b_k = tl.where(n >= 0, b_k, 0.0)
+        b_v = tl.where(n >= 0, b_v, 0.0)
+        b_S = b_S * g + b_k[:, None] * b_v[None, :]
+        b_z = b_z * g + b_k
+        b_o = tl.sum(b_q[:, None] * b_S, axis=0)  # (BV,)
+        b_s = tl.sum(b_q * b_z, axis=0)
+        n_row = tl.full([1], 0, tl.int64) + n
+        b_r = _row_scale(tl.full([1], 0.0, tl.float32) + b_s, lg, n_row, n_row >= 0, NORMALIZE)
+        b_o = b_o * tl.sum(b_r, axis=0)
+        tl.store(o + ((i_b * T + t) * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+    tl.store(p_S, b_S.to(p_S.dtype.element_ty), mask=m_S)
+    # z is read by every V block, so the new key sum goes to a separate buffer (no read/write race).
+    tl.store(z_new + i_bh * K + o_k, b_z.to(z_new.dtype.element_ty), mask=m_k & (i_v == 0))
+
+
+def _step_block_v(B: int, H: int, K: int, V: int) -> int:
+    # Enough programs to cover the GPU at batch 1, and registers for a (K, BV) fp32 slice.
+    bv = 32 if K <= 128 else 16
+    if B * H >= 512:
+        bv = 64 if K <= 128 else 32
+    return min(bv, max(16, next_power_of_2(V)))
+
+
+@torch.library.custom_op("retnet::retention_step_", mutates_args=("S", "z"))
+def _step_op(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    S: torch.Tensor,
+    z: torch.Tensor,
+    position: torch.Tensor,
+    normalize: bool,
+) -> torch.Tensor:
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    o = torch.empty_like(v)
+    z_new = torch.empty_like(z)
+    BV = _step_block_v(B, H, K, V)
+    BK = max(16, next_power_of_2(K))
+    _recurrent_step_kernel[(triton.cdiv(V, BV), B * H)](
+        q, k, v, log_decay, S, z, z_new, position, o, T,
+        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, num_warps=4,
+    )  # fmt: skip
+    z.copy_(z_new)
+    return o
+
+
+@_step_op.register_fake
+def _(q, k, v, log_decay, S, z, position, normalize):
+    return torch.empty_like(v)
+
+
+def retention_step(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    state: RetentionState,
+    normalize: bool = True,
+) -> torch.Tensor:
+    """Advance a retention state by T tokens in place and return their outputs (recurrent form, Eq. 6).
+
+    The decoding primitive: ``state.S``, ``state.z`` and ``state.position`` are updated in place, nothing is
+    allocated beyond the output, and there is no host synchronisation, so a decode loop built on it can be
+    captured in a CUDA graph (keep the state tensors at fixed addresses). No autograd.
+
+    Args:
+        q, k: ``(B, T, H, K)`` fp16/bf16/fp32 (k scaled by K^−½), usually T = 1.
+        v: ``(B, T, H, V)`` same dtype.
+        log_decay: ``(H,)`` float32 log γ.
+        state: :class:`RetentionState` with contiguous float32 S ``(B, H, K, V)`` and z ``(B, H, K)`` and int64
+            position ``(B,)``; rows at negative positions treat their tokens as left padding.
+        normalize: apply SPEC §3 factors 2 and 3.
+
+    Returns:
+        o: ``(B, T, H, V)`` in v's dtype.
+
+    Raises:
+        ValueError: if the state is not float32, contiguous, or of the wrong shape.
+    """
+    S, z, position = state
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if S.shape != (B, H, K, V) or z.shape != (B, H, K) or position.shape != (B,):
+        raise ValueError("state does not match q/v shapes (B, H, K, V)")
+    if S.dtype != torch.float32 or z.dtype != torch.float32 or not (S.is_contiguous() and z.is_contiguous()):
+        raise ValueError("retention_step needs contiguous float32 S and z (updated in place)")
+    if position.dtype != torch.long:
+        raise ValueError("state.position must be int64")
+    check_cuda_or_interpreter(q, S)
+    o = _step_op(q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize)
+    position.add_(T)
+    return o

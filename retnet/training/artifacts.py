@@ -1,0 +1,120 @@
+"""Using what a run produced: load a trained model (run folder, checkpoint or exported model) and sample text."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
+
+from ..data import StreamDecoder, Tokenizer, load_tokenizer
+from ..model import RetNetConfig, RetNetForCausalLM
+from . import checkpoint as ckpt_io
+
+
+@dataclass
+class Trained:
+    """A model with its tokenizer and where it came from."""
+
+    model: RetNetForCausalLM
+    tokenizer: Tokenizer
+    source: Path
+
+
+def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Trained:
+    """Load a model for evaluation or generation.
+
+    Args:
+        path: a run folder (its latest valid checkpoint, else its exported ``model/``), a checkpoint folder, or
+            a ``save_pretrained`` folder with a ``tokenizer/`` inside or beside it.
+        device: where to put the model.
+
+    Raises:
+        FileNotFoundError: nothing loadable at ``path``.
+        ValueError: a corrupt checkpoint.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no such run, checkpoint or model folder: {path}")
+    if (path / "model.safetensors").is_file():
+        model = RetNetForCausalLM.from_pretrained(path)
+        tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path.parent / "tokenizer"
+        source = path
+    else:
+        if (path / ckpt_io.MANIFEST).is_file() or ckpt_io.list_checkpoints(path):
+            ckpt = ckpt_io.resolve_checkpoint(path)
+        elif (path / "model" / "model.safetensors").is_file():
+            return load_trained(path / "model", device)
+        else:
+            raise FileNotFoundError(f"{path} holds no checkpoint and no exported model")
+        config = RetNetConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
+        model = RetNetForCausalLM(config)
+        state = {"model": get_model_state_dict(model)}
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
+            dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        set_model_state_dict(model, state["model"])
+        tok_dir, source = ckpt / "tokenizer", ckpt
+    tokenizer = load_tokenizer(tok_dir)
+    if tokenizer.vocab_size != model.config.vocab_size:
+        raise ValueError(
+            f"tokenizer in {tok_dir} has {tokenizer.vocab_size} tokens, the model {model.config.vocab_size}"
+        )
+    return Trained(model.to(device).eval(), tokenizer, source)
+
+
+def stream_text(
+    trained: Trained,
+    prompt: str,
+    *,
+    max_new_tokens: int = 200,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    repetition_penalty: float = 1.0,
+    greedy: bool = False,
+    seed: int | None = None,
+    stop_at_separator: bool = True,
+) -> Iterator[str]:
+    """Yield the generated continuation of ``prompt`` piece by piece (complete characters only).
+
+    Raises:
+        ValueError: an empty prompt (a tokenizer that yields no ids).
+    """
+    tok = trained.tokenizer
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt is empty; give at least one character")
+    device = next(trained.model.parameters()).device
+    input_ids = torch.tensor([ids], dtype=torch.long, device=device)
+    decoder = StreamDecoder(tok)
+    for new in trained.model.stream_generate(
+        input_ids,
+        max_new_tokens=max_new_tokens,
+        do_sample=not greedy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        repetition_penalty=repetition_penalty,
+        eos_token_id=tok.sep_id if stop_at_separator else None,
+        seed=seed,
+    ):
+        token = int(new[0])
+        if stop_at_separator and token == tok.sep_id:
+            break
+        piece = decoder.push([token])
+        if piece:
+            yield piece
+    rest = decoder.flush()
+    if rest:
+        yield rest
+
+
+def sample_text(trained: Trained, prompt: str, **kwargs) -> str:
+    """The whole continuation of ``prompt`` (see :func:`stream_text`)."""
+    return "".join(stream_text(trained, prompt, **kwargs))

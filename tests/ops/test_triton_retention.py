@@ -1,0 +1,251 @@
+"""Triton retention kernels against the float64 reference (``reference.py``), forward and backward.
+
+On a machine without CUDA the kernels run through Triton's CPU interpreter (small shapes, fp32/fp16 only:
+the interpreter has no bf16 dot); ``gpu`` tests cover bf16, large head dims, ``torch.compile`` and CUDA graphs.
+"""
+
+import os
+
+import pytest
+import torch
+
+# Must happen before the kernel modules are imported (triton.jit reads it at decoration); at collection time.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
+triton = pytest.importorskip("triton")
+
+from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
+from retnet.ops.retention.recurrent import retention_step  # noqa: E402
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# Additive slack of the error check, per dtype: max|kernel − ref64| <= 2·max|ref_lp − ref64| + ATOL.
+ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+RMS = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
+GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+
+pytestmark = pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
+
+
+@pytest.fixture(autouse=True)
+def _ieee_fp32():
+    """Exact float32 dots in the kernels (they follow torch's float32 matmul precision)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old)
+
+
+def _inputs(B, T, H, K, V, dtype, offset, with_state, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, T, H, K, generator=g)
+    k = torch.randn(B, T, H, K, generator=g) * K**-0.5
+    v = torch.randn(B, T, H, V, generator=g)
+    pos = torch.as_tensor(offset, dtype=torch.long).expand(B).clone()
+    state = None
+    if with_state:
+        state = RetentionState(0.3 * torch.randn(B, H, K, V, generator=g), torch.randn(B, H, K, generator=g), pos)
+    w = torch.randn(B, T, H, V, generator=g)  # cotangent of o
+    wS = torch.randn(B, H, K, V, generator=g)  # cotangent of the final S
+    return [x.to(dtype) for x in (q, k, v)], state, pos, w, wS
+
+
+def _run(qkv, state, pos, w, wS, dtype, H, backend, normalize):
+    """Forward + backward of retention; returns (o, S, z, position, dq, dk, dv, dS0) on the CPU in float64."""
+    lg = log_decay_schedule(H, dtype=torch.float64 if dtype == torch.float64 else torch.float32, device=DEVICE)
+    xs = [x.to(DEVICE, dtype).clone().requires_grad_() for x in qkv]
+    kwargs = {"offset": pos.to(DEVICE)}
+    S0 = None
+    if state is not None:
+        sdt = torch.float64 if dtype == torch.float64 else torch.float32
+        S0 = state.S.to(DEVICE, sdt).clone().requires_grad_()
+        kwargs = {"initial_state": RetentionState(S0, state.z.to(DEVICE, sdt), state.position.to(DEVICE))}
+    o, fs = retention(*xs, lg, output_final_state=True, normalize=normalize, backend=backend, **kwargs)
+    loss = (o.double() * w.to(DEVICE)).sum() + (fs.S.double() * wS.to(DEVICE)).sum()
+    loss.backward()
+    grads = [x.grad for x in xs] + ([S0.grad] if S0 is not None else [])
+    outs = [o, fs.S, fs.z]
+    return [t.detach().double().cpu() for t in outs], fs.position.cpu(), [t.double().cpu() for t in grads]
+
+
+def _check(name, got, ref64, ref_lp, dtype, scale=1.0):
+    err = (got - ref64).abs().max().item()
+    ref_err = (ref_lp - ref64).abs().max().item()
+    budget = 2 * scale * ref_err + scale * ATOL[dtype] * max(1.0, ref64.abs().max().item())
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    assert err <= budget, f"{name}: max err {err:.3e} > {budget:.3e} (reference's own {ref_err:.3e})"
+    rms = ((got - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
+    bound = RMS[dtype] * (2 if scale > 1 else 1)
+    assert rms <= bound, f"{name}: RMS-relative err {rms:.3e} > {bound:.1e}"
+
+
+def _refused_on_this_device(dtype, with_state):
+    """16-bit chunkwise kernels with an initial state are refused on CUDA (``triton_limitation``)."""
+    return DEVICE.type == "cuda" and with_state and dtype in (torch.float16, torch.bfloat16)
+
+
+def _compare(B, T, H, K, V, dtype, offset=0, with_state=False, normalize=True):
+    qkv, state, pos, w, wS = _inputs(B, T, H, K, V, dtype, offset, with_state)
+    if _refused_on_this_device(dtype, with_state):
+        with pytest.raises(NotImplementedError, match="initial state with 16-bit"):
+            _run(qkv, state, pos, w, wS, dtype, H, "triton", normalize)
+        backend = "auto"  # falls back to the reference: still checked below against float64
+    else:
+        backend = "triton"
+    out_k, pos_k, g_k = _run(qkv, state, pos, w, wS, dtype, H, backend, normalize)
+    out_64, pos_64, g_64 = _run([x.double() for x in qkv], state, pos, w, wS, torch.float64, H, "torch", normalize)
+    out_lp, _, g_lp = _run(qkv, state, pos, w, wS, dtype, H, "torch", normalize)
+    assert torch.equal(pos_k, pos_64)
+    for name, a, b, c in zip(("o", "S", "z"), out_k, out_64, out_lp):
+        _check(name, a, b, c, dtype)
+    for name, a, b, c in zip(("dq", "dk", "dv", "dS0"), g_k, g_64, g_lp):
+        _check(name, a, b, c, dtype, scale=4.0)
+
+
+def _case_id(B, T, H, K, V, dtype, *rest):
+    extra = "".join(f"-{r}" for r in rest if r)
+    return f"B{B}-T{T}-H{H}-K{K}-V{V}-{DTYPE_NAME[dtype]}{extra}"
+
+
+# (B, T, H, K, V, dtype, offset, with_state, normalize)
+CPU_CASES = [
+    (2, 100, 2, 32, 48, torch.float32, 0, False, True),
+    (1, 1, 1, 16, 16, torch.float32, 0, False, True),
+    (2, 130, 2, 60, 40, torch.float32, [-7, 3], True, True),
+    (2, 100, 2, 32, 48, torch.float16, 0, True, True),
+    (1, 70, 2, 32, 32, torch.float32, 5, True, False),
+]
+
+
+def _off_id(off):
+    if isinstance(off, list):
+        return "off" + "_".join(str(o) for o in off)
+    return f"off{off}" if off else ""
+
+
+def _ids(cases):
+    return [
+        _case_id(B, T, H, K, V, dt, "state" if st else "", _off_id(off), "" if nrm else "raw")
+        for B, T, H, K, V, dt, off, st, nrm in cases
+    ]
+
+
+@pytest.mark.parametrize("B,T,H,K,V,dtype,offset,with_state,normalize", CPU_CASES, ids=_ids(CPU_CASES))
+def test_chunkwise_matches_reference(B, T, H, K, V, dtype, offset, with_state, normalize):
+    _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
+
+
+def test_all_left_padding_gives_zeros():
+    qkv, _, _, _, _ = _inputs(1, 40, 2, 16, 16, torch.float32, 0, False)
+    lg = log_decay_schedule(2, device=DEVICE)
+    o, fs = retention(*(x.to(DEVICE) for x in qkv), lg, offset=-50, output_final_state=True, backend="triton")
+    assert torch.equal(o, torch.zeros_like(o))
+    assert torch.equal(fs.S, torch.zeros_like(fs.S))
+
+
+def test_continuation_equals_one_call():
+    qkv, _, _, _, _ = _inputs(2, 90, 2, 32, 32, torch.float32, 0, False)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+    lg = log_decay_schedule(2, device=DEVICE)
+    o_all, s_all = retention(q, k, v, lg, output_final_state=True, backend="triton")
+    o1, s1 = retention(q[:, :70], k[:, :70], v[:, :70], lg, output_final_state=True, backend="triton")
+    o2, s2 = retention(q[:, 70:], k[:, 70:], v[:, 70:], lg, initial_state=s1, output_final_state=True, backend="triton")
+    torch.testing.assert_close(torch.cat([o1, o2], 1), o_all, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(s2.S, s_all.S, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("T", [1, 3], ids=["T1", "T3"])
+def test_recurrent_step_matches_reference(T):
+    B, H, K, V = 2, 2, 32, 24
+    qkv, state, _, _, _ = _inputs(B, T, H, K, V, torch.float32, [-2, 5], True)
+    lg = log_decay_schedule(H, device=DEVICE)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+    st = RetentionState(*(x.to(DEVICE) for x in state))
+    o, fs = retention(q, k, v, lg, form="recurrent", initial_state=st, output_final_state=True, backend="triton")
+    st64 = RetentionState(state.S.double(), state.z.double(), state.position)
+    o64, fs64 = retention(*(x.double() for x in qkv), lg.double().cpu(), form="recurrent", initial_state=st64,
+                          output_final_state=True, backend="torch")  # fmt: skip
+    torch.testing.assert_close(o.double().cpu(), o64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fs.S.double().cpu(), fs64.S, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(fs.z.double().cpu(), fs64.z, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fs.position.cpu(), fs64.position)
+    assert torch.equal(st.S.cpu(), state.S), "retention(form='recurrent') must not modify its input state"
+    # retention_step updates in place.
+    o_step = retention_step(q, k, v, lg, st)
+    torch.testing.assert_close(o_step, o, rtol=0, atol=0)
+    torch.testing.assert_close(st.S, fs.S, rtol=0, atol=0)
+    assert torch.equal(st.position, fs.position)
+
+
+# --------------------------------------------------------------------------------------------------------
+# GPU tier
+# --------------------------------------------------------------------------------------------------------
+
+GPU_CASES = [
+    (B, T, H, K, V, dt, off, st, True)
+    for dt in (torch.float32, torch.bfloat16, torch.float16)
+    for B, T, H, K, V, off, st in (
+        (2, 100, 4, 64, 128, 0, False),
+        (2, 1, 2, 64, 64, 0, True),
+        (2, 333, 2, 60, 40, [-17, 4], True),
+        (1, 300, 2, 256, 512, 0, True),
+        (2, 64, 2, 128, 128, 1000, False),
+    )
+]
+
+
+@pytest.mark.parametrize(
+    "B,T,H,K,V,dtype,offset,with_state,normalize",
+    [pytest.param(*c, marks=GPU, id=i) for c, i in zip(GPU_CASES, _ids(GPU_CASES))],
+)
+def test_chunkwise_matches_reference_gpu(B, T, H, K, V, dtype, offset, with_state, normalize):
+    _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
+
+
+@pytest.mark.gpu
+@GPU[1]
+def test_torch_compile_matches_eager():
+    qkv, _, _, w, _ = _inputs(2, 200, 4, 64, 64, torch.bfloat16, 0, False)
+    lg = log_decay_schedule(4, device=DEVICE)
+
+    def f(q, k, v):
+        return retention(q, k, v, lg, backend="triton")[0]
+
+    xs = [x.to(DEVICE).requires_grad_() for x in qkv]
+    ys = [x.to(DEVICE).requires_grad_() for x in qkv]
+    o_e = f(*xs)
+    (o_e.float() * w.to(DEVICE)).sum().backward()
+    o_c = torch.compile(f, fullgraph=True)(*ys)
+    (o_c.float() * w.to(DEVICE)).sum().backward()
+    torch.testing.assert_close(o_c, o_e, rtol=0, atol=0)
+    for a, b in zip(xs, ys):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=0)
+
+
+@pytest.mark.gpu
+@GPU[1]
+def test_step_under_cuda_graph():
+    B, H, K, V = 4, 8, 256, 512
+    lg = log_decay_schedule(H, device=DEVICE)
+    state = RetentionState.zeros(B, H, K, V, device=DEVICE)
+    q, k, v = (torch.randn(B, 1, H, d, device=DEVICE, dtype=torch.bfloat16) for d in (K, K, V))
+    ref_state = RetentionState(state.S.clone(), state.z.clone(), state.position.clone())
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):  # warm-up (compiles the kernel) outside the capture
+        retention_step(q, k, v, lg, RetentionState(*(x.clone() for x in state)))
+    torch.cuda.current_stream().wait_stream(s)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        o = retention_step(q, k, v, lg, state)
+    outs = []
+    for _ in range(3):
+        graph.replay()
+        outs.append(o.clone())
+    for i in range(3):
+        o_ref, ref_state = retention(q, k, v, lg, form="recurrent", initial_state=ref_state, output_final_state=True,
+                                     backend="torch")  # fmt: skip
+        torch.testing.assert_close(outs[i].float(), o_ref.float(), rtol=2e-2, atol=2e-2)
+    torch.testing.assert_close(state.S, ref_state.S, rtol=1e-4, atol=1e-4)
+    assert state.position.tolist() == [3] * B

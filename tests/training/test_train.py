@@ -1,0 +1,151 @@
+"""Training in-process on CPU: loss falls, exact resume, accumulation, forms, precisions, NaN handling."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+
+import pytest
+import torch
+
+from retnet.training import NonFiniteLossError, load_config, train
+from retnet.training import checkpoint as ckpt_io
+from retnet.training import trainer as trainer_mod
+from retnet.training.artifacts import load_trained, sample_text
+
+from .corpus import fast_overrides
+
+
+def _run(dataset, run_dir, resume=None, **extra):
+    return train(load_config([], fast_overrides(dataset, run_dir, **extra)), resume=resume)
+
+
+def _weights(run_dir):
+    return load_trained(run_dir / "model").model.state_dict()
+
+
+def test_loss_decreases_and_artifacts(dataset, tmp_path):
+    res = _run(dataset, tmp_path / "run", steps=40, eval_every=20, tensorboard=True, **{"checkpoint.keep": 2})
+    losses = [loss for _, loss in res.losses]
+    assert sum(losses[-5:]) / 5 < sum(losses[:5]) / 5 - 0.5, losses
+    assert res.val is not None and res.val.perplexity < math.exp(losses[0])
+    assert 0 < res.val.bits_per_byte < 8 and res.val.bytes == res.val.tokens - res.val.tokens // 1000
+    run = tmp_path / "run"
+    assert [p.name for p in ckpt_io.list_checkpoints(run)] == ["step_00000036", "step_00000040"]
+    for name in ("train_config.yaml", "tokenizer/tokenizer_config.json", "metrics.jsonl", "loss_curve.png"):
+        assert (run / name).is_file(), name
+    if importlib.util.find_spec("tensorboard") is not None:
+        assert any((run / "tensorboard").iterdir())
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40]
+    text = sample_text(load_trained(run), "the ", max_new_tokens=30, seed=0)
+    assert isinstance(text, str) and len(text) > 0
+
+
+def test_exact_resume(dataset, tmp_path):
+    full = _run(dataset, tmp_path / "full", steps=12)
+    half = _run(dataset, tmp_path / "half", steps=6, **{"optim.decay_steps": 12})
+    resumed = _run(dataset, tmp_path / "half", resume=str(tmp_path / "half"), steps=12)
+    assert half.losses == full.losses[:6]
+    assert resumed.losses == full.losses[6:]  # bit-for-bit
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "half")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    metrics = [json.loads(x) for x in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in metrics if r["kind"] == "train"] == list(range(1, 13))
+
+
+def test_refuses_to_overwrite_and_checks_architecture(dataset, tmp_path):
+    _run(dataset, tmp_path / "r", steps=6)
+    with pytest.raises(ValueError, match="already has checkpoints; pass --resume"):
+        _run(dataset, tmp_path / "r", steps=6)
+    with pytest.raises(ValueError, match="holds another architecture: hidden_size 64 != 32"):
+        _run(dataset, tmp_path / "r", resume=str(tmp_path / "r"), steps=8, **{"model.hidden_size": 32})
+
+
+def test_accumulation_and_forms_agree(dataset, tmp_path):
+    base = _run(dataset, tmp_path / "a", steps=4)
+    accum = _run(dataset, tmp_path / "b", steps=4, micro_batch_size=1)
+    parallel = _run(dataset, tmp_path / "c", steps=4, form="parallel")
+    ckpt = _run(dataset, tmp_path / "d", steps=4, activation_checkpointing=True)
+    rows = _run(dataset, tmp_path / "e", steps=4, **{"data.reset_at_boundaries": False})
+    for other in (accum, parallel, ckpt):
+        assert [x for _, x in other.losses] == pytest.approx([x for _, x in base.losses], rel=1e-5)
+    assert rows.losses[0][1] == pytest.approx(base.losses[0][1], rel=1e-2)  # same data, no resets
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_mixed_precision_runs(dataset, tmp_path, precision):
+    res = _run(dataset, tmp_path / precision, steps=6, precision=precision)
+    assert all(math.isfinite(x) for _, x in res.losses)
+    assert res.losses[-1][1] < res.losses[0][1]
+
+
+class _NanGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def _nan_at(monkeypatch, step, kind="loss"):
+    calls = {"n": 0}
+    real = trainer_mod.lm_loss_sum
+
+    def loss_with_nan(model, batch, form, chunk_size):
+        calls["n"] += 1
+        loss = real(model, batch, form, chunk_size)
+        if calls["n"] != step:
+            return loss
+        return loss * float("nan") if kind == "loss" else _NanGradient.apply(loss)
+
+    monkeypatch.setattr(trainer_mod, "lm_loss_sum", loss_with_nan)
+
+
+def test_nan_stops_without_corrupting_checkpoints(dataset, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 8)
+    with pytest.raises(NonFiniteLossError, match="non-finite loss nan at step 8; stopped without saving"):
+        _run(dataset, tmp_path / "nan", steps=12)
+    ckpts = ckpt_io.list_checkpoints(tmp_path / "nan")
+    assert [p.name for p in ckpts] == ["step_00000006"]
+    ckpt_io.verify_checkpoint(ckpts[0])
+    monkeypatch.undo()
+    resumed = _run(dataset, tmp_path / "nan", resume=str(tmp_path / "nan"), steps=12)
+    assert all(math.isfinite(x) for _, x in resumed.losses)
+
+
+def test_nan_gradient_stops(dataset, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 2, kind="grad")
+    with pytest.raises(NonFiniteLossError, match="non-finite gradient norm nan at step 2"):
+        _run(dataset, tmp_path / "nangrad", steps=4)
+    assert ckpt_io.list_checkpoints(tmp_path / "nangrad") == []
+
+
+def test_nan_skip_policy(dataset, tmp_path, monkeypatch):
+    _nan_at(monkeypatch, 3)
+    res = _run(dataset, tmp_path / "skip", steps=8, nan_policy="skip")
+    assert res.skipped == 1 and math.isnan(res.losses[2][1])
+    assert all(torch.isfinite(v).all() for v in _weights(tmp_path / "skip").values())
+
+
+def test_corrupt_checkpoint_falls_back(dataset, tmp_path):
+    _run(dataset, tmp_path / "c", steps=12)
+    newest = ckpt_io.list_checkpoints(tmp_path / "c")[-1]
+    shard = next((newest / "state").glob("*.distcp"))
+    shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
+    assert ckpt_io.latest_checkpoint(tmp_path / "c").name == "step_00000006"
+    with pytest.raises(ValueError, match="does not match its checksum"):
+        ckpt_io.verify_checkpoint(newest)
+
+
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def test_compiled_blocks_match_eager(dataset, tmp_path, backend):
+    extra = {"steps": 3, "model.num_hidden_layers": 1, "data.reset_at_boundaries": False}
+    eager = _run(dataset, tmp_path / "eager", **extra)
+    compiled = _run(dataset, tmp_path / "compiled", compile=True, compile_backend=backend, **extra)
+    assert [x for _, x in compiled.losses] == pytest.approx([x for _, x in eager.losses], rel=1e-4)
