@@ -6,6 +6,7 @@ Examples::
     retnet compare --preset small --archs transformer,retnet      # a subset
     retnet compare --config configs/compare-small.yaml --prepare-only
     retnet compare --preset tiny train.tokens=409600 data.in_domain=shakespeare
+    retnet compare --preset tiny --train.lr=1e-3
 """
 
 from __future__ import annotations
@@ -28,15 +29,17 @@ def register(subparsers) -> None:
     p.add_argument("--archs", default=None, help="comma-separated subset of architectures (default: all)")
     p.add_argument("--out", default=None, help="run folder (default runs/compare-<preset>)")
     p.add_argument("--prepare-only", action="store_true", help="only fetch and tokenise the corpora")
-    p.add_argument("overrides", nargs="*", help="section.field=value overrides, e.g. train.tokens=409600")
-    p.set_defaults(func=run)
+    p.add_argument(
+        "settings", nargs="*", help="section.field=value overrides, e.g. train.tokens=409600 (or --train.tokens=409600)"
+    )
+    p.set_defaults(func=run, accepts_overrides=True)
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the config from the arguments and run the comparison."""
     from ..compare import load_compare_config, run_comparison
 
-    overrides = list(args.overrides)
+    overrides = [*args.settings, *getattr(args, "overrides", [])]
     if args.archs:
         overrides.append(f"archs=[{args.archs}]")
     if args.out:
