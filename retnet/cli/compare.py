@@ -4,7 +4,7 @@ Examples::
 
     retnet compare --preset tiny                                  # CPU, all eleven models
     retnet compare --preset small --archs transformer,retnet      # a subset
-    retnet compare --config configs/compare-small.yaml --prepare-only
+    retnet compare --config configs/compare/small.yaml --prepare-only
     retnet compare --preset tiny train.tokens=409600 data.in_domain=shakespeare
     retnet compare --preset tiny --train.lr=1e-3
 """
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (one H200) or 200m (paper Table 5)")
-    p.add_argument("--config", default=None, help="YAML file (configs/compare-*.yaml) applied over the preset")
+    p.add_argument("--config", default=None, help="YAML file (configs/compare/*.yaml) applied over the preset")
     p.add_argument("--archs", default=None, help="comma-separated subset of architectures (default: all)")
     p.add_argument("--out", default=None, help="run folder (default runs/compare-<preset>)")
     p.add_argument("--prepare-only", action="store_true", help="only fetch and tokenise the corpora")

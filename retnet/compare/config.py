@@ -1,7 +1,7 @@
 """``CompareConfig``: everything one comparison run fixes (paper §3.4): the architectures, the shared data,
 tokenizer and evaluation corpora, the model size and the shared training recipe.
 
-Loaded from a preset (:mod:`retnet.compare.presets`), then a YAML file (``configs/compare-*.yaml``), then
+Loaded from a preset (:mod:`retnet.compare.presets`), then a YAML file (``configs/compare/*.yaml``), then
 ``section.field=value`` overrides, and written into the run folder, where a resumed run must find the same one.
 """
 
