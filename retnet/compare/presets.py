@@ -31,7 +31,8 @@ COMPARE_PRESETS: dict[str, dict] = {
         data=dict(tokenizer="bpe", vocab_size=32000, ood_max_bytes=50_000_000, eval_tokens=2_097_152),
         train=dict(
             seq_len=2048, batch_size=256, tokens=5_000_000_000, lr=6e-4, warmup_steps=375, log_every=50,
-            dtype="bfloat16",
+            dtype="bfloat16", checkpoint_every=500,
         ),
+        trainer=dict(micro_batch_size=8),  # gradient accumulation: 32 micro-batches of 8 × 2048 tokens per step
     ),
 }  # fmt: skip
