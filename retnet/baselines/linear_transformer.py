@@ -3,7 +3,8 @@
 o_n = φ(q_n) S_n / (φ(q_n) · z_n) with S_n = Σ_{m≤n} φ(k_m)ᵀ v_m and z_n = Σ_{m≤n} φ(k_m), φ(x) = elu(x) + 1.
 This is retention with γ = 1 and no normalisation, so the training path reuses :func:`retnet.ops.retention`
 (chunkwise form; the denominator comes from one extra value column of ones) and decoding is its recurrent form.
-No positional encoding, as in the paper.
+It uses the op's PyTorch path (``backend="torch"`` by default), so the baseline does not depend on kernel
+support for γ = 1, unnormalised output and a value width of K + 1. No positional encoding, as in the paper.
 """
 
 from __future__ import annotations
@@ -29,14 +30,18 @@ class LinearAttention(TokenMixer):
         num_heads: H; head dim K = V = D / H.
         chunk_size: chunk size of the chunkwise training path.
         eps: added to the denominator.
+        backend: backend of :func:`retnet.ops.retention`.
     """
 
-    def __init__(self, hidden_size: int, num_heads: int, chunk_size: int = 64, eps: float = 1e-6):
+    def __init__(
+        self, hidden_size: int, num_heads: int, chunk_size: int = 64, eps: float = 1e-6, backend: str = "torch"
+    ):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = hidden_size // num_heads
         self.chunk_size = chunk_size
         self.eps = eps
+        self.backend = backend
         self.q_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
@@ -53,7 +58,7 @@ class LinearAttention(TokenMixer):
         log_decay = torch.zeros(H, device=x.device, dtype=dt)  # γ = 1
         o, new_state = retention(
             q, k, v1, log_decay, form=form, chunk_size=self.chunk_size, initial_state=state,
-            output_final_state=output_state, normalize=False,
+            output_final_state=output_state, normalize=False, backend=self.backend,
         )  # fmt: skip  # o: (B, T, H, K + 1)
         o = o[..., :K] / (o[..., K:] + self.eps)  # (B, T, H, K)
         return self.out_proj(o.reshape(B, T, D).to(x.dtype)), new_state
