@@ -76,7 +76,7 @@ class OptimSection:
     and be resumed later with more steps on the very same schedule.
     """
 
-    lr: float = 1e-3
+    lr: float = 3e-3
     min_lr_ratio: float = 0.1
     beta1: float = 0.9
     beta2: float = 0.98

@@ -96,3 +96,10 @@ def test_packing_boundaries():
     assert rows.input_ids.shape == (2, 4) and rows.cu_seqlens is None
     no_docs = make_batch(np.array([[1, 2, 3], [4, 5, 9]]), sep)  # a separator only as the last target
     assert no_docs.input_ids.shape == (2, 2) and no_docs.cu_seqlens is None
+
+
+def test_token_dtype_widens_past_uint16():
+    from retnet.data.prepare import token_dtype
+
+    assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16
+    assert token_dtype(65537) == np.uint32

@@ -1,4 +1,4 @@
-"""Fixtures: one prepared byte-level dataset per session."""
+"""Fixtures: one prepared byte-level dataset shared by all training tests, one thread per test."""
 
 from __future__ import annotations
 
