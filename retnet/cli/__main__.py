@@ -12,7 +12,7 @@ import importlib
 import logging
 import sys
 
-SUBCOMMAND_MODULES = ("convert", "demo", "data", "train", "eval", "generate")
+SUBCOMMAND_MODULES = ("convert", "demo", "data", "train", "eval", "generate", "compare")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -26,7 +26,7 @@ from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
 from ..data import Batch, PreparedDataset, WindowSampler, make_batch
-from ..model import RetNetForCausalLM
+from ..model import RetNetConfig, RetNetForCausalLM
 from . import checkpoint as ckpt_io
 from .build import ensure_dataset, model_config, pick_device
 from .config import TrainConfig
@@ -41,7 +41,7 @@ from .distributed import (
     wrap_model,
 )
 from .evaluate import EvalResult, evaluate
-from .flops import peak_flops, train_flops_per_token
+from .flops import matmul_params, peak_flops, train_flops_per_token
 from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -111,12 +111,15 @@ def resolve_run_dir(cfg: TrainConfig, resume: str | None, info: DistInfo) -> Pat
     return Path("runs") / f"{cfg.name}-{stamp}"
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None) -> TrainResult:
+def train(cfg: TrainConfig, *, resume: str | None = None, model_factory=None) -> TrainResult:
     """Run training as described by ``cfg`` (every rank of a ``torchrun`` job calls this).
 
     Args:
         cfg: the run's configuration.
         resume: a run folder (its latest valid checkpoint) or a checkpoint folder to continue from.
+        model_factory: optional ``f(vocab_size) -> model`` replacing the RetNet built from ``cfg.model``; the
+            model must follow RetNet's forward contract and carry a ``config`` with ``to_dict``/``save`` (the
+            architecture comparison, :mod:`retnet.compare`, trains its baselines through this hook).
 
     Raises:
         NonFiniteLossError: a NaN/inf loss with ``nan_policy="stop"`` (or too many skipped steps).
@@ -125,13 +128,13 @@ def train(cfg: TrainConfig, *, resume: str | None = None) -> TrainResult:
     device_type = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     info = init_distributed(cfg.parallel.backend, device_type)
     try:
-        return _Trainer(cfg, info, resume).run()
+        return _Trainer(cfg, info, resume, model_factory).run()
     finally:
         teardown()
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: str | None) -> None:
+    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: str | None, model_factory=None) -> None:
         self.cfg, self.info = cfg, info
         self.device = pick_device(cfg, info)
         self.run_dir = resolve_run_dir(cfg, resume, info)
@@ -145,9 +148,14 @@ class _Trainer:
         self.data = PreparedDataset(ensure_dataset(cfg.data, info, cfg.seed))
         self.tokenizer = self.data.tokenizer
         self.sampler = WindowSampler(self.data.tokens("train"), cfg.data.seq_len, seed=cfg.seed)
-        self.model_cfg = model_config(cfg.model, self.tokenizer.vocab_size)
         torch.manual_seed(cfg.seed)  # identical initialisation on every rank
-        base = RetNetForCausalLM(self.model_cfg).to(self.device)
+        if model_factory is None:
+            self.model_cfg = model_config(cfg.model, self.tokenizer.vocab_size)
+            base = RetNetForCausalLM(self.model_cfg).to(self.device)
+        else:
+            base = model_factory(self.tokenizer.vocab_size).to(self.device)
+            self.model_cfg = base.config
+        self.model_cls = type(base)
         self.num_params = base.num_parameters()
         if cfg.activation_checkpointing:
             apply_activation_checkpointing(base)
@@ -160,9 +168,12 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
         self.autocast = _autocast(cfg, self.device)
         self.step, self.tokens_seen, self.skipped, self.consecutive_skips = 0, 0, 0, 0
-        self.flops_per_token = train_flops_per_token(
-            self.model_cfg, self.num_params, cfg.data.seq_len, cfg.form, cfg.chunk_size
-        )
+        if isinstance(self.model_cfg, RetNetConfig):
+            self.flops_per_token = train_flops_per_token(
+                self.model_cfg, self.num_params, cfg.data.seq_len, cfg.form, cfg.chunk_size
+            )
+        else:  # another architecture (model_factory): the 6·N matrix-product estimate only
+            self.flops_per_token = 6.0 * matmul_params(self.model_cfg, self.num_params)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
         self.peak = peak_flops(name, cfg.precision, cfg.peak_tflops)
 
@@ -360,7 +371,7 @@ class _Trainer:
 
         full = get_model_state_dict(self.model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
         if self.info.is_main:
-            export = RetNetForCausalLM(self.model_cfg)
+            export = self.model_cls(self.model_cfg)
             export.load_state_dict(full)
             export.save_pretrained(self.run_dir / "model")
             self.tokenizer.save(self.run_dir / "model" / "tokenizer")

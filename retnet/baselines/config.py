@@ -1,0 +1,134 @@
+"""``MixerLMConfig``: hyper-parameters of the shared language-model skeleton used for the comparison (paper §3.4).
+
+One skeleton (embedding, pre-norm blocks of token mixer + FFN, final norm, head) serves every baseline
+architecture of the paper's Tables 5 and 6; ``arch`` picks the token mixer. The block norm, FFN and embedding
+settings are copied from the RetNet config being compared, so only the mixer differs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..layers.ffn import ACTIVATIONS
+
+ARCHS = ("transformer", "linear_transformer", "rwkv", "h3", "hyena")
+
+
+@dataclass(kw_only=True)
+class MixerLMConfig:
+    """Hyper-parameters of a :class:`~retnet.baselines.MixerLM`.
+
+    Attributes:
+        arch: token mixer, one of ``ARCHS``.
+        vocab_size: size of the token vocabulary.
+        hidden_size: D, model width.
+        num_hidden_layers: L.
+        ffn_dim: inner width of the FFN (the knob used to match parameter counts).
+        num_heads: heads of the attention-like mixers (transformer, linear transformer); head dim D / H.
+        norm: block norm, ``"rmsnorm"`` or ``"layernorm"``.
+        ffn_glu: GLU FFN or plain MLP.
+        activation: FFN activation.
+        norm_eps: eps of the block norms.
+        scale_embedding: multiply embeddings by √D.
+        tie_word_embeddings: share the embedding and output matrices.
+        dropout: dropout after each sublayer and in the FFN.
+        h3_head_dim: head dim of H3's multiplicative interaction (8 in the paper's comparison).
+        ssm_state_size: N, state size of H3's SSMs (shift kernel length, twice the diagonal modes).
+        hyena_order: Hyena's order (number of gates); 2 in the paper's comparison.
+        hyena_filter_size: width of Hyena's implicit filter network.
+        hyena_emb_dim: positional features fed to the filter network (odd, ≥ 3).
+        hyena_short_filter: length of Hyena's short depthwise convolution.
+        max_position_embeddings: length scale of Hyena's filter positions (positions beyond it extrapolate).
+        pad_token_id, bos_token_id, eos_token_id: special token ids (optional).
+    """
+
+    arch: str
+    vocab_size: int
+    hidden_size: int = 256
+    num_hidden_layers: int = 4
+    ffn_dim: int = 1024
+    num_heads: int = 4
+    norm: str = "layernorm"
+    ffn_glu: bool = False
+    activation: str = "gelu"
+    norm_eps: float = 1e-6
+    scale_embedding: bool = False
+    tie_word_embeddings: bool = False
+    dropout: float = 0.0
+    h3_head_dim: int = 8
+    ssm_state_size: int = 64
+    hyena_order: int = 2
+    hyena_filter_size: int = 64
+    hyena_emb_dim: int = 3
+    hyena_short_filter: int = 3
+    max_position_embeddings: int = 2048
+    pad_token_id: int | None = None
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        if self.arch not in ARCHS:
+            raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
+        for name in (
+            "vocab_size",
+            "hidden_size",
+            "num_hidden_layers",
+            "ffn_dim",
+            "num_heads",
+            "h3_head_dim",
+            "ssm_state_size",
+            "hyena_order",
+            "hyena_filter_size",
+            "hyena_short_filter",
+            "max_position_embeddings",
+        ):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if self.norm not in ("rmsnorm", "layernorm"):
+            raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(ACTIVATIONS)}, got {self.activation!r}")
+        if self.arch in ("transformer", "linear_transformer"):
+            if self.hidden_size % self.num_heads or (self.hidden_size // self.num_heads) % 2:
+                raise ValueError(f"hidden_size {self.hidden_size} must split into {self.num_heads} heads of even dim")
+        if self.arch == "h3" and self.hidden_size % self.h3_head_dim:
+            raise ValueError(f"hidden_size {self.hidden_size} must be divisible by h3_head_dim {self.h3_head_dim}")
+        if self.arch == "h3" and self.ssm_state_size % 2:
+            raise ValueError(f"ssm_state_size must be even (conjugate pairs), got {self.ssm_state_size}")
+        if self.arch == "hyena" and self.hyena_order < 2:
+            raise ValueError(f"hyena_order must be >= 2, got {self.hyena_order}")
+        if self.hyena_emb_dim < 3 or self.hyena_emb_dim % 2 == 0:
+            raise ValueError(f"hyena_emb_dim must be odd and >= 3, got {self.hyena_emb_dim}")
+        if not (0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < self.vocab_size):
+                raise ValueError(f"{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
+
+    def to_dict(self) -> dict:
+        """All fields as a JSON-serialisable dict."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> MixerLMConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown MixerLMConfig field(s): {', '.join(unknown)}")
+        return cls(**data)
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the config as JSON."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> MixerLMConfig:
+        """Read a config written by :meth:`save`."""
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,47 @@
+"""Parameter matching of the comparison entries."""
+
+import pytest
+import torch
+
+from retnet import RetNetConfig, RetNetForCausalLM
+from retnet.baselines import MixerLM
+from retnet.compare.archs import ENTRIES, BaselineOptions, match_parameters
+
+
+def base_config(**kw):
+    return RetNetConfig(flavour="paper", hidden_size=64, num_hidden_layers=2, num_heads=2, vocab_size=97, **kw)
+
+
+def test_every_entry_matches_retnet_within_two_percent():
+    matched = match_parameters(ENTRIES, base_config(), BaselineOptions(attention_head_dim=16, ssm_state_size=8))
+    assert set(matched) == set(ENTRIES)
+    target = matched["retnet"].parameters
+    for name, m in matched.items():
+        assert abs(m.parameters / target - 1) <= 0.02, f"{name}: {m.parameters} vs {target}"
+        model = RetNetForCausalLM(m.config) if name.startswith("retnet") else MixerLM(m.config)
+        assert model.num_parameters(exclude_embeddings=True) == m.parameters  # counts are exact, not estimates
+        assert model.num_parameters() == m.total_parameters
+
+
+def test_ablation_switches():
+    matched = match_parameters(ENTRIES, base_config())
+    assert matched["retnet-no-swish"].config.use_gate is False
+    assert matched["retnet-no-groupnorm"].config.head_norm == "none"
+    assert matched["retnet-no-decay"].config.decay_schedule == "none"
+    assert matched["retnet-single-decay"].config.decay_schedule == "single"
+    assert matched["retnet-small-head"].config.head_dim == matched["retnet"].config.head_dim // 4
+    assert matched["h3"].config.h3_head_dim == 8 and matched["hyena"].config.hyena_order == 2
+
+
+def test_paper_200m_size():
+    base = RetNetConfig(flavour="paper", hidden_size=1024, num_hidden_layers=16, num_heads=4, vocab_size=32000)
+    with torch.device("meta"):
+        matched = match_parameters(("retnet", "transformer", "h3"), base)
+    assert 195e6 < matched["retnet"].parameters < 205e6  # Table 5: 200M
+
+
+def test_unmatchable_and_unknown_raise():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        match_parameters(("mamba",), base_config())
+    with pytest.raises(ValueError, match="tolerance"):
+        match_parameters(("transformer",), base_config(), ffn_multiple=512)
