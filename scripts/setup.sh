@@ -11,4 +11,7 @@ TORCH_SPEC=${RETNET_TORCH_SPEC-torch==2.13.0}
 if [[ -n "$TORCH_SPEC" ]]; then
   .venv/bin/python -m pip install -q "$TORCH_SPEC"
 fi
-.venv/bin/python -m pip install -q -e '.[dev,triton]'
+if [[ "$TORCH_SPEC" == "torch==2.13.0" ]]; then
+  .venv/bin/python -m pip install -q "triton==3.7.1"  # the Triton whose CPU interpreter the tests use
+fi
+.venv/bin/python -m pip install -q -e '.[dev,train,triton]'
