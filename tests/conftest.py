@@ -22,6 +22,16 @@ def _seed_everything():
     yield
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One intra-op thread per test (restored afterwards): the test models are tiny, and on a busy 2-core machine
+    spinning OpenMP threads made them several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")

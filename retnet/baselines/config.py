@@ -7,19 +7,16 @@ settings are copied from the RetNet config being compared, so only the mixer dif
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..layers.ffn import ACTIVATIONS
+from ..utils.config_io import JsonConfig
 
 ARCHS = ("transformer", "linear_transformer", "rwkv", "h3", "hyena")
 
 
 @dataclass(kw_only=True)
-class MixerLMConfig:
+class MixerLMConfig(JsonConfig):
     """Hyper-parameters of a :class:`~retnet.baselines.MixerLM`.
 
     Attributes:
@@ -110,25 +107,3 @@ class MixerLMConfig:
             value = getattr(self, name)
             if value is not None and not (0 <= value < self.vocab_size):
                 raise ValueError(f"{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
-
-    def to_dict(self) -> dict:
-        """All fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> MixerLMConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown MixerLMConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> MixerLMConfig:
-        """Read a config written by :meth:`save`."""
-        return cls.from_dict(json.loads(Path(path).read_text()))

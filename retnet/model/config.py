@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 from ..layers.ffn import ACTIVATIONS
 from ..ops.retention.decay import DECAY_SCHEDULES
+from ..utils.config_io import JsonConfig
 from .presets import PRESETS
 
 FLAVOURS = ("torchscale", "paper")
@@ -27,7 +24,7 @@ FLAVOUR_DEFAULTS = {
 
 
 @dataclass(kw_only=True)
-class RetNetConfig:
+class RetNetConfig(JsonConfig):
     """Hyper-parameters of a RetNet language model (HF field names).
 
     Fields left as None take their flavour's value (SPEC §7); ``value_dim`` and ``ffn_dim`` default to 2·D.
@@ -152,34 +149,6 @@ class RetNetConfig:
         if name not in PRESETS:
             raise ValueError(f"unknown preset {name!r}; valid presets: {', '.join(sorted(PRESETS))}")
         return cls(**{**PRESETS[name], **overrides})
-
-    def to_dict(self) -> dict:
-        """All fields as a JSON-serialisable dict."""
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict) -> RetNetConfig:
-        """Inverse of :meth:`to_dict`; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown RetNetConfig field(s): {', '.join(unknown)}")
-        return cls(**data)
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Write the config as JSON."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> RetNetConfig:
-        """Read a config written by :meth:`save`."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from None
-        if not isinstance(data, dict):
-            raise ValueError(f"{path} does not hold a config object")
-        return cls.from_dict(data)
 
     @classmethod
     def from_torchscale(cls, args: dict) -> RetNetConfig:

@@ -13,7 +13,7 @@ from ..layers.ffn import build_ffn
 from ..layers.norm import build_norm
 from ..layers.retention import MultiScaleRetention, positions_for
 from ..ops.retention import FORMS, RetentionState
-from ..utils.checks import values_checkable
+from ..utils.checks import check_token_ids, values_checkable
 from .config import RetNetConfig
 from .init import init_weights
 
@@ -124,16 +124,7 @@ class RetNetForCausalLM(nn.Module):
 
     # ---- forward ------------------------------------------------------------------------------------------
     def _check_input_ids(self, input_ids: torch.Tensor) -> None:
-        if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
-            raise ValueError("input_ids must be a (B, T) tensor of token ids")
-        if input_ids.dtype not in (torch.int64, torch.int32, torch.int16, torch.uint8):
-            raise TypeError(f"input_ids must be an integer tensor, got {input_ids.dtype}")
-        if input_ids.shape[1] < 1 or input_ids.shape[0] < 1:
-            raise ValueError(f"input_ids must hold at least one token per row, got shape {tuple(input_ids.shape)}")
-        if values_checkable():
-            lo, hi = int(input_ids.min()), int(input_ids.max())
-            if lo < 0 or hi >= self.config.vocab_size:
-                raise ValueError(f"token ids must lie in [0, {self.config.vocab_size}), got values in [{lo}, {hi}]")
+        check_token_ids(input_ids, self.config.vocab_size)
 
     def forward(
         self,

@@ -18,7 +18,6 @@ stores tensors with their global shapes, so a run saved on N ranks resumes on M 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -39,20 +38,13 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ..model import RetNetConfig
+from ..utils.files import sha256_file
 from .distributed import DistInfo, barrier, broadcast_object
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "checkpoint.json"
 _STEP_RE = re.compile(r"^step_(\d{8})$")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -101,7 +93,7 @@ def verify_checkpoint(path: str | Path) -> None:
         f = path / rel
         if not f.is_file():
             raise ValueError(f"checkpoint {path} is missing {rel}")
-        if _sha256(f) != digest:
+        if sha256_file(f) != digest:
             raise ValueError(f"checkpoint {path}: {rel} does not match its checksum (corrupt)")
 
 
@@ -187,7 +179,7 @@ def save_checkpoint(
         (tmp / "trainer.json").write_text(json.dumps(dict(trainer_state, world_size=info.world_size), indent=1))
         model_config.save(tmp / "config.json")
         write_extras(tmp)
-        files = {str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
+        files = {str(p.relative_to(tmp)): sha256_file(p) for p in sorted(tmp.rglob("*")) if p.is_file()}
         (tmp / MANIFEST).write_text(json.dumps({"step": step, "files": files}, indent=1))
         for p in [*tmp.rglob("*"), tmp]:
             if p.is_file():

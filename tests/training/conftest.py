@@ -1,9 +1,8 @@
-"""Fixtures: one prepared byte-level dataset shared by all training tests, one thread per test."""
+"""Fixtures: one prepared byte-level dataset shared by all training tests."""
 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from retnet.data import prepare_dataset
 
@@ -15,12 +14,3 @@ def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
     corpus = make_corpus(root / "corpus")
     return prepare_dataset(corpus, root / "prepared", tokenizer="byte", val_fraction=0.2)
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and contention with other processes cannot slow them down."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)

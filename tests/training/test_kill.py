@@ -48,7 +48,7 @@ KILLERS = {
     # after the sharded model/optimizer state is written, before the RNG files and the manifest
     "after-state": "import torch.distributed.checkpoint as m; name = 'save'",
     # while the manifest's checksums are being computed (all data files written, not yet renamed)
-    "during-manifest": "import retnet.training.checkpoint as m; name = '_sha256'",
+    "during-manifest": "import retnet.training.checkpoint as m; name = 'sha256_file'",
 }
 
 
