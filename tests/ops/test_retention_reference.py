@@ -163,6 +163,38 @@ def test_documents_reset_state(form):
         assert final.position[i].item() == b - a
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_many_packed_documents_match_separate_calls_with_gradients(form):
+    bounds = [0, 1, 2, 9, 12, 40, 41, 57, 64, 100]  # lengths 1..36 across several length buckets
+    q, k, v, lg, _ = make_inputs(1, bounds[-1], 2, 4, 3)
+    cu = torch.tensor(bounds)
+    leaves = [x.clone().requires_grad_() for x in (q, k, v)]
+    o, final = retention(*leaves, lg, form=form, cu_seqlens=cu, output_final_state=True, chunk_size=8)
+    w = torch.randn_like(o)
+    (o * w).sum().backward()
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        alone = [x[:, a:b].clone().requires_grad_() for x in (q, k, v)]
+        o_i, s_i = retention(*alone, lg, form="parallel", output_final_state=True)
+        (o_i * w[:, a:b]).sum().backward()
+        assert_close(o[:, a:b], o_i, 1e-12, f"document {i}")
+        assert_close(final.S[i : i + 1], s_i.S, 1e-12, f"document {i} state")
+        assert final.position[i].item() == b - a
+        for name, g, g_i in zip("qkv", leaves, alone):
+            assert_close(g.grad[:, a:b], g_i.grad, 1e-12, f"document {i} d{name}")
+
+
+def test_packed_documents_continue_from_states():
+    q, k, v, lg, _ = make_inputs(1, 30, 2, 4, 3)
+    _, states = retention(q[:, :6], k[:, :6], v[:, :6], lg, output_final_state=True,
+                              cu_seqlens=torch.tensor([0, 2, 6]))  # fmt: skip
+    cont, final = retention(q[:, 6:], k[:, 6:], v[:, 6:], lg, initial_state=states, output_final_state=True,
+                            cu_seqlens=torch.tensor([0, 10, 24]))  # fmt: skip
+    whole0, _ = retention(torch.cat([q[:, :2], q[:, 6:16]], 1), torch.cat([k[:, :2], k[:, 6:16]], 1),
+                          torch.cat([v[:, :2], v[:, 6:16]], 1), lg, form="parallel")  # fmt: skip
+    assert_close(cont[:, :10], whole0[:, 2:], 1e-12, "document 0 continued")
+    assert final.position.tolist() == [12, 18]
+
+
 def test_normalisation_factors_are_exact():
     q, k, v, lg, _ = make_inputs(1, 12, 2, 4, 3)
     raw, _ = run_form("parallel", q, k, v, lg, None, normalize=False)

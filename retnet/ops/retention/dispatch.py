@@ -13,6 +13,7 @@ import torch
 
 from ...utils.checks import values_checkable
 from .decay import compute_dtype
+from .packing import bucket_documents, scatter_tokens
 from .reference import REFERENCE_FORMS
 from .state import RetentionState
 
@@ -162,6 +163,34 @@ def _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, backend):
     return fn(q, k, v, log_decay, state, normalize)
 
 
+def _packed_one_call_per_document(q, k, v, log_decay, bounds, initial_state, form, chunk_size, normalize, impl):
+    """Packed documents that continue given states: one call per document (states fix each start position)."""
+    outs, states = [], []
+    for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
+        doc_state = _resolve_state(RetentionState(*(x[i : i + 1] for x in initial_state)), None, q[:, a:b], v[:, a:b])
+        o_i, s_i = _run_one(q[:, a:b], k[:, a:b], v[:, a:b], log_decay, doc_state, form, chunk_size, normalize, impl)
+        outs.append(o_i)
+        states.append(s_i)
+    return torch.cat(outs, dim=1), RetentionState(*(torch.cat(parts, dim=0) for parts in zip(*states)))
+
+
+def _packed_by_length(q, k, v, log_decay, bounds, initial_state, form, chunk_size, normalize, impl):
+    """Packed documents from empty states: one call per length bucket of left-padded rows (``packing.py``)."""
+    outs, token_index, states, doc_index = [], [], [], []
+    for bucket in bucket_documents(bounds, q.device):
+        q_b, k_b, v_b = (x[0, bucket.gather] for x in (q, k, v))  # (R, L, H, ·)
+        state = _resolve_state(None, bucket.offset, q_b, v_b)
+        o_b, s_b = _run_one(q_b, k_b, v_b, log_decay, state, form, chunk_size, normalize, impl)
+        outs.append(o_b[bucket.valid])  # (tokens in bucket, H, V), row-major like the gather index
+        token_index.append(bucket.gather[bucket.valid])
+        states.append(s_b)
+        doc_index.append(bucket.docs)
+    o = scatter_tokens(outs, token_index)[None]  # (1, T, H, V)
+    order = torch.argsort(torch.cat(doc_index))
+    final = RetentionState(*(torch.cat(parts, dim=0)[order] for parts in zip(*states)))
+    return o, final
+
+
 def retention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -214,15 +243,8 @@ def retention(
     impl = _pick_backend(backend, q, form, initial_state is not None, needs_grad)
     if cu_seqlens is not None:
         bounds = _check_cu_seqlens(cu_seqlens, q, initial_state, offset)
-        outs, states = [], []
-        for i, (a, b) in enumerate(zip(bounds, bounds[1:])):
-            doc_state = None if initial_state is None else RetentionState(*(x[i : i + 1] for x in initial_state))
-            st = _resolve_state(doc_state, None, q[:, a:b], v[:, a:b])
-            o_i, s_i = _run_one(q[:, a:b], k[:, a:b], v[:, a:b], log_decay, st, form, chunk_size, normalize, impl)
-            outs.append(o_i)
-            states.append(s_i)
-        o = torch.cat(outs, dim=1)
-        final = RetentionState(*(torch.cat(parts, dim=0) for parts in zip(*states)))
+        run = _packed_one_call_per_document if initial_state is not None else _packed_by_length
+        o, final = run(q, k, v, log_decay, bounds, initial_state, form, chunk_size, normalize, impl)
         return o, (final if output_final_state else None)
     state = _resolve_state(initial_state, offset, q, v)
     o, final = _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, impl)
