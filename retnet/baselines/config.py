@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..layers.ffn import ACTIVATIONS
-from ..utils.config_io import JsonConfig
+from ..utils.config_io import JsonConfig, require_positive_ints, require_special_ids_in_vocab
 
 ARCHS = ("transformer", "linear_transformer", "rwkv", "h3", "hyena")
 
@@ -70,22 +70,22 @@ class MixerLMConfig(JsonConfig):
     def __post_init__(self):
         if self.arch not in ARCHS:
             raise ValueError(f"unknown arch {self.arch!r}; expected one of {ARCHS}")
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "ffn_dim",
-            "num_heads",
-            "h3_head_dim",
-            "ssm_state_size",
-            "hyena_order",
-            "hyena_filter_size",
-            "hyena_short_filter",
-            "max_position_embeddings",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_ints(
+            self,
+            (
+                "vocab_size",
+                "hidden_size",
+                "num_hidden_layers",
+                "ffn_dim",
+                "num_heads",
+                "h3_head_dim",
+                "ssm_state_size",
+                "hyena_order",
+                "hyena_filter_size",
+                "hyena_short_filter",
+                "max_position_embeddings",
+            ),
+        )
         if self.norm not in ("rmsnorm", "layernorm"):
             raise ValueError(f"norm must be 'rmsnorm' or 'layernorm', got {self.norm!r}")
         if self.activation not in ACTIVATIONS:
@@ -103,7 +103,4 @@ class MixerLMConfig(JsonConfig):
             raise ValueError(f"hyena_emb_dim must be odd and >= 3, got {self.hyena_emb_dim}")
         if not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value < self.vocab_size):
-                raise ValueError(f"{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
+        require_special_ids_in_vocab(self)

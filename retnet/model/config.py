@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..layers.ffn import ACTIVATIONS
 from ..ops.retention.decay import DECAY_SCHEDULES
-from ..utils.config_io import JsonConfig
+from ..utils.config_io import JsonConfig, require_positive_ints, require_special_ids_in_vocab
 from .presets import PRESETS
 
 FLAVOURS = ("torchscale", "paper")
@@ -90,18 +90,9 @@ class RetNetConfig(JsonConfig):
         self._validate()
 
     def _validate(self):
-        for name in (
-            "vocab_size",
-            "hidden_size",
-            "num_hidden_layers",
-            "num_heads",
-            "value_dim",
-            "ffn_dim",
-            "chunk_size",
-        ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        require_positive_ints(
+            self, ("vocab_size", "hidden_size", "num_hidden_layers", "num_heads", "value_dim", "ffn_dim", "chunk_size")
+        )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"hidden_size {self.hidden_size} must be divisible by num_heads {self.num_heads}")
         if (self.hidden_size // self.num_heads) % 2:
@@ -123,10 +114,7 @@ class RetNetConfig(JsonConfig):
                 raise ValueError(f"{name} must be a positive number, got {self.__dict__[name]!r}")
         if not (0.0 <= self.dropout < 1.0):
             raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
-        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
-            value = getattr(self, name)
-            if value is not None and not (0 <= value < self.vocab_size):
-                raise ValueError(f"{name} = {value} is outside the vocabulary [0, {self.vocab_size})")
+        require_special_ids_in_vocab(self)
 
     @property
     def head_dim(self) -> int:

@@ -45,3 +45,19 @@ class JsonConfig:
         if not isinstance(data, dict):
             raise ValueError(f"{path} does not hold a config object")
         return cls.from_dict(data)
+
+
+def require_positive_ints(config, names) -> None:
+    """Raise ``ValueError`` unless every field in ``names`` is an int ≥ 1 (bools rejected)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+
+def require_special_ids_in_vocab(config) -> None:
+    """Raise ``ValueError`` if a pad/bos/eos id is set outside ``[0, config.vocab_size)``."""
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(config, name)
+        if value is not None and not (0 <= value < config.vocab_size):
+            raise ValueError(f"{name} = {value} is outside the vocabulary [0, {config.vocab_size})")
