@@ -1,11 +1,13 @@
 """``RetNetHFForCausalLM``: retnet's model behind the ``transformers`` ``PreTrainedModel`` interface.
 
 Saving/loading, ``AutoModelForCausalLM`` and the forward signature (``input_ids``, ``attention_mask``,
-``labels``, ``past_key_values``, ``use_cache``) follow ``transformers``; ``generate`` is retnet's own
-prefill + recurrent decoding (O(1) per token), which takes the usual sampling arguments.
+``labels``, ``cache`` — also accepted as ``past_key_values`` — and ``use_cache``) follow ``transformers``;
+``generate`` is retnet's own prefill + recurrent decoding (O(1) per token), with the usual sampling arguments.
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
@@ -13,6 +15,9 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ..model.modeling import RetNetForCausalLM
 from .configuration import RetNetHFConfig
+
+# Newer transformers name the output's cache field ``cache``; older ones ``past_key_values``.
+_CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(CausalLMOutputWithPast)} else "past_key_values"
 
 
 class RetNetHFForCausalLM(PreTrainedModel):
@@ -43,26 +48,28 @@ class RetNetHFForCausalLM(PreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
-        past_key_values=None,
+        cache=None,
         use_cache: bool = False,
         form: str = "chunkwise",
         chunk_size: int | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
-        """Logits (and loss with ``labels``); ``past_key_values`` are retnet's per-layer retention states."""
+        """Logits (and loss with ``labels``); the cache is retnet's list of per-layer retention states."""
+        if cache is None:
+            cache = kwargs.pop("past_key_values", None)
         mask = None
-        if attention_mask is not None and past_key_values is None and not bool(attention_mask.all()):
+        if attention_mask is not None and cache is None and not bool(attention_mask.all()):
             mask = attention_mask
         out = self.retnet(
             input_ids,
             form=form,
             chunk_size=chunk_size,
-            states=past_key_values,
+            states=cache,
             output_states=use_cache,
             attention_mask=mask,
             labels=labels,
         )
-        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, past_key_values=out.states)
+        return CausalLMOutputWithPast(loss=out.loss, logits=out.logits, **{_CACHE_FIELD: out.states})
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:

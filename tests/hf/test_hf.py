@@ -31,7 +31,10 @@ def test_forward_cache_and_generate_match_native():
     wrapped.retnet.load_state_dict(native.state_dict())
     ids = torch.randint(0, 256, (1, 10))
     first = wrapped(ids[:, :6], use_cache=True)
-    rest = wrapped(ids[:, 6:], past_key_values=first.past_key_values, form="recurrent")
+    cache = getattr(first, "cache", None) or first.past_key_values
+    rest = wrapped(ids[:, 6:], cache=cache, form="recurrent")
+    legacy = wrapped(ids[:, 6:], past_key_values=cache, form="recurrent")
+    assert torch.equal(legacy.logits, rest.logits)
     full = native(ids).logits
     assert torch.allclose(torch.cat([first.logits, rest.logits], 1), full, atol=1e-5)
     mask = torch.ones_like(ids)
