@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
 from retnet.ops.retention import chunkwise as ck  # noqa: E402
+from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
 from retnet.ops.retention.recurrent import retention_step  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128)}
@@ -136,8 +137,13 @@ def time_op(fn, B, T, H, K, V, backward):
     return _ms(step)
 
 
-def bench_chunkwise(cfgs, Ts, bw, mm):
+SLOW_MS = 250.0
+"""A peer slower than this at some T is not timed at longer T (its cost only grows with T)."""
+
+
+def bench_chunkwise(cfgs, Ts, bw, mm, only=None, save=None):
     rows = []
+    slow = set()
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
         for T in Ts:
@@ -145,8 +151,13 @@ def bench_chunkwise(cfgs, Ts, bw, mm):
             for backward in (False, True):
                 floor = max(min_bytes(B, T, H, K, V, backward) / bw, flops(B, T, H, K, V, backward) / mm) * 1e3
                 for name, fn in peers(H, K, V, T, B).items():
+                    if only and name not in only:
+                        continue
                     if name == "torch_chunkwise" and T > (2048 if backward else 8192):
                         continue  # Python loop over chunks: minutes at long T, and nothing new to learn
+                    if (cfg, backward, name) in slow:
+                        print(f"  {cfg} T={T} {name}: skipped (over {SLOW_MS:.0f} ms at a shorter T)")
+                        continue
                     try:
                         ms = time_op(fn, B, T, H, K, V, backward)
                     except Exception as e:  # a backend that rejects the shape or runs out of memory
@@ -163,6 +174,10 @@ def bench_chunkwise(cfgs, Ts, bw, mm):
                         }
                     )  # fmt: skip
                     print(f"  {cfg} T={T:6d} {rows[-1]['pass']:8s} {name:16s} {ms:9.3f} ms")
+                    if ms > SLOW_MS:
+                        slow.add((cfg, backward, name))
+                    if save:
+                        save(rows)
                 torch.cuda.empty_cache()
     return rows
 
@@ -203,33 +218,96 @@ def bench_decode(bw, batches=(1, 16, 128)):
     return rows
 
 
-SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (128, 128, 8, 2)]
+FUSED_SWEEP = [(bv, w, st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2)]
+SWEEP_KERNELS = ("fused_fwd", "dstate_dv", "state_fwd", "dqk_bwd", "bwd_chunk")
+TILE_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (128, 128, 8, 2)]
 
 
-def sweep(cfgs, T=8192):
-    """Per kernel, time each block configuration (others at the table's value) at one T; returns the best."""
+def _sweep_one(label, table, key, variants, time_fn):
+    base = table[key]
+    res = {}
+    for c in variants:
+        table[key] = c
+        try:
+            res[str(c)] = time_fn()
+        except Exception as e:  # out of registers / shared memory for this block shape
+            res[str(c)] = f"n/a {type(e).__name__}"
+        torch.cuda.empty_cache()
+    table[key] = base
+    ok = {k: v for k, v in res.items() if isinstance(v, float)}
+    best = min(ok, key=ok.get) if ok else None
+    print(f"  sweep {label:28s} best {best} {ok.get(best, float('nan')):.3f} ms  " + "  ".join(
+        f"{k}:{v:.3f}" if isinstance(v, float) else f"{k}:{v}" for k, v in res.items()))  # fmt: skip
+    return {"results": res, "best": best}
+
+
+def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
+    """Time block configurations per kernel (others at their table value) at one T; returns every timing.
+
+    The forward kernel is timed forward only; the backward kernels are timed forward+backward (their share is
+    the difference). Also times the backward's chunk length.
+    """
     out = {}
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
         B = TOKENS // T
         lg = log_decay_schedule(H, device="cuda")
         fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
-        base = dict(ck.BLOCK_TABLE)
-        for kern in base:
-            backward = kern not in ("output_fwd",)
-            res = {}
-            for c in SWEEP:
-                ck.BLOCK_TABLE[kern] = c
-                try:
-                    res[str(c)] = time_op(fn, B, T, H, K, V, backward)
-                except Exception as e:
-                    res[str(c)] = f"n/a {type(e).__name__}"
-            ck.BLOCK_TABLE.update(base)
-            ok = {k: v for k, v in res.items() if isinstance(v, float)}
-            best = min(ok, key=ok.get)
-            print(f"  sweep {cfg} {kern:10s} best {best} {ok[best]:.3f} ms  " + "  ".join(
-                f"{k}:{v:.3f}" if isinstance(v, float) else f"{k}:{v}" for k, v in res.items()))  # fmt: skip
-            out[f"{cfg}/{kern}"] = res
+        shape = (B, T, H, K, V)
+        fwd = lambda fn=fn, shape=shape: time_op(fn, *shape, False)
+        both = lambda fn=fn, shape=shape: time_op(fn, *shape, True)
+        BK = max(16, 1 << (K - 1).bit_length())
+        if "fused_fwd" in kernels:
+            out[f"{cfg}/fused_fwd"] = _sweep_one(f"{cfg} fused_fwd (BV,w,st)", ckf.FUSED_TABLE, BK, FUSED_SWEEP, fwd)
+        if "dstate_dv" in kernels:
+            out[f"{cfg}/dstate_dv"] = _sweep_one(
+                f"{cfg} dstate_dv (BV,w,st)", ck.DSTATE_DV_TABLE, BK, FUSED_SWEEP, both
+            )
+        for kern in ("state_fwd", "dqk_bwd"):
+            if kern in kernels:
+                out[f"{cfg}/{kern}"] = _sweep_one(f"{cfg} {kern} (BK,BV,w,st)", ck.BLOCK_TABLE, kern, TILE_SWEEP, both)
+        if "bwd_chunk" not in kernels:
+            continue
+        base = ck.BWD_CHUNK
+        res = {}
+        for c in (32, 64, 128):
+            ck.BWD_CHUNK = c
+            try:
+                res[str(c)] = both()
+            except Exception as e:
+                res[str(c)] = f"n/a {type(e).__name__}"
+        ck.BWD_CHUNK = base
+        print(f"  sweep {cfg} backward chunk: {res}")
+        out[f"{cfg}/bwd_chunk"] = {"results": res}
+    return out
+
+
+def profile_kernels(cfgs, T=8192):
+    """CUDA time per kernel of our forward+backward (torch.profiler), averaged over 5 steps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    out = {}
+    for cfg in cfgs:
+        H, K, V = CFGS[cfg]
+        B = TOKENS // T
+        lg = log_decay_schedule(H, device="cuda")
+        q, k, v = make_inputs(B, T, H, K, V, True)
+        do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
+        step = lambda q=q, k=k, v=v, lg=lg, do=do: retention(q, k, v, lg, backend="triton")[0].backward(do)
+        step()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(5):
+                step()
+            torch.cuda.synchronize()
+        per = {}
+        for e in prof.key_averages():
+            t = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+            if t:
+                per[e.key] = t / 5 / 1e3  # ms per step
+        per = dict(sorted(per.items(), key=lambda kv: -kv[1])[:12])
+        print(f"  profile {cfg} T={T} fwd+bwd (ms per step): " + ", ".join(f"{k} {v:.3f}" for k, v in per.items()))
+        out[cfg] = per
     return out
 
 
@@ -251,7 +329,17 @@ def env_stamp():
         "fla": fla_version,
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": sha,
-        "block_table": ck.BLOCK_TABLE,
+        "tables": _tables(),
+    }
+
+
+def _tables():
+    return {
+        "fused_fwd": {str(k): v for k, v in ckf.FUSED_TABLE.items()},
+        "dstate_dv": {str(k): v for k, v in ck.DSTATE_DV_TABLE.items()},
+        "backward_tiles": dict(ck.BLOCK_TABLE),
+        "backward_chunk": ck.BWD_CHUNK,
+        "segment": ckf.SEGMENT_TABLE,
     }
 
 
@@ -310,25 +398,42 @@ def main(argv=None):
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--cfg", nargs="+", default=["A", "B"])
     ap.add_argument("--T", nargs="+", type=int, default=[2048, 4096, 8192, 16384, 32768, 65536])
-    ap.add_argument("--sweep", action="store_true", help="time block-size variants per kernel first")
-    ap.add_argument("--table", default=None, help="JSON file with a BLOCK_TABLE to use")
+    ap.add_argument("--ops", nargs="+", default=None, help="time only these ops (e.g. ours fla sdpa_cudnn)")
+    ap.add_argument(
+        "--sweep", nargs="*", choices=SWEEP_KERNELS, default=None,
+        help="time block-size variants of these kernels first (all when none is named; T = 8192)",
+    )  # fmt: skip
+    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times of ours at T = 8192")
+    ap.add_argument("--no-decode", action="store_true", help="skip the decode-step benchmark")
+    ap.add_argument("--no-chunkwise", action="store_true", help="skip the chunkwise benchmark")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    if args.table:
-        with open(args.table) as f:
-            ck.BLOCK_TABLE.update({k: tuple(v) for k, v in json.load(f).items()})
     bw, mm = measure_ceilings()
     print(f"ceilings: copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s")
     result = {"env": env_stamp(), "copy_bw_Bps": bw, "matmul_flops": mm, "command": " ".join(sys.argv)}
-    if args.sweep:
-        result["sweep"] = sweep(args.cfg)
-    result["decode"] = bench_decode(bw)
-    result["chunkwise"] = bench_chunkwise(args.cfg, args.T, bw, mm)
-    result["env"]["block_table"] = ck.BLOCK_TABLE
-    with open(os.path.join(args.out, "results.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    plot(result["chunkwise"], os.path.join(args.out, "retention.png"))
-    print_table(result["chunkwise"], bw, mm)
+    path = os.path.join(args.out, "results.json")
+
+    def save(rows=None):
+        if rows is not None:
+            result["chunkwise"] = rows
+        result["env"]["tables"] = _tables()
+        with open(path, "w") as f:
+            json.dump(result, f, indent=1)
+
+    if args.sweep is not None:
+        result["sweep"] = sweep(args.cfg, args.sweep or SWEEP_KERNELS)
+        save()
+    if args.profile:
+        result["profile"] = profile_kernels(args.cfg)
+        save()
+    if not args.no_decode:
+        result["decode"] = bench_decode(bw)
+        save()
+    if not args.no_chunkwise:
+        rows = bench_chunkwise(args.cfg, args.T, bw, mm, only=args.ops, save=save)
+        save(rows)
+        plot(rows, os.path.join(args.out, "retention.png"))
+        print_table(rows, bw, mm)
 
 
 if __name__ == "__main__":

@@ -152,11 +152,14 @@ def _pick_backend(backend: str, q: torch.Tensor, form: str, has_initial_state: b
     return "torch"
 
 
-def _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, backend):
+def _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, backend, fresh_state=False, need_final=True):
     if backend == "triton":
         from .triton_dispatch import triton_retention
 
-        return triton_retention(q, k, v, log_decay, state, form=form, chunk_size=chunk_size, normalize=normalize)
+        return triton_retention(
+            q, k, v, log_decay, state, form=form, chunk_size=chunk_size, normalize=normalize,
+            fresh_state=fresh_state, output_final_state=need_final,
+        )  # fmt: skip
     fn = REFERENCE_FORMS[form]
     if form == "chunkwise":
         return fn(q, k, v, log_decay, state, normalize, chunk_size)
@@ -180,7 +183,7 @@ def _packed_by_length(q, k, v, log_decay, bounds, initial_state, form, chunk_siz
     for bucket in bucket_documents(bounds, q.device):
         q_b, k_b, v_b = (x[0, bucket.gather] for x in (q, k, v))  # (R, L, H, ·)
         state = _resolve_state(None, bucket.offset, q_b, v_b)
-        o_b, s_b = _run_one(q_b, k_b, v_b, log_decay, state, form, chunk_size, normalize, impl)
+        o_b, s_b = _run_one(q_b, k_b, v_b, log_decay, state, form, chunk_size, normalize, impl, fresh_state=True)
         outs.append(o_b[bucket.valid])  # (tokens in bucket, H, V), row-major like the gather index
         token_index.append(bucket.gather[bucket.valid])
         states.append(s_b)
@@ -247,5 +250,8 @@ def retention(
         o, final = run(q, k, v, log_decay, bounds, initial_state, form, chunk_size, normalize, impl)
         return o, (final if output_final_state else None)
     state = _resolve_state(initial_state, offset, q, v)
-    o, final = _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, impl)
+    o, final = _run_one(
+        q, k, v, log_decay, state, form, chunk_size, normalize, impl,
+        fresh_state=initial_state is None, need_final=output_final_state,
+    )  # fmt: skip
     return o, (final if output_final_state else None)

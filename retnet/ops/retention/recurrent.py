@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import check_cuda_or_interpreter, next_power_of_2
-from .chunkwise import _row_scale
+from .kernel_common import row_scale
 from .state import RetentionState
 
 RECURRENT_MAX_T = 16
@@ -57,7 +57,7 @@ def _recurrent_step_kernel(
         b_o = tl.sum(b_q[:, None] * b_S, axis=0)  # (BV,)
         b_s = tl.sum(b_q * b_z, axis=0)
         n_row = tl.full([1], 0, tl.int64) + n
-        b_r = _row_scale(tl.full([1], 0.0, tl.float32) + b_s, lg, n_row, n_row >= 0, NORMALIZE)
+        b_r = row_scale(tl.full([1], 0.0, tl.float32) + b_s, lg, n_row, n_row >= 0, NORMALIZE)
         b_o = b_o * tl.sum(b_r, axis=0)
         tl.store(o + ((i_b * T + t) * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     tl.store(p_S, b_S.to(p_S.dtype.element_ty), mask=m_S)

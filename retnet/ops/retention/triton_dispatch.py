@@ -12,6 +12,7 @@ import logging
 import torch
 
 from .chunkwise import chunk_retention
+from .chunkwise_forward import FUSED_MAX_K
 from .recurrent import RECURRENT_MAX_T, retention_step
 from .reference import chunkwise_ref
 from .state import RetentionState
@@ -23,16 +24,14 @@ _fp64_logged = False
 def triton_limitation(q: torch.Tensor, form: str, has_initial_state: bool, needs_grad: bool) -> str | None:
     """Why the kernels must not run this call, or None when they may.
 
-    On sm90 (H200, Triton 3.6) the chunkwise kernels give wrong outputs and gradients when an initial state is
-    combined with 16-bit inputs: the state-dependent terms of the normaliser (forward) and of dq (backward) are
-    corrupted in a few rows, while float32 and stateless 16-bit runs match the reference. Until that is fixed,
-    such calls are refused rather than answered wrongly. The decode-step kernel is not affected.
+    The chunkwise kernels keep a full-K slice of the state in registers, so they take K <= ``FUSED_MAX_K``
+    (256, the paper's head size); the decode-step kernel has no such limit.
     """
-    if not (q.is_cuda and has_initial_state and q.dtype in (torch.float16, torch.bfloat16)):
+    if q.shape[-1] <= FUSED_MAX_K:
         return None
     if form == "recurrent" and q.shape[1] <= RECURRENT_MAX_T and not needs_grad:
         return None
-    return "the chunkwise Triton kernels do not yet support an initial state with 16-bit inputs on CUDA"
+    return f"the chunkwise Triton kernels support head dims K <= {FUSED_MAX_K}, got K = {q.shape[-1]}"
 
 
 def triton_retention(
@@ -45,6 +44,8 @@ def triton_retention(
     form: str,
     chunk_size: int,
     normalize: bool,
+    fresh_state: bool = False,
+    output_final_state: bool = True,
 ) -> tuple[torch.Tensor, RetentionState]:
     """Retention on the Triton kernels, with the reference's contract (see ``reference.py``).
 
@@ -56,6 +57,9 @@ def triton_retention(
         form: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``.
         chunk_size: accepted for signature parity; the kernels pick their own chunk length.
         normalize: apply SPEC §3 factors 2 and 3.
+        fresh_state: ``state`` is known to be empty (S = 0, z = 0), so the kernels skip reading it and its
+            gradient.
+        output_final_state: the caller wants the final state (else its S and z may come back empty).
 
     Returns:
         ``(o, final_state)`` as the reference forms return them.
@@ -74,5 +78,6 @@ def triton_retention(
         pos = state.position.clone()
         o = retention_step(q, k, v, log_decay, RetentionState(S, z, pos), normalize=normalize)
         return o, RetentionState(S, z, pos)
-    o, S, z = chunk_retention(q, k, v, log_decay, state.S, state.z, state.position, normalize)
+    S0, z0 = (None, None) if fresh_state else (state.S, state.z)
+    o, S, z = chunk_retention(q, k, v, log_decay, S0, z0, state.position, normalize, output_final_state)
     return o, RetentionState(S, z, state.position + T)

@@ -1,0 +1,78 @@
+"""Device helpers shared by the retention kernels (SPEC §3): decays, masks and the normaliser.
+
+Every kernel takes its per-chunk decays from :func:`chunk_decays` and its row factor from :func:`row_scale`,
+so the forward, backward and decode kernels agree on the arithmetic. Decays are exp of non-positive float32
+numbers: γ^(−n) is never formed.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def expm1(x):
+    """exp(x) − 1 accurate near 0 (Kahan's trick: the rounding of exp(x) cancels against log of itself)."""
+    u = tl.exp(x)
+    um1 = u - 1.0
+    safe_u = tl.where((u == 1.0) | (u == 0.0), 2.0, u)
+    r = um1 * x / tl.log(safe_u)
+    r = tl.where(u == 1.0, x, r)
+    return tl.where(u == 0.0, -1.0, r)
+
+
+@triton.jit
+def row_scale(b_s, lg, n, b_valid, NORMALIZE: tl.constexpr):
+    """1 / max(|s_n|, √c_n) (SPEC §3 factors 2 and 3), or 1 without normalisation; 0 on padded rows.
+
+    c_n = expm1((n+1)·lg) / expm1(lg), and n + 1 when lg == 0 (no decay); n is clamped at 0.
+    """
+    if NORMALIZE:
+        n1 = (tl.maximum(n, 0) + 1).to(tl.float32)
+        safe_lg = tl.where(lg == 0.0, -1.0, lg)
+        c = expm1(n1 * safe_lg) / expm1(n1 * 0.0 + safe_lg)
+        c = tl.where(lg == 0.0, n1, c)
+        r = 1.0 / tl.maximum(tl.abs(b_s), tl.sqrt(c))
+    else:
+        r = tl.full(b_s.shape, 1.0, tl.float32)
+    return tl.where(b_valid, r, 0.0)
+
+
+@triton.jit
+def chunk_decays(lg, p0, i_t, T, BT: tl.constexpr):
+    """Per-chunk decay vectors for chunk ``i_t``.
+
+    Returns:
+        b_valid: (BT,) rows inside the sequence and at non-negative absolute positions.
+        b_xi: (BT,) ξ_j = γ^(j+1), the decay of the incoming state at row j.
+        b_zeta: (BT,) ζ_j = γ^(L−1−j) on valid rows, 0 elsewhere (so padded keys vanish).
+        b_gL: γ^L, the decay of the state across the whole chunk of length L.
+        b_D: (BT, BT) D[i, j] = γ^(i−j) for j ≤ i and valid j, else 0.
+        n: (BT,) absolute positions.
+    """
+    o_i = tl.arange(0, BT)
+    o_t = i_t * BT + o_i
+    n = p0 + o_t
+    b_in = o_t < T
+    b_valid = b_in & (n >= 0)
+    f_i = o_i.to(tl.float32)
+    b_len = tl.sum(tl.where(b_in, 1.0, 0.0), axis=0)
+    b_xi = tl.exp(lg * (f_i + 1.0))
+    b_zeta = tl.where(b_valid, tl.exp(lg * tl.maximum(b_len - 1.0 - f_i, 0.0)), 0.0)
+    b_gL = tl.exp(lg * b_len)
+    diff = f_i[:, None] - f_i[None, :]
+    causal = (diff >= 0.0) & b_valid[None, :]
+    b_D = tl.where(causal, tl.exp(lg * tl.maximum(diff, 0.0)), 0.0)
+    return b_valid, b_xi, b_zeta, b_gL, b_D, n
+
+
+@triton.jit
+def split_columns(x, dtype: tl.constexpr):
+    """A float32 vector x (N,) as an (N, 16) dot operand in ``dtype``: column 0 = hi(x), column 1 = x − hi(x).
+
+    A dot against it gives x-weighted sums to about twice the operand precision, on the tensor cores, without
+    using a dot operand elementwise (mixing the two uses of one 16-bit tile miscompiled on sm90).
+    """
+    hi = x.to(dtype)
+    lo = (x - hi.to(tl.float32)).to(dtype)
+    c = tl.arange(0, 16)[None, :]
+    return tl.where(c == 0, hi[:, None], tl.where(c == 1, lo[:, None], tl.zeros_like(hi)[:, None]))
