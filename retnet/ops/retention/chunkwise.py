@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
 from .chunkwise_forward import FUSED_MAX_K, chunk_retention_fwd, fused_block, plan_segments
-from .kernel_common import chunk_decays
+from .kernel_common import chunk_decays, decay_mask_t
 
 # ---------------------------------------------------------------------------------------------------------
 # Backward kernels
@@ -145,16 +145,16 @@ def _dstate_dv_bwd_kernel(
         b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
         o_t = i_t * BT + tl.arange(0, BT)
         b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-        p_q = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_qt = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
         p_k = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
         p_do = tl.make_block_ptr(
             do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
-        b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
+        b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero")
         b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         # (BT, BK) @ (BK, BT) -> (BT, BT): Aᵀ = (Q Kᵀ ⊙ D)ᵀ, with r folded into its columns
-        b_At = tl.dot(b_k, tl.trans(b_q), input_precision=IP) * tl.trans(b_D) * b_r[None, :]
+        b_At = tl.dot(b_k, b_qt, input_precision=IP) * decay_mask_t(lg, b_valid, BT) * b_r[None, :]
         # (BT, BK) @ (BK, BV) -> (BT, BV)
         b_dv = tl.dot(b_k, b_dS.to(b_k.dtype), input_precision=IP) * b_zeta[:, None]
         # (BT, BT) @ (BT, BV) -> (BT, BV)
@@ -164,9 +164,10 @@ def _dstate_dv_bwd_kernel(
             dv + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
         tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
-        b_dos = (b_do.to(tl.float32) * (b_xi * b_r)[:, None]).to(b_do.dtype)
+        b_dos = tl.load(p_do, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[:, None]
+        b_dos = b_dos.to(b_do.dtype)
         # (BK, BT) @ (BT, BV) -> (BK, BV)
-        b_dS = b_dS * b_gL + tl.dot(tl.trans(b_q), b_dos, input_precision=IP)
+        b_dS = b_dS * b_gL + tl.dot(b_qt, b_dos, input_precision=IP)
     if STORE_DS0:
         if i_s == 0:
             p_dS0 = tl.make_block_ptr(dS0 + i_bh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))
@@ -189,28 +190,40 @@ def _dqk_bwd_kernel(
     lg = tl.load(log_decay + i_h).to(tl.float32)
     p0 = tl.load(position + i_b)
     b_dA = tl.zeros([BT, BT], dtype=tl.float32)
+    b_dAt = tl.zeros([BT, BT], dtype=tl.float32)
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
         p_v = tl.make_block_ptr(
             v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
+        p_vt = tl.make_block_ptr(
+            v + i_b * T * H * V + i_h * V, (V, T), (1, H * V), (i_v * BV, i_t * BT), (BV, BT), (0, 1)
+        )
         p_do = tl.make_block_ptr(
             do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
-        # State tiles read as stored, (BK, BV), and transposed on chip.
-        p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        p_dh = tl.make_block_ptr(dh + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dot = tl.make_block_ptr(
+            do + i_b * T * H * V + i_h * V, (V, T), (1, H * V), (i_v * BV, i_t * BT), (BV, BT), (0, 1)
+        )
+        # Transposed (V, K) views of the (K, V) state tiles.
+        p_ht = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+        p_dht = tl.make_block_ptr(
+            dh + (i_bh * NT + i_t) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1)
+        )
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+        b_vt = tl.load(p_vt, boundary_check=(0, 1), padding_option="zero")
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
-        b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
-        # (BT, BV) @ (BV, BT) -> (BT, BT)
-        b_dA += tl.dot(b_do, tl.trans(b_v), input_precision=IP)
+        b_dot = tl.load(p_dot, boundary_check=(0, 1), padding_option="zero")
+        b_ht = tl.load(p_ht, boundary_check=(0, 1), padding_option="zero")
+        b_dht = tl.load(p_dht, boundary_check=(0, 1), padding_option="zero")
+        # (BT, BV) @ (BV, BT) -> (BT, BT); dAᵀ gets its own dot (a transposed dot result would miscompile)
+        b_dA += tl.dot(b_do, b_vt, input_precision=IP)
+        b_dAt += tl.dot(b_v, b_dot, input_precision=IP)
         # (BT, BV) @ (BV, BK) -> (BT, BK)
-        b_dq += tl.dot(b_do, tl.trans(b_h), input_precision=IP)
+        b_dq += tl.dot(b_do, b_ht, input_precision=IP)
         # (BT, BV) @ (BV, BK) -> (BT, BK)
-        b_dk += tl.dot(b_v, tl.trans(b_dh), input_precision=IP)
+        b_dk += tl.dot(b_v, b_dht, input_precision=IP)
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
@@ -218,12 +231,12 @@ def _dqk_bwd_kernel(
     p_k = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
-    b_k = tl.where(b_valid[:, None], b_k, 0.0).to(p_k.dtype.element_ty)
     b_dA = (b_dA * b_r[:, None] * b_D).to(b_k.dtype)
+    b_dAt = (b_dAt * b_r[None, :] * decay_mask_t(lg, b_valid, BT)).to(b_q.dtype)
     # (BT, BT) @ (BT, BK) -> (BT, BK)
     b_dq = b_dq * (b_xi * b_r)[:, None] + tl.dot(b_dA, b_k, input_precision=IP)
     # (BT, BT) @ (BT, BK) -> (BT, BK)
-    b_dk = b_dk * b_zeta[:, None] + tl.dot(tl.trans(b_dA), b_q, input_precision=IP)
+    b_dk = b_dk * b_zeta[:, None] + tl.dot(b_dAt, b_q, input_precision=IP)
     b_dk = tl.where(b_valid[:, None], b_dk, 0.0)
     p_dq = tl.make_block_ptr(dq + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
     p_dk = tl.make_block_ptr(dk + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import chunk_decays, row_scale, split_columns
+from .kernel_common import chunk_decays, row_scale
 
 
 @triton.jit
@@ -89,24 +89,26 @@ def _fused_fwd_kernel(
         b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * dj
     for i_t in range(i_s * SEG_NT, tl.minimum((i_s + 1) * SEG_NT, NT)):
         b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
+        o_tk = i_t * BT + tl.arange(0, BT)
+        m_tk = (o_tk < T)[:, None] & m_k[None, :]
         p_q = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
-        p_k = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, 0), (BT, BK), (1, 0))
+        p_kt = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (0, i_t * BT), (BK, BT), (0, 1))
         p_v = tl.make_block_ptr(
             v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
-        b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
+        b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero")
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
         # (BT, BK) @ (BK, BT) -> (BT, BT)
-        b_A = tl.dot(b_q, tl.trans(b_k), input_precision=IP) * b_D
+        b_A = tl.dot(b_q, b_kt, input_precision=IP) * b_D
         # (BT, BK) @ (BK, BV) -> (BT, BV)
         b_o = tl.dot(b_q, b_S.to(b_q.dtype), input_precision=IP) * b_xi[:, None]
         # (BT, BT) @ (BT, BV) -> (BT, BV)
         b_o += tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
         if NORMALIZE:
-            # (BT, BK) @ (BK, 16) -> (BT, 16): q·z in two bf16/fp16 pieces of z
-            b_qz = tl.sum(tl.dot(b_q, split_columns(b_z, b_q.dtype), input_precision=IP), axis=1)
-            b_s = b_qz * b_xi + tl.sum(b_A, axis=1)
+            # q·z from a second, plain load of Q (L1/L2 hit): the tile feeding the dots is not reused elementwise.
+            b_qf = tl.load(q + (i_b * T + o_tk[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
+            b_s = tl.sum(b_qf.to(tl.float32) * b_z[None, :], axis=1) * b_xi + tl.sum(b_A, axis=1)
         else:
             b_s = tl.zeros([BT], dtype=tl.float32)
         b_r = row_scale(b_s, lg, n, b_valid, NORMALIZE)
@@ -115,14 +117,15 @@ def _fused_fwd_kernel(
             o + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
         )
         tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
-        o_t = i_t * BT + tl.arange(0, BT)
-        tl.store(rden + i_bh * T + o_t, b_r, mask=(o_t < T) & (i_v == 0))
-        # ζ on V's rows (BT × BV) rather than on K's (BT × BK): the same product, fewer multiplies.
-        b_vz = (b_v.to(tl.float32) * b_zeta[:, None]).to(b_v.dtype)
+        tl.store(rden + i_bh * T + o_tk, b_r, mask=(o_tk < T) & (i_v == 0))
+        # ζ on V's rows (BT × BV) rather than on K's (BT × BK): the same product, fewer multiplies; V loaded again.
+        b_vz = tl.load(p_v, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[:, None]
+        b_vz = b_vz.to(b_v.dtype)
         # (BK, BT) @ (BT, BV) -> (BK, BV)
-        b_S = b_S * b_gL + tl.dot(tl.trans(b_k), b_vz, input_precision=IP)
-        # (BK, BT) @ (BT, 16) -> (BK, 16): Kᵀ ζ in two pieces of ζ
-        b_z = b_z * b_gL + tl.sum(tl.dot(tl.trans(b_k), split_columns(b_zeta, b_k.dtype), input_precision=IP), axis=1)
+        b_S = b_S * b_gL + tl.dot(b_kt, b_vz, input_precision=IP)
+        # Kᵀ ζ from a plain load of K, for the same reason as q·z.
+        b_kf = tl.load(k + (i_b * T + o_tk[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_tk, other=0.0)
+        b_z = b_z * b_gL + tl.sum(b_kf.to(tl.float32) * b_zeta[:, None], axis=0)
     if STORE_FINAL:
         if i_s == tl.num_programs(1) - 1:
             p_S = tl.make_block_ptr(S_out + i_bh * K * V, (K, V), (V, 1), (0, i_v * BV), (BK, BV), (1, 0))

@@ -3,6 +3,13 @@
 Every kernel takes its per-chunk decays from :func:`chunk_decays` and its row factor from :func:`row_scale`,
 so the forward, backward and decode kernels agree on the arithmetic. Decays are exp of non-positive float32
 numbers: γ^(−n) is never formed.
+
+A rule the kernels follow on Hopper (sm90): a tile that feeds a ``tl.dot`` transposed is loaded transposed
+(a block pointer with swapped strides), never made by ``tl.trans`` of a register tile. Transposing a tile in
+registers, above all a dot's result, then feeding it to another 16-bit dot miscompiles on sm90 with Triton
+3.4 to 3.6 (wrong values, in some shapes illegal addresses), while float32 runs of the same code are right.
+Likewise a 16-bit tile that feeds a dot is not also used elementwise (the kernels load it a second time),
+and dots take no operand broadcast from a vector: both gave wrong sums there.
 """
 
 import triton
@@ -66,13 +73,9 @@ def chunk_decays(lg, p0, i_t, T, BT: tl.constexpr):
 
 
 @triton.jit
-def split_columns(x, dtype: tl.constexpr):
-    """A float32 vector x (N,) as an (N, 16) dot operand in ``dtype``: column 0 = hi(x), column 1 = x − hi(x).
-
-    A dot against it gives x-weighted sums to about twice the operand precision, on the tensor cores, without
-    using a dot operand elementwise (mixing the two uses of one 16-bit tile miscompiled on sm90).
-    """
-    hi = x.to(dtype)
-    lo = (x - hi.to(tl.float32)).to(dtype)
-    c = tl.arange(0, 16)[None, :]
-    return tl.where(c == 0, hi[:, None], tl.where(c == 1, lo[:, None], tl.zeros_like(hi)[:, None]))
+def decay_mask_t(lg, b_valid, BT: tl.constexpr):
+    """(BT, BT) Dᵀ, built directly: Dᵀ[i, j] = γ^(j−i) for i ≤ j and valid i, else 0 (``b_valid`` from
+    :func:`chunk_decays`). Transposing D on chip instead would feed a transposed register tile to a dot."""
+    f_i = tl.arange(0, BT).to(tl.float32)
+    diff = f_i[None, :] - f_i[:, None]
+    return tl.where((diff >= 0.0) & b_valid[:, None], tl.exp(lg * tl.maximum(diff, 0.0)), 0.0)
