@@ -137,7 +137,7 @@ def time_op(fn, B, T, H, K, V, backward):
     return _ms(step)
 
 
-SLOW_MS = 250.0
+SLOW_MS = 100.0
 """A peer slower than this at some T is not timed at longer T (its cost only grows with T)."""
 
 

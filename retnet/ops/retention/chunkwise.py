@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .chunkwise_forward import FUSED_MAX_K, chunk_retention_fwd, fused_block, plan_segments
+from .chunkwise_forward import FUSED_MAX_K, MIN_BLOCK, chunk_retention_fwd, fused_block, plan_segments
 from .kernel_common import chunk_decays, decay_mask_t
 
 # ---------------------------------------------------------------------------------------------------------
@@ -249,7 +249,8 @@ def _dqk_bwd_kernel(
 # ---------------------------------------------------------------------------------------------------------
 
 # Block sizes per backward kernel, measured on an H200 in bf16 (benchmarks/ops.py --sweep). Values:
-# (BK cap, BV cap, num_warps, num_stages); BK / BV are min(cap, next power of two of K / V).
+# (BK cap, BV cap, num_warps, num_stages); BK / BV are min(cap, next power of two of K / V), at least
+# ``MIN_BLOCK`` on the GPU.
 BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
     "state_fwd": (64, 64, 4, 3),
     "dstate_segment": (64, 64, 4, 3),
@@ -270,9 +271,9 @@ BWD_CHUNK = 64
 def _launch_cfg(name: str, K: int, V: int) -> tuple[int, int, dict]:
     bk, bv, warps, stages = BLOCK_TABLE[name]
     if interpreter_active():  # the interpreter pays per program, not per element: use the largest blocks
-        bk, bv = 128, 128
-    BK = min(bk, max(16, next_power_of_2(K)))
-    BV = min(bv, max(16, next_power_of_2(V)))
+        return min(128, max(16, next_power_of_2(K))), min(128, max(16, next_power_of_2(V))), {"num_warps": warps}
+    BK = max(MIN_BLOCK, min(bk, next_power_of_2(K)))
+    BV = max(MIN_BLOCK, min(bv, next_power_of_2(V)))
     return BK, BV, {"num_warps": warps, "num_stages": stages}
 
 
@@ -319,7 +320,7 @@ def chunk_retention_bwd(
     dh = torch.empty_like(h)
     dv = torch.empty_like(v)
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
-    BKf, BV, cfg = fused_block(K, V, DSTATE_DV_TABLE)
+    BKf, BV, cfg = fused_block(K, V, DSTATE_DV_TABLE, q.dtype)
     n_vb = triton.cdiv(V, BV)
     seg_nt, nseg = plan_segments(NT, n_vb * B * H, q.device)
     G = rden  # unread unless there are segments

@@ -178,16 +178,26 @@ def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> t
     return seg_nt, triton.cdiv(NT, seg_nt)
 
 
-def fused_block(K: int, V: int, table: dict[int, tuple[int, int, int]] | None = None) -> tuple[int, int, dict]:
+MIN_BLOCK = 64
+"""Smallest K or V block on the GPU. On sm90 (Triton 3.6) dots with an operand loaded transposed miscompiled
+(illegal shared-memory reads, wrong sums) at 32- and 128-wide blocks in these kernels; 64 was right in every
+case tried, so smaller head dims are padded up to it and ``FUSED_TABLE`` keeps BV = 64."""
+
+
+def fused_block(
+    K: int, V: int, table: dict[int, tuple[int, int, int]] | None = None, dtype: torch.dtype | None = None
+) -> tuple[int, int, dict]:
     """(BK, BV, launch kwargs) of a full-K pass for head dims K and V, from ``table`` (default ``FUSED_TABLE``)."""
     BK = max(16, next_power_of_2(K))
     if BK > FUSED_MAX_K:
         raise ValueError(f"the fused kernels hold K <= {FUSED_MAX_K} in registers, got K = {K}")
     bv, warps, stages = (FUSED_TABLE if table is None else table)[BK]
     if interpreter_active():
-        bv = 128
-    BV = min(bv, max(16, next_power_of_2(V)))
-    return BK, BV, {"num_warps": warps, "num_stages": stages}
+        return BK, min(128, max(16, next_power_of_2(V))), {"num_warps": warps, "num_stages": stages}
+    BK = max(BK, MIN_BLOCK)
+    if dtype == torch.float32 and BK >= 256:
+        stages = 1  # float32 tiles of a 256-wide K do not fit shared memory twice
+    return BK, max(MIN_BLOCK, min(bv, next_power_of_2(V))), {"num_warps": warps, "num_stages": stages}
 
 
 def chunk_retention_fwd(
@@ -221,7 +231,7 @@ def chunk_retention_fwd(
     BT = chunk_len(T)
     NT = triton.cdiv(T, BT)
     ip = dot_precision(q.dtype)
-    BK, BV, cfg = fused_block(K, V)
+    BK, BV, cfg = fused_block(K, V, dtype=q.dtype)
     n_vb = triton.cdiv(V, BV)
     seg_nt, nseg = plan_segments(NT, n_vb * B * H, q.device)
     f32 = {"device": q.device, "dtype": torch.float32}
@@ -236,7 +246,7 @@ def chunk_retention_fwd(
         bk, bv, warps, stages = SEGMENT_TABLE
         if interpreter_active():
             bk, bv = 128, 128
-        sbk, sbv = min(bk, BK), min(bv, max(16, next_power_of_2(V)))
+        sbk, sbv = min(bk, BK), min(bv, max(16 if interpreter_active() else MIN_BLOCK, next_power_of_2(V)))
         _segment_state_kernel[(triton.cdiv(K, sbk), triton.cdiv(V, sbv), (nseg - 1) * B * H)](
             k, v, position, log_decay, S_seg, z_seg, T, seg_nt, B * H,
             H=H, K=K, V=V, BT=BT, BK=sbk, BV=sbv, IP=ip, num_warps=warps, num_stages=stages,
