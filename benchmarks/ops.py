@@ -312,10 +312,12 @@ def profile_kernels(cfgs, T=8192):
 
 
 def env_stamp():
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-    except Exception:
-        sha = os.environ.get("RETNET_GIT_SHA", "unknown")
+    sha = os.environ.get("RETNET_GIT_SHA")  # a copied tree may carry another checkout's .git
+    if not sha:
+        try:
+            sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
+        except Exception:
+            sha = "unknown"
     try:
         import fla
 
