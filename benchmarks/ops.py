@@ -293,7 +293,12 @@ def profile_kernels(cfgs, T=8192):
         lg = log_decay_schedule(H, device="cuda")
         q, k, v = make_inputs(B, T, H, K, V, True)
         do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
-        step = lambda q=q, k=k, v=v, lg=lg, do=do: retention(q, k, v, lg, backend="triton")[0].backward(do)
+
+        def step(q=q, k=k, v=v, lg=lg, do=do):
+            for x in (q, k, v):
+                x.grad = None  # no gradient accumulation kernels in the profile
+            retention(q, k, v, lg, backend="triton")[0].backward(do)
+
         step()
         torch.cuda.synchronize()
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -371,6 +376,16 @@ def print_table(rows, bw, mm):
         )
 
 
+_OP_ORDER = (
+    "ours", "fla", "torch_chunkwise", "naive_parallel", "sdpa_flash", "sdpa_cudnn", "sdpa_efficient", "sdpa_math",
+)  # fmt: skip
+
+
+def _op_color(op):
+    """One colour per op in every panel."""
+    return f"C{_OP_ORDER.index(op) if op in _OP_ORDER else len(_OP_ORDER)}"
+
+
 def plot(rows, path):
     import matplotlib
 
@@ -382,7 +397,7 @@ def plot(rows, path):
         sel = [r for r in rows if r["cfg"] == cfg and r["pass"] == p]
         for op in sorted({r["op"] for r in sel}):
             pts = sorted((r["T"], r["ms"]) for r in sel if r["op"] == op)
-            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=op)
+            ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=op, color=_op_color(op))
         fl = sorted({(r["T"], r["floor_ms"]) for r in sel})
         ax.plot([x for x, _ in fl], [y for _, y in fl], "k--", label="floor")
         ax.set_xscale("log", base=2)
@@ -393,6 +408,23 @@ def plot(rows, path):
         ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+
+
+def replot(paths, out):
+    """Merge the chunkwise rows of several runs (keyed by cfg, T, pass, op; later files win), print, plot."""
+    merged, runs = {}, []
+    for path in paths:
+        with open(path) as f:
+            res = json.load(f)
+        runs.append({"path": path, "env": res.get("env"), "command": res.get("command")})
+        for row in res.get("chunkwise", []):
+            merged[(row["cfg"], row["T"], row["pass"], row["op"])] = row
+        bw, mm = res["copy_bw_Bps"], res["matmul_flops"]
+    rows = sorted(merged.values(), key=lambda r: (r["cfg"], r["T"], r["pass"], r["op"]))
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump({"runs": runs, "copy_bw_Bps": bw, "matmul_flops": mm, "chunkwise": rows}, f, indent=1)
+    plot(rows, os.path.join(out, "retention.png"))
+    print_table(rows, bw, mm)
 
 
 def main(argv=None):
@@ -408,8 +440,15 @@ def main(argv=None):
     ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times of ours at T = 8192")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-step benchmark")
     ap.add_argument("--no-chunkwise", action="store_true", help="skip the chunkwise benchmark")
+    ap.add_argument(
+        "--from-json", nargs="+", default=None, metavar="RESULTS",
+        help="no GPU: merge these results.json files (later rows win) and redo the table and the plot",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.from_json:
+        replot(args.from_json, args.out)
+        return
     bw, mm = measure_ceilings()
     print(f"ceilings: copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s")
     result = {"env": env_stamp(), "copy_bw_Bps": bw, "matmul_flops": mm, "command": " ".join(sys.argv)}

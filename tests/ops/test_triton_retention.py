@@ -202,6 +202,8 @@ GPU_CASES = [
         (2, 333, 2, 60, 40, [-17, 4], True),
         (1, 300, 2, 256, 512, 0, True),
         (2, 64, 2, 128, 128, 1000, False),
+        (2, 100, 2, 32, 48, 0, True),  # head dims below the 64-wide GPU blocks
+        (1, 200, 2, 256, 432, 0, True),  # the torchscale 1.3B geometry (V = 2d·(3/4)/H, not a power of two)
     )
 ]
 
@@ -212,6 +214,21 @@ GPU_CASES = [
 )
 def test_chunkwise_matches_reference_gpu(B, T, H, K, V, dtype, offset, with_state, normalize):
     _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
+
+
+@pytest.mark.gpu
+@GPU[1]
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "B,T,H,K,V,seg_chunks,with_state",
+    [(2, 300, 2, 64, 96, 2, True), (1, 1000, 2, 256, 512, 3, False)],
+    ids=["K64-V96-seg2-state", "K256-V512-seg3"],
+)
+def test_segmented_matches_reference_gpu(monkeypatch, B, T, H, K, V, seg_chunks, with_state, dtype):
+    from retnet.ops.retention import chunkwise_forward
+
+    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
+    _compare(B, T, H, K, V, dtype, 0, with_state, True)
 
 
 @pytest.mark.gpu

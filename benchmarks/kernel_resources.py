@@ -1,0 +1,162 @@
+"""Registers, spills and shared memory of the retention kernels on sm90, compiled on a machine without a GPU.
+
+The host wrappers run on CPU tensors with every kernel launch intercepted, so each kernel is compiled with
+exactly the block sizes, warps and stages the GPU would get for that shape; Triton then compiles it for
+sm90 (Hopper) with its bundled ptxas, and the cubin's resource usage is read with its bundled cuobjdump.
+Spilled registers (a non-zero stack) are the first thing that makes a kernel slow; this shows them
+without device time.
+
+    python benchmarks/kernel_resources.py [--cfg A B] [--dtype bf16] [--kernels fused_fwd dqk_bwd] [--out DIR]
+
+Prints a table and writes ``kernel_resources.json`` to ``--out``. Run with ``TRITON_INTERPRET`` unset.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import torch
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from retnet.ops.retention import chunkwise as ck  # noqa: E402
+from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
+from retnet.ops.retention import recurrent as rc  # noqa: E402
+
+CFGS = {"A": (8, 256, 512), "B": (16, 128, 128), "torchscale-1.3b": (8, 256, 432)}
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64"}
+KERNELS = {
+    "fused_fwd": (ckf, "_fused_fwd_kernel"),
+    "segment_state": (ckf, "_segment_state_kernel"),
+    "state_fwd": (ck, "_state_fwd_kernel"),
+    "dstate_segment": (ck, "_dstate_segment_kernel"),
+    "dstate_dv": (ck, "_dstate_dv_bwd_kernel"),
+    "dqk_bwd": (ck, "_dqk_bwd_kernel"),
+    "decode_step": (rc, "_recurrent_step_kernel"),
+}
+SM90 = GPUTarget("cuda", 90, 32)
+
+
+class _LaunchRecorder:
+    """Stands in for a ``@triton.jit`` kernel: ``kernel[grid](*args, **kwargs)`` records instead of running."""
+
+    def __init__(self, fn):
+        self.fn = fn
+        self.launches = []
+
+    def __getitem__(self, grid):
+        def launch(*args, num_warps=4, num_stages=3, **kwargs):
+            self.launches.append((args, kwargs, num_warps, num_stages))
+
+        return launch
+
+
+def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
+    """Run forward, backward and one decode step on CPU tensors with every launch recorded (first per kernel)."""
+    H, K, V = CFGS[cfg]
+    B = 1
+    recorders = {}
+    saved = {}
+    for name, (module, attr) in KERNELS.items():
+        saved[name] = getattr(module, attr)
+        recorders[name] = _LaunchRecorder(saved[name])
+        setattr(module, attr, recorders[name])
+    forced = ckf.FORCE_SEGMENT_CHUNKS
+    ckf.FORCE_SEGMENT_CHUNKS = 4  # so that the segment kernels are launched too
+    try:
+        q, k = (torch.zeros(B, T, H, K, dtype=dtype) for _ in range(2))
+        v = torch.zeros(B, T, H, V, dtype=dtype)
+        lg = torch.full((H,), -0.01)
+        pos = torch.zeros(B, dtype=torch.long)
+        o, rden, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
+        ck.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None)
+        S = torch.zeros(B, H, K, V)
+        z = torch.zeros(B, H, K)
+        rc._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True)
+    finally:
+        ckf.FORCE_SEGMENT_CHUNKS = forced
+        for name, (module, attr) in KERNELS.items():
+            setattr(module, attr, saved[name])
+    return {name: (rec.fn, rec.launches[0]) for name, rec in recorders.items() if rec.launches}
+
+
+def _signature(fn, args, kwargs):
+    constexprs = {p.name for p in fn.params if p.is_constexpr}
+    runtime = [n for n in fn.arg_names if n not in constexprs]
+    sig = {}
+    for name, value in zip(runtime, args):
+        if isinstance(value, torch.Tensor):
+            sig[name] = "*" + TRITON_TYPES[value.dtype]
+        else:
+            sig[name] = "i32" if abs(int(value)) < 2**31 else "i64"
+    for name in constexprs:
+        sig[name] = "constexpr"
+    return sig, {name: kwargs[name] for name in constexprs}
+
+
+def _resources(cubin: bytes) -> dict:
+    tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(cubin)
+        f.flush()
+        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
+    field = lambda key: int(re.search(rf"{key}:(\d+)", out.stdout).group(1))  # noqa: E731
+    return {"registers": field("REG"), "stack_bytes": field("STACK"), "local_bytes": field("LOCAL")}
+
+
+def compile_report(name: str, fn, launch) -> dict:
+    """Compile one recorded launch for sm90; registers, spill stack, shared memory and wgmma count."""
+    args, kwargs, warps, stages = launch
+    sig, constexprs = _signature(fn, args, kwargs)
+    kernel = triton.compile(
+        ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+        target=SM90,
+        options={"num_warps": warps, "num_stages": stages},
+    )
+    row = {"kernel": name, "num_warps": warps, "num_stages": stages, "shared_bytes": kernel.metadata.shared}
+    row.update(_resources(kernel.asm["cubin"]))
+    row["wgmma"] = kernel.asm["ptx"].count("wgmma.mma_async")
+    row["blocks"] = {k: v for k, v in constexprs.items() if k in ("BT", "BK", "BV")}
+    return row
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--cfg", nargs="+", default=["A", "B"], choices=sorted(CFGS))
+    ap.add_argument("--dtype", default="bf16", choices=sorted(DTYPES))
+    ap.add_argument("--kernels", nargs="+", default=None, choices=sorted(KERNELS))
+    ap.add_argument("--out", default=None, help="folder for kernel_resources.json")
+    args = ap.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        raise SystemExit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled for a GPU")
+    rows = []
+    print(f"{'cfg':16s} {'kernel':15s} {'blocks':26s} {'warps':>5s} {'stages':>6s} {'regs':>4s} {'spill B':>7s} "
+          f"{'smem B':>7s} {'wgmma':>5s}")  # fmt: skip
+    for cfg in args.cfg:
+        for name, (fn, launch) in _capture(cfg, DTYPES[args.dtype]).items():
+            if args.kernels and name not in args.kernels:
+                continue
+            row = {"cfg": cfg, "dtype": args.dtype, **compile_report(name, fn, launch)}
+            rows.append(row)
+            print(f"{cfg:16s} {name:15s} {str(row['blocks']):26s} {row['num_warps']:5d} {row['num_stages']:6d} "
+                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d}",
+                  flush=True)  # fmt: skip
+    if args.out:
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "kernel_resources.json"), "w") as f:
+            json.dump({"triton": triton.__version__, "target": "sm90", "rows": rows}, f, indent=1)
+    return rows
+
+
+if __name__ == "__main__":
+    main()
