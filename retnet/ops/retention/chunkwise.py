@@ -29,7 +29,7 @@ import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
 from .chunkwise_forward import FUSED_MAX_K, MIN_BLOCK, chunk_retention_fwd, fused_block, plan_segments
-from .kernel_common import chunk_decays, decay_mask_t
+from .kernel_common import chunk_decays, decay_mask_t, state_tile_step
 
 # ---------------------------------------------------------------------------------------------------------
 # Backward kernels
@@ -57,17 +57,7 @@ def _state_fwd_kernel(
     for i_t in range(NT):
         p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
-        b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-        p_kt = tl.make_block_ptr(
-            k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
-        )
-        p_v = tl.make_block_ptr(
-            v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
-        )
-        b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        # (BK, BT) @ (BT, BV) -> (BK, BV)
-        b_S = b_S * b_gL + tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=IP)
+        b_S, _, _ = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
 
 
 @triton.jit

@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import chunk_decays, row_scale
+from .kernel_common import chunk_decays, row_scale, state_tile_step
 
 
 @triton.jit
@@ -42,18 +42,8 @@ def _segment_state_kernel(
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
     b_z = tl.zeros([BK], dtype=tl.float32)
     for i_t in range(i_s * SEG_NT, (i_s + 1) * SEG_NT):
-        b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-        p_kt = tl.make_block_ptr(
-            k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
-        )
-        p_v = tl.make_block_ptr(
-            v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
-        )
-        b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
-        b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-        # (BK, BT) @ (BT, BV) -> (BK, BV)
-        b_S = b_S * b_gL + tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=IP)
-        b_z = b_z * b_gL + tl.sum(b_kt, axis=1)
+        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+        b_z = b_z * b_gL + b_kz
     p_S = tl.make_block_ptr(S_seg + i_sbh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
     tl.store(p_S, b_S, boundary_check=(0, 1))
     tl.store(z_seg + i_sbh * K + o_k, b_z, mask=(o_k < K) & (i_v == 0))

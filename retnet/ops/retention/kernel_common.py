@@ -79,3 +79,23 @@ def decay_mask_t(lg, b_valid, BT: tl.constexpr):
     f_i = tl.arange(0, BT).to(tl.float32)
     diff = f_i[None, :] - f_i[:, None]
     return tl.where((diff >= 0.0) & b_valid[:, None], tl.exp(lg * tl.maximum(diff, 0.0)), 0.0)
+
+
+@triton.jit
+def state_tile_step(
+    k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+):  # fmt: skip
+    """One chunk of the state scan on a (BK, BV) tile: returns (γ^L S + (K ⊙ ζ)ᵀ V, γ^L, Kᵀ ζ of shape (BK,)).
+
+    Kᵀ ⊙ ζ is a scaled copy of the loaded tile, so the loaded tile itself feeds no dot.
+    """
+    b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
+    p_kt = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+    p_v = tl.make_block_ptr(v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
+    b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
+    # (BK, BT) @ (BT, BV) -> (BK, BV)
+    b_S = b_S * b_gL + tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=IP)
+    return b_S, b_gL, tl.sum(b_kt, axis=1)
