@@ -17,6 +17,8 @@ the state (from zero), and each segment's program starts from the decayed sum of
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -151,10 +153,15 @@ def chunk_len(T: int) -> int:
     return min(64, max(16, next_power_of_2(T)))
 
 
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
 def _target_programs(device: torch.device) -> int:
     if interpreter_active() or device.type != "cuda":
         return 1
-    return 2 * torch.cuda.get_device_properties(device).multi_processor_count
+    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
