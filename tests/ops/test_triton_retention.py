@@ -205,7 +205,7 @@ GPU_CASES = [
         (2, 100, 2, 32, 48, 0, True),  # head dims below the 64-wide GPU blocks
         (1, 200, 2, 256, 432, 0, True),  # the torchscale 1.3B geometry (V = 2d·(3/4)/H, not a power of two)
     )
-]
+] + [(2, 200, 2, 64, 128, dt, 3, True, False) for dt in (torch.bfloat16, torch.float32)]  # raw output
 
 
 @pytest.mark.parametrize(
