@@ -238,7 +238,8 @@ def _dqk_bwd_kernel(
 # Launch configuration
 # ---------------------------------------------------------------------------------------------------------
 
-# Block sizes per backward kernel, measured on an H200 in bf16 (benchmarks/ops.py --sweep). Values:
+# Block sizes per backward kernel: the configuration verified and timed on an H200 (docs/benchmarks); a
+# sweep (benchmarks/ops.py --sweep) may find better ones, which must then pass the GPU tests. Values:
 # (BK cap, BV cap, num_warps, num_stages); BK / BV are min(cap, next power of two of K / V), at least
 # ``MIN_BLOCK`` on the GPU.
 BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
