@@ -4,7 +4,8 @@ The host wrappers run on CPU tensors with every kernel launch intercepted, so ea
 exactly the block sizes, warps and stages the GPU would get for that shape; Triton then compiles it for
 sm90 (Hopper) with its bundled ptxas, and the cubin's resource usage is read with its bundled cuobjdump.
 Spilled registers (a non-zero stack) are the first thing that makes a kernel slow; this shows them
-without device time.
+without device time. Each row also carries a fingerprint of the kernel's machine code (its SASS instructions
+without addresses), so a refactor can be shown to leave the compiled kernels unchanged.
 
     python benchmarks/kernel_resources.py [--cfg A B] [--dtype bf16] [--kernels fused_fwd dqk_bwd] [--out DIR]
 
@@ -14,6 +15,7 @@ Prints a table and writes ``kernel_resources.json`` to ``--out``. Run with ``TRI
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import re
@@ -104,14 +106,27 @@ def _signature(fn, args, kwargs):
     return sig, {name: kwargs[name] for name in constexprs}
 
 
-def _resources(cubin: bytes) -> dict:
+def _cuobjdump(cubin: bytes, flag: str) -> str:
     tool = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
     with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
         f.write(cubin)
         f.flush()
-        out = subprocess.run([tool, "--dump-resource-usage", f.name], capture_output=True, text=True, check=True)
-    field = lambda key: int(re.search(rf"{key}:(\d+)", out.stdout).group(1))  # noqa: E731
+        return subprocess.run([tool, flag, f.name], capture_output=True, text=True, check=True).stdout
+
+
+def _resources(cubin: bytes) -> dict:
+    out = _cuobjdump(cubin, "--dump-resource-usage")
+    field = lambda key: int(re.search(rf"{key}:(\d+)", out).group(1))  # noqa: E731
     return {"registers": field("REG"), "stack_bytes": field("STACK"), "local_bytes": field("LOCAL")}
+
+
+def sass_fingerprint(cubin: bytes) -> str:
+    """Hash of the SASS instruction stream, without addresses and encodings (line info does not change it)."""
+    lines = _cuobjdump(cubin, "--dump-sass").splitlines()
+    instructions = [
+        re.sub(r"/\*[^*]*\*/", "", line).strip() for line in lines if re.match(r"\s*/\*[0-9a-f]{4}\*/", line)
+    ]
+    return hashlib.sha1("\n".join(instructions).encode()).hexdigest()[:12]
 
 
 def compile_report(name: str, fn, launch) -> dict:
@@ -125,6 +140,7 @@ def compile_report(name: str, fn, launch) -> dict:
     )
     row = {"kernel": name, "num_warps": warps, "num_stages": stages, "shared_bytes": kernel.metadata.shared}
     row.update(_resources(kernel.asm["cubin"]))
+    row["sass_fingerprint"] = sass_fingerprint(kernel.asm["cubin"])
     row["wgmma"] = kernel.asm["ptx"].count("wgmma.mma_async")
     row["blocks"] = {k: v for k, v in constexprs.items() if k in ("BT", "BK", "BV")}
     return row
@@ -141,7 +157,7 @@ def main(argv=None):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled for a GPU")
     rows = []
     print(f"{'cfg':16s} {'kernel':15s} {'blocks':26s} {'warps':>5s} {'stages':>6s} {'regs':>4s} {'spill B':>7s} "
-          f"{'smem B':>7s} {'wgmma':>5s}")  # fmt: skip
+          f"{'smem B':>7s} {'wgmma':>5s} sass")  # fmt: skip
     for cfg in args.cfg:
         for name, (fn, launch) in _capture(cfg, DTYPES[args.dtype]).items():
             if args.kernels and name not in args.kernels:
@@ -149,7 +165,8 @@ def main(argv=None):
             row = {"cfg": cfg, "dtype": args.dtype, **compile_report(name, fn, launch)}
             rows.append(row)
             print(f"{cfg:16s} {name:15s} {str(row['blocks']):26s} {row['num_warps']:5d} {row['num_stages']:6d} "
-                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d}",
+                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d} "
+                  f"{row['sass_fingerprint']}",
                   flush=True)  # fmt: skip
     if args.out:
         os.makedirs(args.out, exist_ok=True)
