@@ -27,8 +27,15 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .chunkwise_forward import FUSED_MAX_K, MIN_BLOCK, chunk_retention_fwd, fused_block, plan_segments
+from ..triton_utils import dot_precision
+from .chunkwise_forward import (
+    FUSED_MAX_K,
+    block_size,
+    chunk_len,
+    chunk_retention_fwd,
+    fused_block,
+    plan_segments,
+)
 from .kernel_common import chunk_decays, decay_mask_t, state_tile_step
 
 # ---------------------------------------------------------------------------------------------------------
@@ -261,11 +268,7 @@ BWD_CHUNK = 64
 
 def _launch_cfg(name: str, K: int, V: int) -> tuple[int, int, dict]:
     bk, bv, warps, stages = BLOCK_TABLE[name]
-    if interpreter_active():  # the interpreter pays per program, not per element: use the largest blocks
-        return min(128, max(16, next_power_of_2(K))), min(128, max(16, next_power_of_2(V))), {"num_warps": warps}
-    BK = max(MIN_BLOCK, min(bk, next_power_of_2(K)))
-    BV = max(MIN_BLOCK, min(bv, next_power_of_2(V)))
-    return BK, BV, {"num_warps": warps, "num_stages": stages}
+    return block_size(K, bk), block_size(V, bv), {"num_warps": warps, "num_stages": stages}
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -298,7 +301,7 @@ def chunk_retention_bwd(
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
-    BT = min(BWD_CHUNK, max(16, next_power_of_2(T)))
+    BT = chunk_len(T, BWD_CHUNK)
     NT = triton.cdiv(T, BT)
     ip = dot_precision(q.dtype)
     has_s0 = S0 is not None

@@ -149,9 +149,25 @@ FORCE_SEGMENT_CHUNKS: int | None = None
 """Fix the segment length in chunks (tests use it to exercise segments at small shapes); None picks it."""
 
 
-def chunk_len(T: int) -> int:
-    """Chunk length of the kernels for a sequence of T tokens (the result does not depend on it)."""
-    return min(64, max(16, next_power_of_2(T)))
+MIN_BLOCK = 64
+"""Smallest K or V block on the GPU. On sm90 (Triton 3.6) dots with an operand loaded transposed miscompiled
+(illegal shared-memory reads, wrong sums) at 32- and 128-wide blocks in these kernels; 64 was right in every
+case tried, so smaller head dims are padded up to it and ``FUSED_TABLE`` keeps BV = 64."""
+
+
+def chunk_len(T: int, cap: int = 64) -> int:
+    """Chunk length of the kernels for a sequence of T tokens, at most ``cap`` (the result does not depend on it)."""
+    return min(cap, max(16, next_power_of_2(T)))
+
+
+def block_size(dim: int, cap: int) -> int:
+    """Block width over a head dim: its next power of two, at most ``cap`` and at least ``MIN_BLOCK`` on the GPU.
+
+    Under Triton's interpreter, which pays per program rather than per element, the widest block up to 128.
+    """
+    if interpreter_active():
+        return min(128, max(16, next_power_of_2(dim)))
+    return max(MIN_BLOCK, min(cap, next_power_of_2(dim)))
 
 
 @functools.cache
@@ -176,12 +192,6 @@ def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> t
     return seg_nt, triton.cdiv(NT, seg_nt)
 
 
-MIN_BLOCK = 64
-"""Smallest K or V block on the GPU. On sm90 (Triton 3.6) dots with an operand loaded transposed miscompiled
-(illegal shared-memory reads, wrong sums) at 32- and 128-wide blocks in these kernels; 64 was right in every
-case tried, so smaller head dims are padded up to it and ``FUSED_TABLE`` keeps BV = 64."""
-
-
 def fused_block(
     K: int, V: int, table: dict[int, tuple[int, int, int]] | None = None, dtype: torch.dtype | None = None
 ) -> tuple[int, int, dict]:
@@ -190,12 +200,11 @@ def fused_block(
     if BK > FUSED_MAX_K:
         raise ValueError(f"the fused kernels hold K <= {FUSED_MAX_K} in registers, got K = {K}")
     bv, warps, stages = (FUSED_TABLE if table is None else table)[BK]
-    if interpreter_active():
-        return BK, min(128, max(16, next_power_of_2(V))), {"num_warps": warps, "num_stages": stages}
-    BK = max(BK, MIN_BLOCK)
-    if dtype == torch.float32 and BK >= 256:
-        stages = 1  # float32 tiles of a 256-wide K do not fit shared memory twice
-    return BK, max(MIN_BLOCK, min(bv, next_power_of_2(V))), {"num_warps": warps, "num_stages": stages}
+    if not interpreter_active():
+        BK = max(BK, MIN_BLOCK)
+        if dtype == torch.float32 and BK >= 256:
+            stages = 1  # float32 tiles of a 256-wide K do not fit shared memory twice
+    return BK, block_size(V, bv), {"num_warps": warps, "num_stages": stages}
 
 
 def chunk_retention_fwd(
@@ -242,9 +251,7 @@ def chunk_retention_fwd(
         S_seg = torch.empty(nseg - 1, B * H, K, V, **f32)
         z_seg = torch.empty(nseg - 1, B * H, K, **f32)
         bk, bv, warps, stages = SEGMENT_TABLE
-        if interpreter_active():
-            bk, bv = 128, 128
-        sbk, sbv = min(bk, BK), min(bv, max(16 if interpreter_active() else MIN_BLOCK, next_power_of_2(V)))
+        sbk, sbv = block_size(K, bk), block_size(V, bv)
         _segment_state_kernel[(triton.cdiv(K, sbk), triton.cdiv(V, sbv), (nseg - 1) * B * H)](
             k, v, position, log_decay, S_seg, z_seg, T, seg_nt, B * H,
             H=H, K=K, V=V, BT=BT, BK=sbk, BV=sbv, IP=ip, num_warps=warps, num_stages=stages,
