@@ -7,7 +7,7 @@ Spilled registers (a non-zero stack) are the first thing that makes a kernel slo
 without device time. Each row also carries a fingerprint of the kernel's machine code (its SASS instructions
 without addresses), so a refactor can be shown to leave the compiled kernels unchanged.
 
-    python benchmarks/kernel_resources.py [--cfg A B] [--dtype bf16] [--kernels fused_fwd dqk_bwd] [--out DIR]
+    python benchmarks/kernel_resources.py [--cfg A B] [--dtype bf16] [--kernels output_fwd dqk_bwd] [--out DIR]
 
 Prints a table and writes ``kernel_resources.json`` to ``--out``. Run with ``TRITON_INTERPRET`` unset.
 """
@@ -38,12 +38,11 @@ CFGS = {"A": (8, 256, 512), "B": (16, 128, 128), "torchscale-1.3b": (8, 256, 432
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64"}
 KERNELS = {
-    "fused_fwd": (ckf, "_fused_fwd_kernel"),
-    "segment_state": (ckf, "_segment_state_kernel"),
-    "state_fwd": (ck, "_state_fwd_kernel"),
-    "dstate_segment": (ck, "_dstate_segment_kernel"),
-    "dstate_dv": (ck, "_dstate_dv_bwd_kernel"),
+    "state_fwd": (ckf, "_state_fwd_kernel"),
+    "output_fwd": (ckf, "_output_fwd_kernel"),
+    "state_bwd": (ck, "_state_bwd_kernel"),
     "dqk_bwd": (ck, "_dqk_bwd_kernel"),
+    "dv_bwd": (ck, "_dv_bwd_kernel"),
     "decode_step": (rc, "_recurrent_step_kernel"),
 }
 SM90 = GPUTarget("cuda", 90, 32)
@@ -64,7 +63,8 @@ class _LaunchRecorder:
 
 
 def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
-    """Run forward, backward and one decode step on CPU tensors with every launch recorded (first per kernel)."""
+    """Run forward, backward and one decode step on CPU tensors with every launch recorded (first per kernel;
+    the state scan's first launch is the forward's, with the key sums stored)."""
     H, K, V = CFGS[cfg]
     B = 1
     recorders = {}
@@ -73,8 +73,6 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
         saved[name] = getattr(module, attr)
         recorders[name] = _LaunchRecorder(saved[name])
         setattr(module, attr, recorders[name])
-    forced = ckf.FORCE_SEGMENT_CHUNKS
-    ckf.FORCE_SEGMENT_CHUNKS = 4  # so that the segment kernels are launched too
     try:
         q, k = (torch.zeros(B, T, H, K, dtype=dtype) for _ in range(2))
         v = torch.zeros(B, T, H, V, dtype=dtype)
@@ -86,7 +84,6 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
         z = torch.zeros(B, H, K)
         rc._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True)
     finally:
-        ckf.FORCE_SEGMENT_CHUNKS = forced
         for name, (module, attr) in KERNELS.items():
             setattr(module, attr, saved[name])
     return {name: (rec.fn, rec.launches[0]) for name, rec in recorders.items() if rec.launches}

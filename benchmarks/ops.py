@@ -29,7 +29,6 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
-from retnet.ops.retention import chunkwise as ck  # noqa: E402
 from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
 from retnet.ops.retention.recurrent import retention_step  # noqa: E402
 
@@ -218,9 +217,8 @@ def bench_decode(bw, batches=(1, 16, 128)):
     return rows
 
 
-FUSED_SWEEP = [(bv, w, st) for bv in (32, 64, 128) for w in (4, 8) for st in (1, 2)]
-SWEEP_KERNELS = ("fused_fwd", "dstate_dv", "state_fwd", "dqk_bwd", "bwd_chunk")
-TILE_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 8, 2), (64, 128, 8, 2), (32, 64, 4, 3), (128, 128, 8, 2)]
+TILE_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 8, 1)]
+SWEEP_KERNELS = tuple(ckf.BLOCK_TABLE)
 
 
 def _sweep_one(label, table, key, variants, time_fn):
@@ -242,10 +240,9 @@ def _sweep_one(label, table, key, variants, time_fn):
 
 
 def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
-    """Time block configurations per kernel (others at their table value) at one T; returns every timing.
+    """Time launch configurations per kernel (others at their table value) at one T; returns every timing.
 
-    The forward kernel is timed forward only; the backward kernels are timed forward+backward (their share is
-    the difference). Also times the backward's chunk length.
+    Forward kernels are timed forward only, backward kernels forward+backward (their share is the difference).
     """
     out = {}
     for cfg in cfgs:
@@ -254,31 +251,11 @@ def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
         lg = log_decay_schedule(H, device="cuda")
         fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
         shape = (B, T, H, K, V)
-        fwd = lambda fn=fn, shape=shape: time_op(fn, *shape, False)
-        both = lambda fn=fn, shape=shape: time_op(fn, *shape, True)
-        BK = max(16, 1 << (K - 1).bit_length())
-        if "fused_fwd" in kernels:
-            out[f"{cfg}/fused_fwd"] = _sweep_one(f"{cfg} fused_fwd (BV,w,st)", ckf.FUSED_TABLE, BK, FUSED_SWEEP, fwd)
-        if "dstate_dv" in kernels:
-            out[f"{cfg}/dstate_dv"] = _sweep_one(
-                f"{cfg} dstate_dv (BV,w,st)", ck.DSTATE_DV_TABLE, BK, FUSED_SWEEP, both
-            )
-        for kern in ("state_fwd", "dqk_bwd"):
-            if kern in kernels:
-                out[f"{cfg}/{kern}"] = _sweep_one(f"{cfg} {kern} (BK,BV,w,st)", ck.BLOCK_TABLE, kern, TILE_SWEEP, both)
-        if "bwd_chunk" not in kernels:
-            continue
-        base = ck.BWD_CHUNK
-        res = {}
-        for c in (32, 64, 128):
-            ck.BWD_CHUNK = c
-            try:
-                res[str(c)] = both()
-            except Exception as e:
-                res[str(c)] = f"n/a {type(e).__name__}"
-        ck.BWD_CHUNK = base
-        print(f"  sweep {cfg} backward chunk: {res}")
-        out[f"{cfg}/bwd_chunk"] = {"results": res}
+        for kern in kernels:
+            backward = kern not in ("state_fwd", "output_fwd")
+            time_fn = lambda fn=fn, shape=shape, backward=backward: time_op(fn, *shape, backward)
+            label = f"{cfg} {kern} (BK,BV,w,st)"
+            out[f"{cfg}/{kern}"] = _sweep_one(label, ckf.BLOCK_TABLE, kern, TILE_SWEEP, time_fn)
     return out
 
 
@@ -341,13 +318,7 @@ def env_stamp():
 
 
 def _tables():
-    return {
-        "fused_fwd": {str(k): v for k, v in ckf.FUSED_TABLE.items()},
-        "dstate_dv": {str(k): v for k, v in ck.DSTATE_DV_TABLE.items()},
-        "backward_tiles": dict(ck.BLOCK_TABLE),
-        "backward_chunk": ck.BWD_CHUNK,
-        "segment": ckf.SEGMENT_TABLE,
-    }
+    return {"blocks": dict(ckf.BLOCK_TABLE)}
 
 
 def print_table(rows, bw, mm):
@@ -435,7 +406,7 @@ def main(argv=None):
     ap.add_argument("--ops", nargs="+", default=None, help="time only these ops (e.g. ours fla sdpa_cudnn)")
     ap.add_argument(
         "--sweep", nargs="*", choices=SWEEP_KERNELS, default=None,
-        help="time block-size variants of these kernels first (all when none is named; T = 8192)",
+        help="time launch variants of these kernels first (all when none is named; T = 8192)",
     )  # fmt: skip
     ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times of ours at T = 8192")
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-step benchmark")

@@ -12,7 +12,7 @@ import logging
 import torch
 
 from .chunkwise import chunk_retention
-from .chunkwise_forward import FUSED_MAX_K
+from .chunkwise_forward import MAX_K
 from .recurrent import RECURRENT_MAX_T, retention_step
 from .reference import chunkwise_ref
 from .state import RetentionState
@@ -24,14 +24,14 @@ _fp64_logged = False
 def triton_limitation(q: torch.Tensor, form: str, has_initial_state: bool, needs_grad: bool) -> str | None:
     """Why the kernels must not run this call, or None when they may.
 
-    The chunkwise kernels keep a full-K slice of the state in registers, so they take K <= ``FUSED_MAX_K``
-    (256, the paper's head size); the decode-step kernel has no such limit.
+    The chunkwise kernels are tested up to K = ``MAX_K`` (256, the paper's head size); the decode-step kernel
+    has no such limit.
     """
-    if q.shape[-1] <= FUSED_MAX_K:
+    if q.shape[-1] <= MAX_K:
         return None
     if form == "recurrent" and q.shape[1] <= RECURRENT_MAX_T and not needs_grad:
         return None
-    return f"the chunkwise Triton kernels support head dims K <= {FUSED_MAX_K}, got K = {q.shape[-1]}"
+    return f"the chunkwise Triton kernels support head dims K <= {MAX_K}, got K = {q.shape[-1]}"
 
 
 def triton_retention(
