@@ -78,7 +78,7 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
         v = torch.zeros(B, T, H, V, dtype=dtype)
         lg = torch.full((H,), -0.01)
         pos = torch.zeros(B, dtype=torch.long)
-        o, rden, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
+        o, rden, _, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
         ck.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None)
         S = torch.zeros(B, H, K, V)
         z = torch.zeros(B, H, K)

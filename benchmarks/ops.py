@@ -29,6 +29,7 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
+from retnet.ops.retention import chunkwise as ck  # noqa: E402
 from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
 from retnet.ops.retention.recurrent import retention_step  # noqa: E402
 
@@ -318,7 +319,7 @@ def env_stamp():
 
 
 def _tables():
-    return {"blocks": dict(ckf.BLOCK_TABLE)}
+    return {"blocks": dict(ckf.BLOCK_TABLE), "keep_states": ck.KEEP_STATES}
 
 
 def print_table(rows, bw, mm):
@@ -415,8 +416,14 @@ def main(argv=None):
         "--from-json", nargs="+", default=None, metavar="RESULTS",
         help="no GPU: merge these results.json files (later rows win) and redo the table and the plot",
     )  # fmt: skip
+    ap.add_argument(
+        "--keep-states", choices=("auto", "always", "never"), default=None,
+        help="whether the backward reuses the forward's per-chunk states (default: the library's policy)",
+    )  # fmt: skip
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
+    if args.keep_states:
+        ck.KEEP_STATES = args.keep_states
     if args.from_json:
         replot(args.from_json, args.out)
         return

@@ -125,6 +125,28 @@ def test_chunkwise_matches_reference(B, T, H, K, V, dtype, offset, with_state, n
     _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
 
 
+def test_kept_states_give_the_recomputed_gradients(monkeypatch):
+    """The backward reusing the forward's per-chunk states equals the one that recomputes them, bit for bit."""
+    from retnet.ops.retention import chunkwise
+
+    qkv, state, pos, w, wS = _inputs(2, 150, 2, 32, 40, torch.float32, [-9, 4], True)
+    scans = []
+    real_scan = chunkwise.state_scan
+    monkeypatch.setattr(chunkwise, "state_scan", lambda *a, **kw: scans.append(1) or real_scan(*a, **kw))
+    results = {}
+    for policy in ("always", "never"):
+        monkeypatch.setattr(chunkwise, "KEEP_STATES", policy)
+        scans.clear()
+        out, _, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+        results[policy] = (out + grads, len(scans))  # the backward's recomputations of the states
+    assert results["always"][1] == 0 and results["never"][1] == 1
+    for a, b in zip(results["always"][0], results["never"][0]):
+        assert torch.equal(a, b)
+    monkeypatch.setattr(chunkwise, "KEEP_STATES", "sometimes")
+    with pytest.raises(ValueError, match="KEEP_STATES"):
+        _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+
+
 def test_head_dim_above_limit_is_refused():
     from retnet.ops.retention.chunkwise_forward import MAX_K
 

@@ -20,7 +20,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision
-from .chunkwise_forward import MAX_K, chunk_len, chunk_retention_fwd, launch_cfg, state_scan
+from .chunkwise_forward import MAX_K, chunk_len, chunk_retention_fwd, launch_cfg, state_bytes, state_scan
 from .kernel_common import chunk_decays, decay_mask_t
 
 
@@ -191,6 +191,7 @@ def chunk_retention_bwd(
     rden: torch.Tensor,
     do: torch.Tensor,
     dS: torch.Tensor | None,
+    h: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunkwise retention backward: gradients of q, k, v and the initial state S (the normaliser is detached).
 
@@ -200,6 +201,7 @@ def chunk_retention_bwd(
         rden: ``(B, H, T)`` row factors saved by the forward pass.
         do: ``(B, T, H, V)`` gradient of the output.
         dS: ``(B, H, K, V)`` gradient of the final state S, or None.
+        h: the per-chunk states kept by the forward pass, or None to recompute them.
 
     Returns:
         ``(dq, dk, dv, dS0)`` with the dtypes and shapes of q, k, v and S0 (dS0 empty when S0 is None).
@@ -210,8 +212,9 @@ def chunk_retention_bwd(
     NT = triton.cdiv(T, BT)
     ip = dot_precision(q.dtype)
     has_s0 = S0 is not None
-    z0 = S0.new_zeros(B, H, K) if has_s0 else None
-    h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, store_z=False, store_final=False, ip=ip)
+    if h is None:
+        z0 = S0.new_zeros(B, H, K) if has_s0 else None
+        h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, store_z=False, store_final=False, ip=ip)
     dh = torch.empty_like(h)
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
     BK, BV, cfg = launch_cfg("state_bwd", K, V)
@@ -249,18 +252,20 @@ def _chunk_fwd_op(
     position: torch.Tensor,
     normalize: bool,
     store_final: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunk_retention_fwd(q, k, v, log_decay, S0, z0, position, normalize, store_final)
+    keep_states: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    return chunk_retention_fwd(q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states)
 
 
 @_chunk_fwd_op.register_fake
-def _(q, k, v, log_decay, S0, z0, position, normalize, store_final):
+def _(q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states):
     B, T, H, K = q.shape
     V = v.shape[-1]
     rden = q.new_empty(B, H, T, dtype=torch.float32)
+    h = k.new_empty(B, H, triton.cdiv(T, chunk_len(T)), K, V) if keep_states else k.new_empty(0)
     if not store_final:
-        return torch.empty_like(v), rden, rden.new_empty(0), rden.new_empty(0)
-    return torch.empty_like(v), rden, rden.new_empty(B, H, K, V), rden.new_empty(B, H, K)
+        return torch.empty_like(v), rden, rden.new_empty(0), rden.new_empty(0), h
+    return torch.empty_like(v), rden, rden.new_empty(B, H, K, V), rden.new_empty(B, H, K), h
 
 
 @torch.library.custom_op("retnet::chunk_retention_bwd", mutates_args=())
@@ -274,33 +279,51 @@ def _chunk_bwd_op(
     rden: torch.Tensor,
     do: torch.Tensor,
     dS: Optional[torch.Tensor],  # noqa: UP045
+    h: Optional[torch.Tensor],  # noqa: UP045
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunk_retention_bwd(q, k, v, log_decay, S0, position, rden, do, dS)
+    return chunk_retention_bwd(q, k, v, log_decay, S0, position, rden, do, dS, h)
 
 
 @_chunk_bwd_op.register_fake
-def _(q, k, v, log_decay, S0, position, rden, do, dS):
+def _(q, k, v, log_decay, S0, position, rden, do, dS, h):
     dS0 = torch.empty_like(S0) if S0 is not None else rden.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dS0
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, S0, z0, position, normalize, store_final = inputs
-    _, rden, _, _ = output
+    q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states = inputs
+    _, rden, _, _, h = output
     ctx.has_s0 = S0 is not None
-    ctx.save_for_backward(q, k, v, log_decay, S0 if S0 is not None else rden.new_empty(0), position, rden)
-    ctx.mark_non_differentiable(rden, output[3])
+    ctx.keep_states = keep_states
+    S0 = S0 if S0 is not None else rden.new_empty(0)
+    ctx.save_for_backward(q, k, v, log_decay, S0, position, rden, h)
+    ctx.mark_non_differentiable(rden, output[3], h)
 
 
-def _backward(ctx, do, d_rden, dS, dz):
-    q, k, v, log_decay, S0, position, rden = ctx.saved_tensors
+def _backward(ctx, do, d_rden, dS, dz, dh):
+    q, k, v, log_decay, S0, position, rden, h = ctx.saved_tensors
     S0 = S0 if ctx.has_s0 else None
+    h = h if ctx.keep_states else None
     dS = None if dS is None or dS.numel() == 0 else dS.float().contiguous()
-    dq, dk, dv, dS0 = _chunk_bwd_op(q, k, v, log_decay, S0, position, rden, do.contiguous(), dS)
-    return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None
+    dq, dk, dv, dS0 = _chunk_bwd_op(q, k, v, log_decay, S0, position, rden, do.contiguous(), dS, h)
+    return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None, None
 
 
 _chunk_fwd_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+KEEP_STATES = "auto"
+"""Whether the forward pass keeps its per-chunk states for the backward pass instead of the backward
+recomputing them: ``"always"``, ``"never"``, or ``"auto"`` (keep them when they take no more memory than k and v,
+as with K = V = 128; at K = 256, V = 512 they take 2.7 times as much, so they are recomputed)."""
+
+
+def _keep_states(T: int, K: int, V: int, k_size: int, v_size: int) -> bool:
+    if KEEP_STATES not in ("auto", "always", "never"):
+        raise ValueError(f"KEEP_STATES must be 'auto', 'always' or 'never', got {KEEP_STATES!r}")
+    if KEEP_STATES != "auto":
+        return KEEP_STATES == "always"
+    return state_bytes(T, K, V, k_size) <= T * (K * k_size + V * v_size)
 
 
 def chunk_retention(
@@ -339,8 +362,11 @@ def chunk_retention(
     q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
     if S0 is not None:
         S0, z0 = S0.float().contiguous(), z0.float().contiguous()
-    o, _, S, z = _chunk_fwd_op(
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *(() if S0 is None else (S0,))))
+    B, T, H, K = q.shape
+    keep = needs_grad and _keep_states(T, K, v.shape[-1], q.element_size(), v.element_size())
+    o, _, S, z, _ = _chunk_fwd_op(
         q, k, v, log_decay.float().contiguous(), S0, z0, position.long().contiguous(), normalize,
-        output_final_state,
+        output_final_state, keep,
     )  # fmt: skip
     return o, S, z

@@ -185,7 +185,8 @@ def chunk_retention_fwd(
     position: torch.Tensor,
     normalize: bool,
     store_final: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    keep_states: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunkwise retention forward (no autograd).
 
     Args:
@@ -196,10 +197,12 @@ def chunk_retention_fwd(
         position: ``(B,)`` int64 absolute position of each row's first token.
         normalize: fuse SPEC §3 factors 2 and 3.
         store_final: compute the final state (else S and z come back empty).
+        keep_states: also return the per-chunk states ``h`` (for the backward pass to reuse), else an empty h.
 
     Returns:
-        ``(o, rden, S, z)``: o ``(B, T, H, V)`` in v's dtype; rden ``(B, H, T)`` float32, the row factor applied
-        to the raw output (0 on padded rows); S ``(B, H, K, V)``, z ``(B, H, K)`` the final state in float32.
+        ``(o, rden, S, z, h)``: o ``(B, T, H, V)`` in v's dtype; rden ``(B, H, T)`` float32, the row factor
+        applied to the raw output (0 on padded rows); S ``(B, H, K, V)``, z ``(B, H, K)`` the final state in
+        float32; h ``(B, H, N, K, V)`` the state entering each chunk, in k's dtype (or empty).
     """
     B, T, H, K = q.shape
     V = v.shape[-1]
@@ -216,4 +219,9 @@ def chunk_retention_fwd(
         q, k, v, h, zh if normalize else rden, position, log_decay, o, rden, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NORMALIZE=normalize, IP=ip, **cfg,
     )  # fmt: skip
-    return o, rden, S, z
+    return o, rden, S, z, (h if keep_states else h.new_empty(0))
+
+
+def state_bytes(T: int, K: int, V: int, itemsize: int) -> int:
+    """Bytes of the per-chunk states ``h`` of one (batch, head) row of T tokens."""
+    return triton.cdiv(T, chunk_len(T)) * K * V * itemsize
