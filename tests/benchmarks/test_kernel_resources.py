@@ -26,4 +26,4 @@ def test_resource_report_for_two_kernels(tmp_path):
     assert by["decode_step"]["wgmma"] == 0
     for r in rows:
         assert 0 < r["registers"] <= 255 and r["shared_bytes"] >= 0 and r["stack_bytes"] >= 0
-    assert by["decode_step"]["sass_fingerprint"] != by["fused_fwd"]["sass_fingerprint"]
+    assert by["decode_step"]["sass_fingerprint"] != by["output_fwd"]["sass_fingerprint"]
