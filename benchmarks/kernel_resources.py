@@ -90,17 +90,28 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
 
 
 def _signature(fn, args, kwargs):
+    """Triton signature, constexprs and specialisation attributes of one launch, as the JIT would build them.
+
+    The JIT marks a pointer argument 16-byte aligned when its address is (the GPU's allocator always gives
+    such addresses) and an integer argument when it is a multiple of 16. Without these marks the loads cannot
+    be vectorised, so loops are not software-pipelined and the register counts differ from the GPU's.
+    """
     constexprs = {p.name for p in fn.params if p.is_constexpr}
     runtime = [n for n in fn.arg_names if n not in constexprs]
-    sig = {}
+    index = {p.name: i for i, p in enumerate(fn.params)}
+    sig, attrs = {}, {}
+    aligned = [["tt.divisibility", 16]]
     for name, value in zip(runtime, args):
         if isinstance(value, torch.Tensor):
             sig[name] = "*" + TRITON_TYPES[value.dtype]
+            attrs[(index[name],)] = aligned
         else:
             sig[name] = "i32" if abs(int(value)) < 2**31 else "i64"
+            if int(value) % 16 == 0:
+                attrs[(index[name],)] = aligned
     for name in constexprs:
         sig[name] = "constexpr"
-    return sig, {name: kwargs[name] for name in constexprs}
+    return sig, {name: kwargs[name] for name in constexprs}, attrs
 
 
 def _cuobjdump(cubin: bytes, flag: str) -> str:
@@ -129,9 +140,9 @@ def sass_fingerprint(cubin: bytes) -> str:
 def compile_report(name: str, fn, launch) -> dict:
     """Compile one recorded launch for sm90; registers, spill stack, shared memory and wgmma count."""
     args, kwargs, warps, stages = launch
-    sig, constexprs = _signature(fn, args, kwargs)
+    sig, constexprs, attrs = _signature(fn, args, kwargs)
     kernel = triton.compile(
-        ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+        ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs),
         target=SM90,
         options={"num_warps": warps, "num_stages": stages},
     )
@@ -139,6 +150,7 @@ def compile_report(name: str, fn, launch) -> dict:
     row.update(_resources(kernel.asm["cubin"]))
     row["sass_fingerprint"] = sass_fingerprint(kernel.asm["cubin"])
     row["wgmma"] = kernel.asm["ptx"].count("wgmma.mma_async")
+    row["async_copies"] = kernel.asm["ttgir"].count("async_copy_global_to_local")
     row["blocks"] = {k: v for k, v in constexprs.items() if k in ("BT", "BK", "BV")}
     return row
 
@@ -154,7 +166,7 @@ def main(argv=None):
         raise SystemExit("unset TRITON_INTERPRET: the interpreter's kernels cannot be compiled for a GPU")
     rows = []
     print(f"{'cfg':16s} {'kernel':15s} {'blocks':26s} {'warps':>5s} {'stages':>6s} {'regs':>4s} {'spill B':>7s} "
-          f"{'smem B':>7s} {'wgmma':>5s} sass")  # fmt: skip
+          f"{'smem B':>7s} {'wgmma':>5s} {'async':>5s} sass")  # fmt: skip
     for cfg in args.cfg:
         for name, (fn, launch) in _capture(cfg, DTYPES[args.dtype]).items():
             if args.kernels and name not in args.kernels:
@@ -162,7 +174,7 @@ def main(argv=None):
             row = {"cfg": cfg, "dtype": args.dtype, **compile_report(name, fn, launch)}
             rows.append(row)
             print(f"{cfg:16s} {name:15s} {str(row['blocks']):26s} {row['num_warps']:5d} {row['num_stages']:6d} "
-                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d} "
+                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d} {row['async_copies']:5d} "
                   f"{row['sass_fingerprint']}",
                   flush=True)  # fmt: skip
     if args.out:

@@ -219,7 +219,10 @@ def bench_decode(bw, batches=(1, 16, 128)):
 
 
 TILE_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 8, 1)]
+WIDE_V_SWEEP = [(64, 128, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3)]
+"""128-wide V blocks, for the kernels whose V tiles are never loaded transposed (kernel_common's sm90 rules)."""
 SWEEP_KERNELS = tuple(ckf.BLOCK_TABLE)
+SWEEP_VARIANTS = {k: TILE_SWEEP + (WIDE_V_SWEEP if k != "dqk_bwd" else []) for k in SWEEP_KERNELS}
 
 
 def _sweep_one(label, table, key, variants, time_fn):
@@ -256,7 +259,7 @@ def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
             backward = kern not in ("state_fwd", "output_fwd")
             time_fn = lambda fn=fn, shape=shape, backward=backward: time_op(fn, *shape, backward)
             label = f"{cfg} {kern} (BK,BV,w,st)"
-            out[f"{cfg}/{kern}"] = _sweep_one(label, ckf.BLOCK_TABLE, kern, TILE_SWEEP, time_fn)
+            out[f"{cfg}/{kern}"] = _sweep_one(label, ckf.BLOCK_TABLE, kern, SWEEP_VARIANTS[kern], time_fn)
     return out
 
 

@@ -217,18 +217,18 @@ def chunk_retention_bwd(
         h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, store_z=False, store_final=False, ip=ip)
     dh = torch.empty_like(h)
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
-    BK, BV, cfg = launch_cfg("state_bwd", K, V)
+    BK, BV, cfg = launch_cfg("state_bwd", K, V, q.dtype)
     _state_bwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
         q, do, rden, position, log_decay, dS if dS is not None else dh, dh, dS0, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DSF=dS is not None, STORE_DS0=has_s0, IP=ip, **cfg,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    BK, BV, cfg = launch_cfg("dqk_bwd", K, V)
+    BK, BV, cfg = launch_cfg("dqk_bwd", K, V, q.dtype)
     _dqk_bwd_kernel[(triton.cdiv(K, BK), NT, B * H)](
         q, k, v, h, dh, do, rden, position, log_decay, dq, dk, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
     )  # fmt: skip
-    BK, BV, cfg = launch_cfg("dv_bwd", K, V)
+    BK, BV, cfg = launch_cfg("dv_bwd", K, V, q.dtype)
     _dv_bwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, dh, do, rden, position, log_decay, dv, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,

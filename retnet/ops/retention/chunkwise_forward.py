@@ -122,15 +122,20 @@ MIN_BLOCK = 64
 (illegal shared-memory reads, wrong sums) at 32- and 128-wide blocks; 64 was right in every case tried, so
 smaller head dims are padded up to it."""
 
-# Per kernel: (BK, BV, num_warps, num_stages), chosen so that no kernel spills registers on sm90
-# (benchmarks/kernel_resources.py).
+# Per kernel: (BK, BV, num_warps, num_stages), measured on an H200 (bf16, T = 8192): `benchmarks/ops.py --sweep`
+# over 5-8 variants per kernel at H 8, K 256, V 512 and H 16, K = V = 128; each entry is the fastest or within
+# timing noise (2 %) of it at both geometries. Blocks wider than a head dim are cut to it (``block_size``).
 BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
-    "state_fwd": (64, 64, 4, 3),
-    "output_fwd": (64, 64, 8, 2),
-    "state_bwd": (64, 64, 4, 3),
-    "dqk_bwd": (64, 64, 8, 2),
-    "dv_bwd": (64, 64, 8, 2),
+    "state_fwd": (64, 128, 4, 2),
+    "output_fwd": (64, 128, 4, 2),
+    "state_bwd": (64, 128, 4, 3),
+    "dqk_bwd": (128, 64, 8, 3),
+    "dv_bwd": (64, 128, 4, 3),
 }
+FP32_BLOCK = (64, 64, 8, 2)
+"""Every kernel's (BK, BV, num_warps, num_stages) for float32 inputs, whose tiles are twice as large: the wide
+16-bit entries above would overflow shared memory or spill kilobytes per thread (kernel_resources.py; float32
+is the exactness path and is not timed)."""
 
 
 def chunk_len(T: int, cap: int = 64) -> int:
@@ -148,9 +153,9 @@ def block_size(dim: int, cap: int) -> int:
     return max(MIN_BLOCK, min(cap, next_power_of_2(dim)))
 
 
-def launch_cfg(name: str, K: int, V: int) -> tuple[int, int, dict]:
-    """(BK, BV, launch kwargs) of kernel ``name`` for head dims K and V."""
-    bk, bv, warps, stages = BLOCK_TABLE[name]
+def launch_cfg(name: str, K: int, V: int, dtype: torch.dtype) -> tuple[int, int, dict]:
+    """(BK, BV, launch kwargs) of kernel ``name`` for head dims K and V and inputs of ``dtype``."""
+    bk, bv, warps, stages = FP32_BLOCK if dtype == torch.float32 else BLOCK_TABLE[name]
     return block_size(K, bk), block_size(V, bv), {"num_warps": warps, "num_stages": stages}
 
 
@@ -164,9 +169,9 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, i
     h = k.new_empty(B, H, NT, K, V)
     zh = torch.empty(B, H, NT, K, **f32) if store_z else h.new_empty(0)
     S = torch.empty(B, H, K, V, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
-    z = torch.empty(B, H, K, **f32) if store_final else S
+    z = torch.empty(B, H, K, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     has_s0 = S0 is not None
-    BK, BV, cfg = launch_cfg("state_fwd", K, V)
+    BK, BV, cfg = launch_cfg("state_fwd", K, V, k.dtype)
     _state_fwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
         k, v, S0 if has_s0 else h, z0 if has_s0 else h, position, log_decay, h, zh, S, z, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_S0=has_s0, STORE_Z=store_z, STORE_FINAL=store_final, IP=ip,
@@ -214,7 +219,7 @@ def chunk_retention_fwd(
     )  # fmt: skip
     o = torch.empty_like(v)
     rden = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    BK, BV, cfg = launch_cfg("output_fwd", K, V)
+    BK, BV, cfg = launch_cfg("output_fwd", K, V, q.dtype)
     _output_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, v, h, zh if normalize else rden, position, log_decay, o, rden, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NORMALIZE=normalize, IP=ip, **cfg,
