@@ -125,6 +125,31 @@ def test_chunkwise_matches_reference(B, T, H, K, V, dtype, offset, with_state, n
     _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
 
 
+@pytest.mark.parametrize("seg_chunks", [1, 2], ids=["seg1", "seg2"])
+@pytest.mark.parametrize("with_state", [False, True], ids=["nostate", "state"])
+def test_segmented_scan_matches_reference(monkeypatch, seg_chunks, with_state):
+    """The state scan split into parallel segments (long T, small batch) computes the same function; the
+    backward recomputes the states through the same segmented scan."""
+    from retnet.ops.retention import chunkwise, chunkwise_forward
+
+    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
+    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
+    _compare(2, 150, 2, 32, 40, torch.float32, [-20, 9], with_state, True)
+
+
+def test_segment_plan_fills_the_gpu_only_when_needed():
+    from retnet.ops.retention.chunkwise_forward import MIN_SEGMENT_CHUNKS, plan_segments
+
+    cpu = torch.device("cpu")
+    assert plan_segments(1024, 32, cpu) == (1024, 1)  # one program is enough off the GPU
+    if torch.cuda.is_available():
+        gpu = torch.device("cuda")
+        seg_nt, nseg = plan_segments(1024, 32, gpu)
+        assert nseg > 1 and seg_nt * (nseg - 1) < 1024 <= seg_nt * nseg and seg_nt >= MIN_SEGMENT_CHUNKS
+        assert plan_segments(1024, 100_000, gpu) == (1024, 1)  # already enough programs
+        assert plan_segments(MIN_SEGMENT_CHUNKS, 1, gpu) == (MIN_SEGMENT_CHUNKS, 1)  # too short to split
+
+
 def test_kept_states_give_the_recomputed_gradients(monkeypatch):
     """The backward reusing the forward's per-chunk states equals the one that recomputes them, bit for bit."""
     from retnet.ops.retention import chunkwise
@@ -227,6 +252,22 @@ GPU_CASES = [
 )
 def test_chunkwise_matches_reference_gpu(B, T, H, K, V, dtype, offset, with_state, normalize):
     _compare(B, T, H, K, V, dtype, offset, with_state, normalize)
+
+
+@pytest.mark.gpu
+@GPU[1]
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
+@pytest.mark.parametrize(
+    "B,T,H,K,V,seg_chunks,with_state",
+    [(2, 300, 2, 64, 96, 2, True), (1, 1000, 2, 256, 512, 3, False)],
+    ids=["K64-V96-seg2-state", "K256-V512-seg3"],
+)
+def test_segmented_scan_matches_reference_gpu(monkeypatch, B, T, H, K, V, seg_chunks, with_state, dtype):
+    from retnet.ops.retention import chunkwise, chunkwise_forward
+
+    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
+    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
+    _compare(B, T, H, K, V, dtype, 0, with_state, True)
 
 
 @pytest.mark.gpu

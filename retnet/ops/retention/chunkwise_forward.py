@@ -7,15 +7,21 @@ Sequences are cut into chunks of ``BT`` tokens (the last may be shorter). With S
     s_i = rowsum(Q_i K_iᵀ ⊙ D) + ξ ⊙ (Q_i z_{i−1}),    z_i = γ^(L_i) z_{i−1} + (K_i ⊙ ζ)ᵀ 1,
 
 and each output row is scaled by r = 1 / max(|s|, √c) (SPEC §3 factors 2 and 3), which is stored for the
-backward pass. Two kernels:
+backward pass. Kernels:
 
-* ``_state_fwd_kernel``: the sequential scan over chunks, one program per (K block, V block, batch·head); it
-  writes every chunk's incoming state ``h`` (in the input dtype, a dot operand), optionally the incoming key
-  sums ``zh`` and the final state. The backward pass reuses it to recompute ``h``.
+* ``_state_fwd_kernel``: the sequential scan over chunks, one program per (K block, V block, segment,
+  batch·head); it writes every chunk's incoming state ``h`` (in the input dtype, a dot operand), optionally the
+  incoming key sums ``zh`` and the final state. The backward pass reuses it to recompute ``h``.
+* ``_segment_state_kernel``: when (K blocks)·(V blocks)·batch·heads is too few programs to fill the GPU (long
+  sequences, small batches), the chunks are cut into segments scanned in parallel; this pre-pass sums what each
+  segment but the last adds to the state, and each segment's scan starts from the decayed sum of the earlier
+  ones (and of the initial state).
 * ``_output_fwd_kernel``: one program per (V block, chunk, batch·head), parallel over chunks.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
@@ -26,15 +32,41 @@ from .kernel_common import chunk_decays, row_scale, state_tile_step
 
 
 @triton.jit
+def _segment_state_kernel(
+    k, v, position, log_decay, S_seg, z_seg,
+    T, SEG_NT, BH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+):  # fmt: skip
+    """What segment s (all of its chunks full) adds to the state, starting from zero; not the last segment."""
+    i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_bh = i_sbh // BH, i_sbh % BH
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_decay + i_h).to(tl.float32)
+    p0 = tl.load(position + i_b)
+    o_k = i_k * BK + tl.arange(0, BK)
+    b_S = tl.zeros([BK, BV], dtype=tl.float32)
+    b_z = tl.zeros([BK], dtype=tl.float32)
+    for i_t in range(i_s * SEG_NT, (i_s + 1) * SEG_NT):
+        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+        b_z = b_z * b_gL + b_kz
+    p_S = tl.make_block_ptr(S_seg + i_sbh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    tl.store(p_S, b_S, boundary_check=(0, 1))
+    tl.store(z_seg + i_sbh * K + o_k, b_z, mask=(o_k < K) & (i_v == 0))
+
+
+@triton.jit
 def _state_fwd_kernel(
-    k, v, S0, z0, position, log_decay, h, zh, S_out, z_out,
-    T, NT,
+    k, v, S0, z0, S_seg, z_seg, position, log_decay, h, zh, S_out, z_out,
+    T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_S0: tl.constexpr, STORE_Z: tl.constexpr, STORE_FINAL: tl.constexpr, IP: tl.constexpr,
 ):  # fmt: skip
-    """h[i] = S_{i−1} (and zh[i] = z_{i−1}), the state entering chunk i; the final state after the last chunk."""
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """h[i] = S_{i−1} (and zh[i] = z_{i−1}), the state entering chunk i, for the chunks of segment s; the final
+    state after the last chunk. Segment s starts from γ^(s·N) S0 + Σ_{j<s} γ^((s−1−j)·N) S_seg[j], N its tokens."""
+    i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_bh = i_sbh // BH, i_sbh % BH
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_decay + i_h).to(tl.float32)
     p0 = tl.load(position + i_b)
@@ -42,19 +74,26 @@ def _state_fwd_kernel(
     m_k = o_k < K
     if HAS_S0:
         p_S0 = tl.make_block_ptr(S0 + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
-        b_S = tl.load(p_S0, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
-        b_z = tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        g_s = tl.exp(lg * (i_s * SEG_NT * BT))
+        b_S = tl.load(p_S0, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * g_s
+        b_z = tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32) * g_s
     else:
         b_S = tl.zeros([BK, BV], dtype=tl.float32)
         b_z = tl.zeros([BK], dtype=tl.float32)
-    for i_t in range(NT):
+    for j in range(i_s):
+        g_j = tl.exp(lg * ((i_s - 1 - j) * SEG_NT * BT))
+        p_Sj = tl.make_block_ptr(S_seg + (j * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        b_S += tl.load(p_Sj, boundary_check=(0, 1), padding_option="zero") * g_j
+        b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * g_j
+    t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
+    for i_t in range(i_s * SEG_NT, t_end):
         p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         if STORE_Z:
             tl.store(zh + (i_bh * NT + i_t) * K + o_k, b_z, mask=m_k & (i_v == 0))
         b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
         b_z = b_z * b_gL + b_kz
-    if STORE_FINAL:
+    if STORE_FINAL and t_end == NT:
         p_S = tl.make_block_ptr(S_out + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
         tl.store(p_S, b_S.to(p_S.dtype.element_ty), boundary_check=(0, 1))
         tl.store(z_out + i_bh * K + o_k, b_z.to(z_out.dtype.element_ty), mask=m_k & (i_v == 0))
@@ -159,6 +198,34 @@ def launch_cfg(name: str, K: int, V: int, dtype: torch.dtype) -> tuple[int, int,
     return block_size(K, bk), block_size(V, bv), {"num_warps": warps, "num_stages": stages}
 
 
+MIN_SEGMENT_CHUNKS = 8
+"""Shortest segment worth its pre-pass; below it, a (K block, V block, batch·head) scans the whole sequence."""
+FORCE_SEGMENT_CHUNKS: int | None = None
+"""Fix the segment length in chunks (tests use it to exercise segments at small shapes); None picks it."""
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def _target_programs(device: torch.device) -> int:
+    if interpreter_active() or device.type != "cuda":
+        return 1
+    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+
+
+def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
+    """(chunks per segment, number of segments) so that the state scan has enough programs to fill the GPU."""
+    if FORCE_SEGMENT_CHUNKS is not None:
+        seg_nt = max(1, min(FORCE_SEGMENT_CHUNKS, NT))
+        return seg_nt, triton.cdiv(NT, seg_nt)
+    want = triton.cdiv(_target_programs(device), programs_per_segment)
+    nseg = max(1, min(want, NT // MIN_SEGMENT_CHUNKS))
+    seg_nt = triton.cdiv(NT, nseg)
+    return seg_nt, triton.cdiv(NT, seg_nt)
+
+
 def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, ip):
     """Run the state scan; returns ``(h, zh, S, z)``: h ``(B, H, N, K, V)`` in k's dtype, zh ``(B, H, N, K)``
     float32 (when ``store_z``), and the final S, z in float32 (when ``store_final``; else empty)."""
@@ -172,8 +239,19 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, i
     z = torch.empty(B, H, K, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     has_s0 = S0 is not None
     BK, BV, cfg = launch_cfg("state_fwd", K, V, k.dtype)
-    _state_fwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        k, v, S0 if has_s0 else h, z0 if has_s0 else h, position, log_decay, h, zh, S, z, T, NT,
+    NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, k.device)
+    S_seg = z_seg = h  # unread without segments
+    if nseg > 1:
+        S_seg = torch.empty(nseg - 1, B * H, K, V, **f32)
+        z_seg = torch.empty(nseg - 1, B * H, K, **f32)
+        _segment_state_kernel[(NK, NV, (nseg - 1) * B * H)](
+            k, v, position, log_decay, S_seg, z_seg, T, seg_nt, B * H,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+        )  # fmt: skip
+    _state_fwd_kernel[(NK, NV, nseg * B * H)](
+        k, v, S0 if has_s0 else h, z0 if has_s0 else h, S_seg, z_seg, position, log_decay, h, zh, S, z,
+        T, NT, seg_nt, B * H,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_S0=has_s0, STORE_Z=store_z, STORE_FINAL=store_final, IP=ip,
         **cfg,
     )  # fmt: skip
