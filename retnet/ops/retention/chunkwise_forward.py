@@ -212,15 +212,20 @@ def _sm_count(index: int) -> int:
 def _target_programs(device: torch.device) -> int:
     if interpreter_active() or device.type != "cuda":
         return 1
-    return 2 * _sm_count(device.index if device.index is not None else torch.cuda.current_device())
+    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
-    """(chunks per segment, number of segments) so that the state scan has enough programs to fill the GPU."""
+    """(chunks per segment, number of segments): as many segments as fit in one program per multiprocessor.
+
+    Split only below one program per multiprocessor: on an H200 (132) two segments slowed H 16, K = V = 128 at
+    T = 8192 (256 programs) by 30 % and H 8, K 256, V 512 at T = 32768 (256 programs) by 20 %, while nine sped
+    H 16, K = V = 128 at T = 65536 (32 programs) up 1.7× (benchmarks/ops.py).
+    """
     if FORCE_SEGMENT_CHUNKS is not None:
         seg_nt = max(1, min(FORCE_SEGMENT_CHUNKS, NT))
         return seg_nt, triton.cdiv(NT, seg_nt)
-    want = triton.cdiv(_target_programs(device), programs_per_segment)
+    want = _target_programs(device) // programs_per_segment
     nseg = max(1, min(want, NT // MIN_SEGMENT_CHUNKS))
     seg_nt = triton.cdiv(NT, nseg)
     return seg_nt, triton.cdiv(NT, seg_nt)
