@@ -147,6 +147,7 @@ def test_segment_plan_fills_the_gpu_only_when_needed():
         seg_nt, nseg = plan_segments(1024, 32, gpu)
         assert nseg > 1 and seg_nt * (nseg - 1) < 1024 <= seg_nt * nseg and seg_nt >= MIN_SEGMENT_CHUNKS
         assert plan_segments(1024, 100_000, gpu) == (1024, 1)  # already enough programs
+        assert plan_segments(1024, torch.cuda.get_device_properties(0).multi_processor_count, gpu) == (1024, 1)
         assert plan_segments(MIN_SEGMENT_CHUNKS, 1, gpu) == (MIN_SEGMENT_CHUNKS, 1)  # too short to split
 
 

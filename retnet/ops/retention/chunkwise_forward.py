@@ -209,24 +209,27 @@ def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _target_programs(device: torch.device) -> int:
+def _multiprocessors(device: torch.device) -> int:
     if interpreter_active() or device.type != "cuda":
         return 1
     return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
-    """(chunks per segment, number of segments): as many segments as fit in one program per multiprocessor.
+    """(chunks per segment, number of segments) of the state scan.
 
-    Split only below one program per multiprocessor: on an H200 (132) two segments slowed H 16, K = V = 128 at
-    T = 8192 (256 programs) by 30 % and H 8, K 256, V 512 at T = 32768 (256 programs) by 20 %, while nine sped
-    H 16, K = V = 128 at T = 65536 (32 programs) up 1.7× (benchmarks/ops.py).
+    A scan with fewer programs than half the multiprocessors is split into about two programs per
+    multiprocessor; otherwise it is not split. On an H200 (132 multiprocessors) splitting scans of 128 and 256
+    programs slowed them (H 16, K = V = 128 at T = 8192: forward 1.19 → 1.56 ms), while nine segments of a
+    32-program scan (same heads, T = 65,536) sped the forward up 1.7× (benchmarks/ops.py).
     """
     if FORCE_SEGMENT_CHUNKS is not None:
         seg_nt = max(1, min(FORCE_SEGMENT_CHUNKS, NT))
         return seg_nt, triton.cdiv(NT, seg_nt)
-    want = _target_programs(device) // programs_per_segment
-    nseg = max(1, min(want, NT // MIN_SEGMENT_CHUNKS))
+    sms = _multiprocessors(device)
+    if 2 * programs_per_segment > sms:
+        return NT, 1
+    nseg = max(1, min(triton.cdiv(2 * sms, programs_per_segment), NT // MIN_SEGMENT_CHUNKS))
     seg_nt = triton.cdiv(NT, nseg)
     return seg_nt, triton.cdiv(NT, seg_nt)
 
