@@ -286,6 +286,16 @@ class TestBadInput:
         with pytest.raises(ValueError, match=match):
             self.call(**kw)
 
+    def test_decay_values_are_checked_again_after_an_in_place_change(self):
+        lg = self.lg.clone()
+        self.call(log_decay=lg)  # passes and is remembered
+        lg[0] = float("nan")
+        with pytest.raises(ValueError, match="finite"):
+            self.call(log_decay=lg)
+        lg[0] = 0.5
+        with pytest.raises(ValueError, match="<= 0"):
+            self.call(log_decay=lg)
+
     def test_dtype_errors(self):
         with pytest.raises(TypeError, match="share a dtype"):
             self.call(v=self.v.float())

@@ -151,6 +151,24 @@ def test_segment_plan_fills_the_gpu_only_when_needed():
         assert plan_segments(MIN_SEGMENT_CHUNKS, 1, gpu) == (MIN_SEGMENT_CHUNKS, 1)  # too short to split
 
 
+@pytest.mark.parametrize("use", ["output", "state"])
+def test_gradients_through_one_output_only(use):
+    """Backward with only o or only the final state in the loss (the other output gets no gradient at all)."""
+    qkv, state, _, w, wS = _inputs(1, 70, 2, 32, 48, torch.float32, 0, True)
+    lg = log_decay_schedule(2, device=DEVICE)
+    grads = {}
+    for backend in ("triton", "torch"):
+        xs = [x.to(DEVICE).clone().requires_grad_() for x in qkv]
+        S0 = state.S.to(DEVICE).clone().requires_grad_()
+        st = RetentionState(S0, state.z.to(DEVICE), state.position.to(DEVICE))
+        o, fs = retention(*xs, lg, initial_state=st, output_final_state=True, backend=backend)
+        loss = (o * w.to(DEVICE)).sum() if use == "output" else (fs.S * wS.to(DEVICE)).sum()
+        loss.backward()
+        grads[backend] = [torch.zeros_like(x) if x.grad is None else x.grad for x in xs + [S0]]  # q: none via S
+    for a, b in zip(grads["triton"], grads["torch"]):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_kept_states_give_the_recomputed_gradients(monkeypatch):
     """The backward reusing the forward's per-chunk states equals the one that recomputes them, bit for bit."""
     from retnet.ops.retention import chunkwise

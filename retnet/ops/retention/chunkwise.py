@@ -298,12 +298,14 @@ def _setup_context(ctx, inputs, output):
     S0 = S0 if S0 is not None else rden.new_empty(0)
     ctx.save_for_backward(q, k, v, log_decay, S0, position, rden, h)
     ctx.mark_non_differentiable(rden, output[3], h)
+    ctx.set_materialize_grads(False)  # unused outputs (h above all) get None, not a zero-filled gradient
 
 
 def _backward(ctx, do, d_rden, dS, dz, dh):
     q, k, v, log_decay, S0, position, rden, h = ctx.saved_tensors
     S0 = S0 if ctx.has_s0 else None
     h = h if ctx.keep_states else None
+    do = torch.zeros_like(v) if do is None else do  # only the final state's gradient flows
     dS = None if dS is None or dS.numel() == 0 else dS.float().contiguous()
     dq, dk, dv, dS0 = _chunk_bwd_op(q, k, v, log_decay, S0, position, rden, do.contiguous(), dS, h)
     return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None, None

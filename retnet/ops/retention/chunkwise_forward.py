@@ -158,8 +158,9 @@ MAX_K = 256
 """Largest key dim the kernels are tested for (the paper's head size); larger K runs the PyTorch reference."""
 MIN_BLOCK = 64
 """Smallest K or V block on the GPU. On sm90 (Triton 3.6) dots with an operand loaded transposed miscompiled
-(illegal shared-memory reads, wrong sums) at 32- and 128-wide blocks; 64 was right in every case tried, so
-smaller head dims are padded up to it."""
+(illegal shared-memory reads, wrong sums) at 32-wide blocks, so smaller head dims are padded up to 64. (128-wide
+blocks failed in an earlier, fused design; these kernels pass every GPU test with the 128-wide blocks of
+``BLOCK_TABLE``.)"""
 
 # Per kernel: (BK, BV, num_warps, num_stages), measured on an H200 (bf16, T = 8192): `benchmarks/ops.py --sweep`
 # over 5-8 variants per kernel at H 8, K 256, V 512 and H 16, K = V = 128; each entry is the fastest or within

@@ -8,6 +8,7 @@ branches on ``form`` and ``backend``.
 from __future__ import annotations
 
 import logging
+import weakref
 
 import torch
 
@@ -23,6 +24,20 @@ FORMS = ("parallel", "recurrent", "chunkwise")
 BACKENDS = ("auto", "torch", "triton")
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _fallback_logged = False
+_checked_decays: dict[int, tuple[weakref.ref, int]] = {}
+"""id → (weak reference, version) of decay tensors whose values passed the check, so that a model's fixed
+decay buffer is read back to the host once rather than on every call (each read waits for the GPU)."""
+
+
+def _check_decay_values(log_decay: torch.Tensor) -> None:
+    seen = _checked_decays.get(id(log_decay))
+    if seen is not None and seen[0]() is log_decay and seen[1] == log_decay._version:
+        return
+    if not bool((torch.isfinite(log_decay) & (log_decay <= 0)).all()):
+        raise ValueError("log_decay must be finite and <= 0 (decays 0 < γ <= 1)")
+    key = id(log_decay)
+    forget = lambda _, key=key: _checked_decays.pop(key, None)  # noqa: E731
+    _checked_decays[key] = (weakref.ref(log_decay, forget), log_decay._version)
 
 
 def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
@@ -52,8 +67,7 @@ def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
     if log_decay.device != q.device:
         raise ValueError(f"log_decay is on {log_decay.device} but q is on {q.device}")
     if values_checkable():
-        if not bool(torch.isfinite(log_decay).all()) or bool((log_decay > 0).any()):
-            raise ValueError("log_decay must be finite and <= 0 (decays 0 < γ <= 1)")
+        _check_decay_values(log_decay)
     if form not in FORMS:
         raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
     if backend not in BACKENDS:
