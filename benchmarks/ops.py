@@ -218,11 +218,18 @@ def bench_decode(bw, batches=(1, 16, 128)):
     return rows
 
 
-TILE_SWEEP = [(64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (64, 64, 8, 3), (64, 64, 8, 1)]
-WIDE_V_SWEEP = [(64, 128, 4, 2), (64, 128, 8, 2), (64, 128, 8, 3)]
-"""128-wide V blocks, for the kernels whose V tiles are never loaded transposed (kernel_common's sm90 rules)."""
+SWEEP_VARIANTS: dict[str, list[tuple[int, int, int, int]]] = {
+    # (BK, BV, num_warps, num_stages) per kernel; the set that chose BLOCK_TABLE (docs/benchmarks).
+    "state_fwd": [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 4, 2), (128, 128, 8, 2),
+                  (128, 128, 8, 3), (64, 256, 8, 2), (128, 64, 4, 3)],
+    "output_fwd": [(64, 64, 4, 2), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2),
+                   (64, 256, 8, 2), (128, 128, 4, 2)],
+    "state_bwd": [(64, 64, 4, 3), (64, 128, 8, 3), (128, 128, 8, 2), (128, 128, 4, 2), (64, 128, 4, 3)],
+    "dqk_bwd": [(64, 64, 4, 2), (64, 64, 4, 3), (128, 64, 4, 2), (128, 64, 8, 2), (128, 64, 8, 3), (64, 128, 4, 2),
+                (128, 128, 8, 2)],
+    "dv_bwd": [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 256, 8, 2)],
+}  # fmt: skip
 SWEEP_KERNELS = tuple(ckf.BLOCK_TABLE)
-SWEEP_VARIANTS = {k: TILE_SWEEP + (WIDE_V_SWEEP if k != "dqk_bwd" else []) for k in SWEEP_KERNELS}
 
 
 def _sweep_one(label, table, key, variants, time_fn):
