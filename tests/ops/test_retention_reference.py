@@ -139,6 +139,21 @@ def test_continuation_equals_one_call(form, split):
 
 
 @pytest.mark.parametrize("form", FORMS)
+def test_no_state_equals_an_explicit_zero_state(form):
+    """A call without a state starts from a broadcast zero (nothing allocated per element) and gives exactly
+    what an explicit, allocated zero state gives."""
+    q, k, v, lg, _ = make_inputs(2, 9, 2, 4, 3)
+    empty = RetentionState.empty(2, 2, 4, 3, dtype=F64, position=5)
+    assert empty.S.untyped_storage().nbytes() == 8 and not empty.S.any() and empty.S.shape == (2, 2, 4, 3)
+    o_a, st_a = retention(q, k, v, lg, form=form, offset=5, output_final_state=True)
+    o_b, st_b = retention(q, k, v, lg, form=form, output_final_state=True,
+                          initial_state=RetentionState.zeros(2, 2, 4, 3, dtype=F64, position=5))  # fmt: skip
+    assert torch.equal(o_a, o_b)
+    for a, b in zip(st_a, st_b):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_left_padding_contributes_nothing(form):
     q, k, v, lg, _ = make_inputs(1, 9, 2, 4, 3)
     pad = 4

@@ -178,9 +178,15 @@ FP32_BLOCK = (64, 64, 8, 2)
 is the exactness path and is not timed)."""
 
 
-def chunk_len(T: int, cap: int = 64) -> int:
-    """Chunk length of the kernels for a sequence of T tokens, at most ``cap`` (the result does not depend on it)."""
-    return min(cap, max(16, next_power_of_2(T)))
+CHUNK = 64
+"""Longest chunk of the kernels (16-bit and float32 alike). Longer chunks store fewer per-chunk states (the
+kernels' main memory traffic at large head dims) but make the intra-chunk tiles quadratically larger."""
+
+
+def chunk_len(T: int, cap: int | None = None) -> int:
+    """Chunk length of the kernels for a sequence of T tokens, at most ``cap`` (default ``CHUNK``); the result
+    does not depend on it."""
+    return min(CHUNK if cap is None else cap, max(16, next_power_of_2(T)))
 
 
 def block_size(dim: int, cap: int) -> int:

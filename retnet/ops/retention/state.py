@@ -38,6 +38,25 @@ class RetentionState(NamedTuple):
         pos = torch.as_tensor(position, dtype=torch.long, device=device).expand(batch_size).clone()
         return cls(S, z, pos)
 
+    @classmethod
+    def empty(
+        cls,
+        batch_size: int,
+        num_heads: int,
+        key_dim: int,
+        value_dim: int,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+        position: int | torch.Tensor = 0,
+    ) -> RetentionState:
+        """Like :meth:`zeros`, but S and z are one zero broadcast to their shapes: nothing is allocated or
+        filled per element, and they must not be written in place (a state only read, e.g. a call's start)."""
+        zero = torch.zeros((), dtype=dtype, device=device)
+        pos = torch.as_tensor(position, dtype=torch.long, device=device).expand(batch_size).clone()
+        S = zero.expand(batch_size, num_heads, key_dim, value_dim)
+        return cls(S, zero.expand(batch_size, num_heads, key_dim), pos)
+
     def index_select(self, index: torch.Tensor) -> RetentionState:
         """Rows ``index`` of the batch (beam search, dropping finished rows)."""
         return RetentionState(self.S[index], self.z[index], self.position[index])
