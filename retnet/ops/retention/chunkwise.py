@@ -1,7 +1,8 @@
 """Chunkwise retention in Triton: the backward pass and the differentiable op (paper §2.1, Eq. 7; SPEC §3).
 
-The forward pass is in ``chunkwise_forward.py``. The backward recomputes the per-chunk states S_i with the
-forward's state scan, then (with dS_i = dL/dS_i, the normaliser's row factors r detached, so dO is scaled by r):
+The forward pass is in ``chunkwise_forward.py``. The backward takes the per-chunk states S_i kept by the forward
+or recomputes them with the forward's state scan (``KEEP_STATES``), then (with dS_i = dL/dS_i, the normaliser's
+row factors r detached, so dO is scaled by r):
 
     dS_{i−1} = γ^L dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i,
     dQ_i = ((dO_i V_iᵀ) ⊙ D ⊙ r) K_i + (ξ ⊙ r) ⊙ dO_i S_{i−1}ᵀ,

@@ -164,7 +164,8 @@ blocks failed in an earlier, fused design; these kernels pass every GPU test wit
 
 # Per kernel: (BK, BV, num_warps, num_stages), measured on an H200 (bf16, T = 8192): `benchmarks/ops.py --sweep`
 # over 5-8 variants per kernel at H 8, K 256, V 512 and H 16, K = V = 128; each entry is the fastest or within
-# timing noise (2 %) of it at both geometries. Blocks wider than a head dim are cut to it (``block_size``).
+# 3.5 % of it at both geometries (docs/benchmarks/h200-2026-11-28c/sweep-T8192.json). Blocks wider than a head
+# dim are cut to it (``block_size``).
 BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
     "state_fwd": (64, 128, 4, 2),
     "output_fwd": (64, 128, 4, 2),
