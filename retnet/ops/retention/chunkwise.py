@@ -22,7 +22,7 @@ import triton.language as tl
 
 from ..triton_utils import dot_precision
 from .chunkwise_forward import MAX_K, chunk_len, chunk_retention_fwd, launch_cfg, state_bytes, state_scan
-from .kernel_common import chunk_decays, decay_mask_t
+from .kernel_common import chunk_decays, decay_mask_t, state_block, state_block_t, token_block, token_block_t
 
 
 @triton.jit
@@ -39,29 +39,25 @@ def _state_bwd_kernel(
     lg = tl.load(log_decay + i_h).to(tl.float32)
     p0 = tl.load(position + i_b)
     if HAS_DSF:
-        p_dSf = tl.make_block_ptr(dS_final + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dSf = state_block(dS_final, i_bh, K, V, i_k, i_v, BK, BV)
         b_dS = tl.load(p_dSf, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
     else:
         b_dS = tl.zeros([BK, BV], dtype=tl.float32)
     for i_r in range(NT):
         i_t = NT - 1 - i_r
-        p_dh = tl.make_block_ptr(dh + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         tl.store(p_dh, b_dS.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
         b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
         o_t = i_t * BT + tl.arange(0, BT)
         b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-        p_qt = tl.make_block_ptr(
-            q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
-        )
-        p_do = tl.make_block_ptr(
-            do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
-        )
+        p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+        p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
         b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
         # (BK, BT) @ (BT, BV) -> (BK, BV)
         b_dS = b_dS * b_gL + tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=IP)
     if STORE_DS0:
-        p_dS0 = tl.make_block_ptr(dS0 + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_dS0 = state_block(dS0, i_bh, K, V, i_k, i_v, BK, BV)
         tl.store(p_dS0, b_dS.to(p_dS0.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -85,23 +81,13 @@ def _dqk_bwd_kernel(
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
-        p_v = tl.make_block_ptr(
-            v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
-        )
-        p_vt = tl.make_block_ptr(
-            v + i_b * T * H * V + i_h * V, (V, T), (1, H * V), (i_v * BV, i_t * BT), (BV, BT), (0, 1)
-        )
-        p_do = tl.make_block_ptr(
-            do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0)
-        )
-        p_dot = tl.make_block_ptr(
-            do + i_b * T * H * V + i_h * V, (V, T), (1, H * V), (i_v * BV, i_t * BT), (BV, BT), (0, 1)
-        )
+        p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+        p_vt = token_block_t(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+        p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+        p_dot = token_block_t(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
         # Transposed (V, K) views of the (K, V) state tiles.
-        p_ht = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
-        p_dht = tl.make_block_ptr(
-            dh + (i_bh * NT + i_t) * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1)
-        )
+        p_ht = state_block_t(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_dht = state_block_t(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
         b_vt = tl.load(p_vt, boundary_check=(0, 1), padding_option="zero")
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
@@ -118,8 +104,8 @@ def _dqk_bwd_kernel(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_q = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-    p_k = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+    p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
     b_dA = (b_dA * b_r[:, None] * b_D).to(b_k.dtype)
@@ -129,8 +115,8 @@ def _dqk_bwd_kernel(
     # (BT, BT) @ (BT, BK) -> (BT, BK)
     b_dk = b_dk * b_zeta[:, None] + tl.dot(b_dAt, b_q, input_precision=IP)
     b_dk = tl.where(b_valid[:, None], b_dk, 0.0)
-    p_dq = tl.make_block_ptr(dq + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
-    p_dk = tl.make_block_ptr(dk + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0))
+    p_dq = token_block(dq, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_dk = token_block(dk, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
     tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
 
@@ -150,13 +136,9 @@ def _dv_bwd_kernel(
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
-        p_k = tl.make_block_ptr(
-            k + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0)
-        )
-        p_qt = tl.make_block_ptr(
-            q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
-        )
-        p_dh = tl.make_block_ptr(dh + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+        p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
         b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero")
         b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
@@ -167,13 +149,13 @@ def _dv_bwd_kernel(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_do = tl.make_block_ptr(do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
     b_At = (b_At * decay_mask_t(lg, b_valid, BT) * b_r[None, :]).to(b_do.dtype)
     # (BT, BT) @ (BT, BV) -> (BT, BV)
     b_dv = b_dv * b_zeta[:, None] + tl.dot(b_At, b_do, input_precision=IP)
     b_dv = tl.where(b_valid[:, None], b_dv, 0.0)
-    p_dv = tl.make_block_ptr(dv + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_dv = token_block(dv, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
 
 

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import chunk_decays, row_scale, state_tile_step
+from .kernel_common import chunk_decays, row_scale, state_block, state_tile_step, token_block, token_block_t
 
 
 @triton.jit
@@ -50,7 +50,7 @@ def _segment_state_kernel(
     for i_t in range(i_s * SEG_NT, (i_s + 1) * SEG_NT):
         b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
         b_z = b_z * b_gL + b_kz
-    p_S = tl.make_block_ptr(S_seg + i_sbh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    p_S = state_block(S_seg, i_sbh, K, V, i_k, i_v, BK, BV)
     tl.store(p_S, b_S, boundary_check=(0, 1))
     tl.store(z_seg + i_sbh * K + o_k, b_z, mask=(o_k < K) & (i_v == 0))
 
@@ -73,7 +73,7 @@ def _state_fwd_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     if HAS_S0:
-        p_S0 = tl.make_block_ptr(S0 + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_S0 = state_block(S0, i_bh, K, V, i_k, i_v, BK, BV)
         g_s = tl.exp(lg * (i_s * SEG_NT * BT))
         b_S = tl.load(p_S0, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * g_s
         b_z = tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32) * g_s
@@ -82,21 +82,19 @@ def _state_fwd_kernel(
         b_z = tl.zeros([BK], dtype=tl.float32)
     for j in range(i_s):
         g_j = tl.exp(lg * ((i_s - 1 - j) * SEG_NT * BT))
-        p_Sj = tl.make_block_ptr(
-            S_seg + (j * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0)
-        )
+        p_Sj = state_block(S_seg, j * BH + i_bh, K, V, i_k, i_v, BK, BV)
         b_S += tl.load(p_Sj, boundary_check=(0, 1), padding_option="zero") * g_j
         b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * g_j
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     for i_t in range(i_s * SEG_NT, t_end):
-        p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         if STORE_Z:
             tl.store(zh + (i_bh * NT + i_t) * K + o_k, b_z, mask=m_k & (i_v == 0))
         b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
         b_z = b_z * b_gL + b_kz
     if STORE_FINAL and t_end == NT:
-        p_S = tl.make_block_ptr(S_out + i_bh * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_S = state_block(S_out, i_bh, K, V, i_k, i_v, BK, BV)
         tl.store(p_S, b_S.to(p_S.dtype.element_ty), boundary_check=(0, 1))
         tl.store(z_out + i_bh * K + o_k, b_z.to(z_out.dtype.element_ty), mask=m_k & (i_v == 0))
 
@@ -119,13 +117,9 @@ def _output_fwd_kernel(
     b_qz = tl.zeros([BT], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
-        p_q = tl.make_block_ptr(
-            q + i_b * T * H * K + i_h * K, (T, K), (H * K, 1), (i_t * BT, i_k * BK), (BT, BK), (1, 0)
-        )
-        p_kt = tl.make_block_ptr(
-            k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1)
-        )
-        p_h = tl.make_block_ptr(h + (i_bh * NT + i_t) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+        p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
         b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero")
         b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
@@ -141,13 +135,13 @@ def _output_fwd_kernel(
             b_qz += tl.sum(b_qf.to(tl.float32) * b_z[None, :], axis=1)
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     b_A = b_A * b_D
-    p_v = tl.make_block_ptr(v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
     # (BT, BT) @ (BT, BV) -> (BT, BV)
     b_o = b_o * b_xi[:, None] + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
     b_r = row_scale(b_qz * b_xi + tl.sum(b_A, axis=1), lg, n, b_valid, NORMALIZE)
     b_o = b_o * b_r[:, None]
-    p_o = tl.make_block_ptr(o + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_o = token_block(o, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
     tl.store(rden + i_bh * T + o_t, b_r, mask=(o_t < T) & (i_v == 0))
 

@@ -17,6 +17,30 @@ import triton.language as tl
 
 
 @triton.jit
+def token_block(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+    """Block pointer to the (BT, BD) tile of a ``(B, T, H, D)`` tensor at token block i_t, column block i_d."""
+    return tl.make_block_ptr(x + i_b * T * H * D + i_h * D, (T, D), (H * D, 1), (i_t * BT, i_d * BD), (BT, BD), (1, 0))
+
+
+@triton.jit
+def token_block_t(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+    """:func:`token_block` transposed: the (BD, BT) tile, for tiles that feed a dot transposed (module docstring)."""
+    return tl.make_block_ptr(x + i_b * T * H * D + i_h * D, (D, T), (1, H * D), (i_d * BD, i_t * BT), (BD, BT), (0, 1))
+
+
+@triton.jit
+def state_block(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
+    """Block pointer to the (BK, BV) tile of the i-th (K, V) state in ``x`` (row-major states, one after another)."""
+    return tl.make_block_ptr(x + i * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+
+
+@triton.jit
+def state_block_t(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
+    """:func:`state_block` transposed: the (BV, BK) tile, loaded transposed."""
+    return tl.make_block_ptr(x + i * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+
+
+@triton.jit
 def expm1(x):
     """exp(x) − 1 accurate near 0 (Kahan's trick: the rounding of exp(x) cancels against log of itself)."""
     u = tl.exp(x)
@@ -92,8 +116,8 @@ def state_tile_step(
     Kᵀ ⊙ ζ is a scaled copy of the loaded tile, so the loaded tile itself feeds no dot.
     """
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-    p_kt = tl.make_block_ptr(k + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-    p_v = tl.make_block_ptr(v + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
     # (BK, BT) @ (BT, BV) -> (BK, BV)
