@@ -143,7 +143,7 @@ def test_no_state_equals_an_explicit_zero_state(form):
     """A call without a state starts from a broadcast zero (nothing allocated per element) and gives exactly
     what an explicit, allocated zero state gives."""
     q, k, v, lg, _ = make_inputs(2, 9, 2, 4, 3)
-    empty = RetentionState.empty(2, 2, 4, 3, dtype=F64, position=5)
+    empty = RetentionState.zeros(2, 2, 4, 3, dtype=F64, position=5, broadcast=True)
     assert empty.S.untyped_storage().nbytes() == 8 and not empty.S.any() and empty.S.shape == (2, 2, 4, 3)
     o_a, st_a = retention(q, k, v, lg, form=form, offset=5, output_final_state=True)
     o_b, st_b = retention(q, k, v, lg, form=form, output_final_state=True,

@@ -86,7 +86,7 @@ def _resolve_state(initial_state, offset, q, v) -> RetentionState:
             if off.shape not in ((), (B,)) or off.dtype.is_floating_point:
                 raise ValueError(f"offset must be an int or an integer tensor of shape (B,) = ({B},)")
             off = off.to(device=q.device, dtype=torch.long)
-        return RetentionState.empty(B, H, K, V, dtype=dt, device=q.device, position=off)
+        return RetentionState.zeros(B, H, K, V, dtype=dt, device=q.device, position=off, broadcast=True)
     if not isinstance(initial_state, RetentionState):
         if isinstance(initial_state, (tuple, list)) and len(initial_state) == 3:
             initial_state = RetentionState(*initial_state)

@@ -31,31 +31,22 @@ class RetentionState(NamedTuple):
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
         position: int | torch.Tensor = 0,
+        broadcast: bool = False,
     ) -> RetentionState:
-        """An empty state (nothing retained yet) starting at ``position``."""
-        S = torch.zeros(batch_size, num_heads, key_dim, value_dim, dtype=dtype, device=device)
-        z = torch.zeros(batch_size, num_heads, key_dim, dtype=dtype, device=device)
+        """An empty state (nothing retained yet) starting at ``position``.
+
+        With ``broadcast``, S and z are one zero broadcast to their shapes: nothing is allocated or filled per
+        element, and they must not be written in place (for a state that is only read, e.g. a call's start).
+        """
+        if broadcast:
+            zero = torch.zeros((), dtype=dtype, device=device)
+            S = zero.expand(batch_size, num_heads, key_dim, value_dim)
+            z = zero.expand(batch_size, num_heads, key_dim)
+        else:
+            S = torch.zeros(batch_size, num_heads, key_dim, value_dim, dtype=dtype, device=device)
+            z = torch.zeros(batch_size, num_heads, key_dim, dtype=dtype, device=device)
         pos = torch.as_tensor(position, dtype=torch.long, device=device).expand(batch_size).clone()
         return cls(S, z, pos)
-
-    @classmethod
-    def empty(
-        cls,
-        batch_size: int,
-        num_heads: int,
-        key_dim: int,
-        value_dim: int,
-        *,
-        dtype: torch.dtype = torch.float32,
-        device: torch.device | str | None = None,
-        position: int | torch.Tensor = 0,
-    ) -> RetentionState:
-        """Like :meth:`zeros`, but S and z are one zero broadcast to their shapes: nothing is allocated or
-        filled per element, and they must not be written in place (a state only read, e.g. a call's start)."""
-        zero = torch.zeros((), dtype=dtype, device=device)
-        pos = torch.as_tensor(position, dtype=torch.long, device=device).expand(batch_size).clone()
-        S = zero.expand(batch_size, num_heads, key_dim, value_dim)
-        return cls(S, zero.expand(batch_size, num_heads, key_dim), pos)
 
     def index_select(self, index: torch.Tensor) -> RetentionState:
         """Rows ``index`` of the batch (beam search, dropping finished rows)."""
