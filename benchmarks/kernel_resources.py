@@ -181,8 +181,8 @@ def main(argv=None):
             row = {"cfg": cfg, "dtype": args.dtype, **compile_report(name, fn, launch)}
             rows.append(row)
             print(f"{cfg:16s} {name:15s} {str(row['blocks']):26s} {row['num_warps']:5d} {row['num_stages']:6d} "
-                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d} {row['async_copies']:5d} "
-                  f"{row['sass_fingerprint']}",
+                  f"{row['registers']:4d} {row['stack_bytes']:7d} {row['shared_bytes']:7d} {row['wgmma']:5d} "
+                  f"{row['async_copies']:5d} {row['sass_fingerprint']}",
                   flush=True)  # fmt: skip
     if args.out:
         os.makedirs(args.out, exist_ok=True)

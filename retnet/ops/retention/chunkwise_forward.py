@@ -82,7 +82,9 @@ def _state_fwd_kernel(
         b_z = tl.zeros([BK], dtype=tl.float32)
     for j in range(i_s):
         g_j = tl.exp(lg * ((i_s - 1 - j) * SEG_NT * BT))
-        p_Sj = tl.make_block_ptr(S_seg + (j * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_Sj = tl.make_block_ptr(
+            S_seg + (j * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0)
+        )
         b_S += tl.load(p_Sj, boundary_check=(0, 1), padding_option="zero") * g_j
         b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * g_j
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
