@@ -64,7 +64,8 @@ def _state_bwd_kernel(
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DSF: tl.constexpr, STORE_DS0: tl.constexpr, IP: tl.constexpr,
 ):  # fmt: skip
-    """Reverse scan over segment s: dh[i] = dL/dS_i (state after chunk i); dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i.
+    """Reverse scan over segment s: dh[i] = dL/dS_i (state after chunk i);
+    dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i.
 
     Segment s ends at token e_s and starts from γ^(T − e_s) dS_final + Σ_{j>s} γ^((j−s−1)·N) G[j − 1], N the
     tokens of a (full) segment."""
@@ -83,7 +84,9 @@ def _state_bwd_kernel(
     n_seg = tl.cdiv(NT, SEG_NT)
     for j in range(i_s + 1, n_seg):
         g_j = tl.exp(lg * ((j - i_s - 1) * SEG_NT * BT))
-        p_Gj = tl.make_block_ptr(G + ((j - 1) * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+        p_Gj = tl.make_block_ptr(
+            G + ((j - 1) * BH + i_bh) * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0)
+        )
         b_dS += tl.load(p_Gj, boundary_check=(0, 1), padding_option="zero") * g_j
     for i_r in range(t_end - i_s * SEG_NT):
         i_t = t_end - 1 - i_r
