@@ -39,8 +39,10 @@ DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64"}
 KERNELS = {
     "state_fwd": (ckf, "_state_fwd_kernel"),
+    "segment_state": (ckf, "_segment_state_kernel"),
     "output_fwd": (ckf, "_output_fwd_kernel"),
     "state_bwd": (ck, "_state_bwd_kernel"),
+    "dstate_segment": (ck, "_dstate_segment_kernel"),
     "dqk_bwd": (ck, "_dqk_bwd_kernel"),
     "dv_bwd": (ck, "_dv_bwd_kernel"),
     "decode_step": (rc, "_recurrent_step_kernel"),
@@ -64,7 +66,8 @@ class _LaunchRecorder:
 
 def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
     """Run forward, backward and one decode step on CPU tensors with every launch recorded (first per kernel;
-    the state scan's first launch is the forward's, with the key sums stored)."""
+    the state scan's first launch is the forward's, with the key sums stored). A second run of 2T tokens cut
+    into two segments records the segment pre-passes."""
     H, K, V = CFGS[cfg]
     B = 1
     recorders = {}
@@ -73,17 +76,21 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
         saved[name] = getattr(module, attr)
         recorders[name] = _LaunchRecorder(saved[name])
         setattr(module, attr, recorders[name])
+    forced = ckf.FORCE_SEGMENT_CHUNKS
     try:
-        q, k = (torch.zeros(B, T, H, K, dtype=dtype) for _ in range(2))
-        v = torch.zeros(B, T, H, V, dtype=dtype)
-        lg = torch.full((H,), -0.01)
-        pos = torch.zeros(B, dtype=torch.long)
-        o, rden, _, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
-        ck.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None)
+        for length, segment_chunks in ((T, None), (2 * T, T // ckf.chunk_len(T))):
+            ckf.FORCE_SEGMENT_CHUNKS = segment_chunks
+            q, k = (torch.zeros(B, length, H, K, dtype=dtype) for _ in range(2))
+            v = torch.zeros(B, length, H, V, dtype=dtype)
+            lg = torch.full((H,), -0.01)
+            pos = torch.zeros(B, dtype=torch.long)
+            o, rden, _, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
+            ck.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None)
         S = torch.zeros(B, H, K, V)
         z = torch.zeros(B, H, K)
         rc._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True)
     finally:
+        ckf.FORCE_SEGMENT_CHUNKS = forced
         for name, (module, attr) in KERNELS.items():
             setattr(module, attr, saved[name])
     return {name: (rec.fn, rec.launches[0]) for name, rec in recorders.items() if rec.launches}

@@ -9,9 +9,10 @@ row factors r detached, so dO is scaled by r):
     dK_i = ((dO_i V_iᵀ) ⊙ D ⊙ r)ᵀ Q_i + ζ ⊙ V_i dS_iᵀ,
     dV_i = (Q_i K_iᵀ ⊙ D)ᵀ (r ⊙ dO_i) + ζ ⊙ K_i dS_i.
 
-Kernels: ``_state_bwd_kernel`` (the reverse scan, per (K block, V block, batch·head); writes ``dh`` and the
-initial state's gradient), ``_dqk_bwd_kernel`` and ``_dv_bwd_kernel`` (per chunk, fully parallel). All
-accumulation is float32.
+Kernels: ``_state_bwd_kernel`` (the reverse scan, per (K block, V block, segment, batch·head); writes ``dh``
+and the initial state's gradient; scans with too few programs are cut into segments like the forward's, whose
+own contributions ``_dstate_segment_kernel`` sums first), ``_dqk_bwd_kernel`` and ``_dv_bwd_kernel`` (per chunk,
+fully parallel). All accumulation is float32.
 """
 
 from typing import Optional
@@ -21,42 +22,84 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision
-from .chunkwise_forward import MAX_K, chunk_len, chunk_retention_fwd, launch_cfg, state_bytes, state_scan
-from .kernel_common import chunk_decays, decay_mask_t, state_block, state_block_t, token_block, token_block_t
+from .chunkwise_forward import (
+    MAX_K,
+    chunk_len,
+    chunk_retention_fwd,
+    launch_cfg,
+    plan_segments,
+    state_bytes,
+    state_scan,
+)
+from .kernel_common import (
+    chunk_decays,
+    decay_mask_t,
+    dstate_tile_step,
+    state_block,
+    state_block_t,
+    token_block,
+    token_block_t,
+)
+
+
+@triton.jit
+def _dstate_segment_kernel(
+    q, do, rden, position, log_decay, G,
+    T, NT, SEG_NT, BH,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+):  # fmt: skip
+    """G[s − 1] = what segment s (s >= 1) alone contributes to dL/d(state before it): its reverse scan from zero."""
+    i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_bh = i_sbh // BH + 1, i_sbh % BH
+    i_b, i_h = i_bh // H, i_bh % H
+    lg = tl.load(log_decay + i_h).to(tl.float32)
+    p0 = tl.load(position + i_b)
+    b_dS = tl.zeros([BK, BV], dtype=tl.float32)
+    t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
+    for i_r in range(t_end - i_s * SEG_NT):
+        i_t = t_end - 1 - i_r
+        b_dS = dstate_tile_step(q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+    p_G = state_block(G, i_sbh, K, V, i_k, i_v, BK, BV)
+    tl.store(p_G, b_dS, boundary_check=(0, 1))
 
 
 @triton.jit
 def _state_bwd_kernel(
-    q, do, rden, position, log_decay, dS_final, dh, dS0,
-    T, NT,
+    q, do, rden, position, log_decay, dS_final, G, dh, dS0,
+    T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
     HAS_DSF: tl.constexpr, STORE_DS0: tl.constexpr, IP: tl.constexpr,
 ):  # fmt: skip
-    """Reverse scan: dh[i] = dL/dS_i (state after chunk i); dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i."""
-    i_k, i_v, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    """Reverse scan over segment s: dh[i] = dL/dS_i (state after chunk i);
+    dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i.
+
+    Segment s ends at token e_s and starts from γ^(T − e_s) dS_final + Σ_{j>s} γ^((j−s−1)·N) G[j − 1], N the
+    tokens of a (full) segment."""
+    i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    i_s, i_bh = i_sbh // BH, i_sbh % BH
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_decay + i_h).to(tl.float32)
     p0 = tl.load(position + i_b)
+    t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     if HAS_DSF:
         p_dSf = state_block(dS_final, i_bh, K, V, i_k, i_v, BK, BV)
-        b_dS = tl.load(p_dSf, boundary_check=(0, 1), padding_option="zero").to(tl.float32)
+        g_f = tl.exp(lg * tl.maximum(T - t_end * BT, 0))  # the last segment ends at T: no decay
+        b_dS = tl.load(p_dSf, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * g_f
     else:
         b_dS = tl.zeros([BK, BV], dtype=tl.float32)
-    for i_r in range(NT):
-        i_t = NT - 1 - i_r
+    n_seg = tl.cdiv(NT, SEG_NT)
+    for j in range(i_s + 1, n_seg):
+        g_j = tl.exp(lg * ((j - i_s - 1) * SEG_NT * BT))
+        p_Gj = state_block(G, ((j - 1) * BH + i_bh), K, V, i_k, i_v, BK, BV)
+        b_dS += tl.load(p_Gj, boundary_check=(0, 1), padding_option="zero") * g_j
+    for i_r in range(t_end - i_s * SEG_NT):
+        i_t = t_end - 1 - i_r
         p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
         tl.store(p_dh, b_dS.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
-        b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-        o_t = i_t * BT + tl.arange(0, BT)
-        b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-        p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-        p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
-        b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
-        b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
-        # (BK, BT) @ (BT, BV) -> (BK, BV)
-        b_dS = b_dS * b_gL + tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=IP)
-    if STORE_DS0:
+        b_dS = dstate_tile_step(q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+    if STORE_DS0 and i_s == 0:
         p_dS0 = state_block(dS0, i_bh, K, V, i_k, i_v, BK, BV)
         tl.store(p_dS0, b_dS.to(p_dS0.dtype.element_ty), boundary_check=(0, 1))
 
@@ -201,8 +244,17 @@ def chunk_retention_bwd(
     dh = torch.empty_like(h)
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
     BK, BV, cfg = launch_cfg("state_bwd", K, V, q.dtype)
-    _state_bwd_kernel[(triton.cdiv(K, BK), triton.cdiv(V, BV), B * H)](
-        q, do, rden, position, log_decay, dS if dS is not None else dh, dh, dS0, T, NT,
+    NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
+    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, q.device)
+    G = dh  # unread without segments
+    if nseg > 1:
+        G = torch.empty(nseg - 1, B * H, K, V, device=q.device, dtype=torch.float32)
+        _dstate_segment_kernel[(NK, NV, (nseg - 1) * B * H)](
+            q, do, rden, position, log_decay, G, T, NT, seg_nt, B * H,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+        )  # fmt: skip
+    _state_bwd_kernel[(NK, NV, nseg * B * H)](
+        q, do, rden, position, log_decay, dS if dS is not None else dh, G, dh, dS0, T, NT, seg_nt, B * H,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DSF=dS is not None, STORE_DS0=has_s0, IP=ip, **cfg,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)

@@ -123,3 +123,22 @@ def state_tile_step(
     # (BK, BT) @ (BT, BV) -> (BK, BV)
     b_S = b_S * b_gL + tl.dot(b_kt.to(b_v.dtype), b_v, input_precision=IP)
     return b_S, b_gL, tl.sum(b_kt, axis=1)
+
+
+@triton.jit
+def dstate_tile_step(
+    q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+):  # fmt: skip
+    """One chunk of the reverse scan on a (BK, BV) tile: dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i, with r
+    the saved row factors. (Q ⊙ ξ ⊙ r)ᵀ is a scaled copy of the loaded tile, so the loaded tile feeds no dot."""
+    b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
+    o_t = i_t * BT + tl.arange(0, BT)
+    b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
+    p_qt = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1))
+    p_do = tl.make_block_ptr(do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
+    b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
+    # (BK, BT) @ (BT, BV) -> (BK, BV)
+    return b_dS * b_gL + tl.dot(b_qt.to(b_do.dtype), b_do, input_precision=IP)
