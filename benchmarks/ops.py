@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
 from retnet.ops.retention import chunkwise as ck  # noqa: E402
 from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
+from retnet.ops.retention import recurrent as rc  # noqa: E402
 from retnet.ops.retention.recurrent import retention_step  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128)}
@@ -182,24 +183,61 @@ def bench_chunkwise(cfgs, Ts, bw, mm, only=None, save=None):
     return rows
 
 
+def _decode_inputs(B, H, K, V):
+    state = RetentionState.zeros(B, H, K, V, device="cuda")
+    state.S.normal_()
+    q, k, v = (torch.randn(B, 1, H, d, device="cuda", dtype=torch.bfloat16) for d in (K, K, V))
+    return state, q, k, v
+
+
+def _time_graphed_step(q, k, v, lg, state):
+    """ms per replay of one decode step captured in a CUDA graph (compiled on a side stream first)."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        retention_step(q, k, v, lg, state)
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        retention_step(q, k, v, lg, state)
+    return _ms(g.replay, rep=500)
+
+
+def _decode_bytes(B, H, K, V):
+    return B * H * (K * V * 4 * 2 + K * 4 * 2 + (2 * K + 2 * V) * 2)
+
+
+def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), (32, 2), (32, 8), (64, 8))):
+    """Time the decode step's (BV, num_warps) choices at cfg A; returns the fraction of copy bandwidth of each."""
+    H, K, V = CFGS["A"]
+    lg = log_decay_schedule(H, device="cuda")
+    out = {}
+    for B in batches:
+        state, q, k, v = _decode_inputs(B, H, K, V)
+        res = {}
+        for launch in launches:
+            rc.STEP_LAUNCH = launch
+            try:
+                res[str(launch)] = _decode_bytes(B, H, K, V) / (_time_graphed_step(q, k, v, lg, state) * 1e-3) / bw
+            except Exception as e:  # out of registers for this slice
+                res[str(launch)] = f"n/a {type(e).__name__}"
+        rc.STEP_LAUNCH = None
+        ok = {key: x for key, x in res.items() if isinstance(x, float)}
+        best = max(ok, key=ok.get) if ok else None
+        print(f"  decode sweep B={B:4d} (BV, warps): best {best} " + "  ".join(
+            f"{key}:{x * 100:.1f}%" if isinstance(x, float) else f"{key}:{x}" for key, x in res.items()))  # fmt: skip
+        out[str(B)] = {"bw_frac": res, "best": best}
+    return out
+
+
 def bench_decode(bw, batches=(1, 16, 128)):
     H, K, V = CFGS["A"]
     lg = log_decay_schedule(H, device="cuda")
     rows = []
     for B in batches:
-        state = RetentionState.zeros(B, H, K, V, device="cuda")
-        state.S.normal_()
-        q, k, v = (torch.randn(B, 1, H, d, device="cuda", dtype=torch.bfloat16) for d in (K, K, V))
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            retention_step(q, k, v, lg, state)
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            retention_step(q, k, v, lg, state)
-        ms = _ms(g.replay, rep=500)
-        nbytes = B * H * (K * V * 4 * 2 + K * 4 * 2 + (2 * K + 2 * V) * 2)
+        state, q, k, v = _decode_inputs(B, H, K, V)
+        ms = _time_graphed_step(q, k, v, lg, state)
+        nbytes = _decode_bytes(B, H, K, V)
         row = {"op": "ours_step", "B": B, "ms": ms, "bytes": nbytes, "bw_frac": nbytes / (ms * 1e-3) / bw}
         try:
             from fla.ops.retention import fused_recurrent_retention
@@ -426,6 +464,7 @@ def main(argv=None):
         "--from-json", nargs="+", default=None, metavar="RESULTS",
         help="no GPU: merge these results.json files (later rows win) and redo the table and the plot",
     )  # fmt: skip
+    ap.add_argument("--sweep-decode", action="store_true", help="time the decode step's launch choices first")
     ap.add_argument(
         "--keep-states", choices=("auto", "always", "never"), default=None,
         help="whether the backward reuses the forward's per-chunk states (default: the library's policy)",
@@ -451,6 +490,9 @@ def main(argv=None):
 
     if args.sweep is not None:
         result["sweep"] = sweep(args.cfg, args.sweep or SWEEP_KERNELS)
+        save()
+    if args.sweep_decode:
+        result["decode_sweep"] = sweep_decode(bw)
         save()
     if args.profile:
         result["profile"] = profile_kernels(args.cfg)

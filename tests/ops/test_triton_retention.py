@@ -245,6 +245,23 @@ def test_recurrent_step_matches_reference(T):
     assert torch.equal(st.position, fs.position)
 
 
+def test_decode_launch_choices_give_identical_steps(monkeypatch):
+    """Every (BV, num_warps) the decode sweep may pick computes the same step, bit for bit."""
+    from retnet.ops.retention import recurrent
+
+    B, H, K, V = 2, 2, 32, 40
+    qkv, state, _, _, _ = _inputs(B, 1, H, K, V, torch.float32, 3, True)
+    lg = log_decay_schedule(H, device=DEVICE)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+    outs = []
+    for launch in (None, (16, 4), (64, 8)):
+        monkeypatch.setattr(recurrent, "STEP_LAUNCH", launch)
+        st = RetentionState(*(x.to(DEVICE).clone() for x in state))
+        outs.append((retention_step(q, k, v, lg, st), st.S, st.z))
+    for o, S, z in outs[1:]:
+        assert torch.equal(o, outs[0][0]) and torch.equal(S, outs[0][1]) and torch.equal(z, outs[0][2])
+
+
 # --------------------------------------------------------------------------------------------------------
 # GPU tier
 # --------------------------------------------------------------------------------------------------------

@@ -65,12 +65,21 @@ def _recurrent_step_kernel(
     tl.store(z_new + i_bh * K + o_k, b_z.to(z_new.dtype.element_ty), mask=m_k & (i_v == 0))
 
 
-def _step_block_v(B: int, H: int, K: int, V: int) -> int:
-    # Enough programs to cover the GPU at batch 1, and registers for a (K, BV) fp32 slice.
-    bv = 32 if K <= 128 else 16
-    if B * H >= 512:
-        bv = 64 if K <= 128 else 32
-    return min(bv, max(16, next_power_of_2(V)))
+STEP_LAUNCH: tuple[int, int] | None = None
+"""Fix the decode kernel's (BV, num_warps) instead of the rule below (benchmarks/ops.py --sweep-decode times
+the choices); None: the rule."""
+
+
+def _step_launch(B: int, H: int, K: int, V: int) -> tuple[int, int]:
+    """(BV, num_warps) of the decode kernel: enough programs to cover the GPU at batch 1, registers for a (K, BV)
+    float32 slice."""
+    if STEP_LAUNCH is not None:
+        bv, warps = STEP_LAUNCH
+    else:
+        bv, warps = (32 if K <= 128 else 16), 4
+        if B * H >= 512:
+            bv = 64 if K <= 128 else 32
+    return min(bv, max(16, next_power_of_2(V))), warps
 
 
 @torch.library.custom_op("retnet::retention_step_", mutates_args=("S", "z"))
@@ -88,11 +97,11 @@ def _step_op(
     V = v.shape[-1]
     o = torch.empty_like(v)
     z_new = torch.empty_like(z)
-    BV = _step_block_v(B, H, K, V)
+    BV, warps = _step_launch(B, H, K, V)
     BK = max(16, next_power_of_2(K))
     _recurrent_step_kernel[(triton.cdiv(V, BV), B * H)](
         q, k, v, log_decay, S, z, z_new, position, o, T,
-        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, num_warps=4,
+        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, num_warps=warps,
     )  # fmt: skip
     z.copy_(z_new)
     return o
