@@ -37,8 +37,10 @@ def positions_for(
         return (steps - starts[doc]).expand(batch_size, length)
     if state is not None:
         start = state.position
-    else:
-        start = torch.as_tensor(0 if offset is None else offset, device=device, dtype=torch.long).expand(batch_size)
+    elif isinstance(offset, torch.Tensor):
+        start = offset.to(device=device, dtype=torch.long).expand(batch_size)
+    else:  # an integer offset is added on the device (copying it over would wait for the GPU)
+        return (steps + (offset or 0)).expand(batch_size, length)
     return start[:, None] + steps  # (B, T)
 
 

@@ -89,7 +89,7 @@ def parallel_ref(
     # Final state: S_T = γ^T S_0 + Σ_m γ^(T−1−m) k_mᵀ v_m.
     zeta_HT = decay_powers(lg, torch.arange(T - 1, -1, -1, device=q.device))
     k_zeta = k_BHTK * zeta_HT[None, :, :, None]
-    gamma_T = decay_powers(lg, torch.tensor(T, device=q.device))  # (H,)
+    gamma_T = decay_powers(lg, torch.full((), T, device=q.device))  # (H,)
     S = gamma_T[None, :, None, None] * S0 + k_zeta.transpose(-1, -2) @ v_BHTV
     z = gamma_T[None, :, None] * z0 + k_zeta.sum(-2)
     return _finish(o_BHTV, s_BHT, positions, valid, lg, normalize, v.dtype, S, z, state, T)

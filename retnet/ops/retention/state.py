@@ -45,7 +45,10 @@ class RetentionState(NamedTuple):
         else:
             S = torch.zeros(batch_size, num_heads, key_dim, value_dim, dtype=dtype, device=device)
             z = torch.zeros(batch_size, num_heads, key_dim, dtype=dtype, device=device)
-        pos = torch.as_tensor(position, dtype=torch.long, device=device).expand(batch_size).clone()
+        if isinstance(position, torch.Tensor):
+            pos = position.to(device=device, dtype=torch.long).expand(batch_size).clone()
+        else:  # filled on the device: copying a host integer over would wait for the GPU
+            pos = torch.full((batch_size,), position, dtype=torch.long, device=device)
         return cls(S, z, pos)
 
     def index_select(self, index: torch.Tensor) -> RetentionState:
