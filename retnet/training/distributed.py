@@ -45,9 +45,11 @@ def init_distributed(backend: str = "", device_type: str = "cpu") -> DistInfo:
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     info = DistInfo(int(os.environ.get("RANK", "0")), world_size, int(os.environ.get("LOCAL_RANK", "0")))
     if world_size > 1 and not dist.is_initialized():
+        device_id = None
         if device_type == "cuda":
             torch.cuda.set_device(info.local_rank)
-        dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"))
+            device_id = torch.device("cuda", info.local_rank)
+        dist.init_process_group(backend or ("nccl" if device_type == "cuda" else "gloo"), device_id=device_id)
         logger.debug("rank %d/%d joined (%s)", info.rank, world_size, dist.get_backend())
     return info
 

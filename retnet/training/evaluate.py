@@ -78,8 +78,9 @@ def evaluate(
     per_rank = total // info.world_size
     if per_rank < 1:
         raise ValueError(f"{len(tokens)} tokens are too few for {info.world_size} window(s) of {seq_len + 1}")
-    table = torch.from_numpy(token_bytes)
-    sums = torch.zeros(3, dtype=torch.float64)  # nats, tokens, bytes
+    table = torch.from_numpy(token_bytes).to(device)
+    # On the model's device: the sum over ranks runs on NCCL for CUDA, which has no CPU tensors.
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # nats, tokens, bytes
     was_training = model.training
     model.eval()
     first = info.rank * per_rank
@@ -89,7 +90,9 @@ def evaluate(
         with autocast or contextlib.nullcontext():
             logits = model(batch.input_ids, form=form, chunk_size=chunk_size, cu_seqlens=batch.cu_seqlens).logits
         nats = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
-        sums += torch.tensor([nats.item(), batch.num_tokens, table[batch.targets.cpu()].sum().item()], dtype=sums.dtype)
+        sums[0] += nats.double()
+        sums[1] += batch.num_tokens
+        sums[2] += table[batch.targets].sum()
     model.train(was_training)
     all_reduce_sum(sums)
     nats, count, nbytes = sums.tolist()

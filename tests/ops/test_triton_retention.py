@@ -330,6 +330,30 @@ def test_torch_compile_matches_eager():
 
 @pytest.mark.gpu
 @GPU[1]
+def test_tensors_past_two_billion_elements_gpu():
+    """Element offsets past 2^31 do not wrap: v of 64 × 8,192 × 8 × 512 values (2^31) and per-chunk states four
+    times larger. The last row of the batch, forward and backward, equals that row run alone, bit for bit."""
+    B, T, H, K, V = 64, 8192, 8, 256, 512
+    gen = torch.Generator(device=DEVICE).manual_seed(0)
+    q, k, v = (torch.randn(B, T, H, d, device=DEVICE, dtype=torch.bfloat16, generator=gen) for d in (K, K, V))
+    k = k * K**-0.5
+    do = torch.randn(B, T, H, V, device=DEVICE, dtype=torch.bfloat16, generator=gen)
+    lg = log_decay_schedule(H, device=DEVICE)
+
+    def run(q, k, v, do):
+        q, k, v = (x.detach().requires_grad_() for x in (q, k, v))
+        o, state = retention(q, k, v, lg, backend="triton", output_final_state=True)
+        o.backward(do)
+        return o.detach(), state.S, q.grad, k.grad, v.grad
+
+    full = run(q, k, v, do)
+    last = run(*(x[-1:] for x in (q, k, v, do)))
+    for name, a, b in zip(("o", "S", "dq", "dk", "dv"), full, last):
+        assert torch.equal(a[-1:], b), f"{name} of the last row differs"
+
+
+@pytest.mark.gpu
+@GPU[1]
 def test_training_calls_never_wait_for_the_gpu():
     """The op and the retention layer, forward and backward, issue no host synchronisation (one per layer would
     idle the GPU while the host catches up). The decay check reads log γ back once per tensor: the warm call."""

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import chunk_decays, row_scale, state_block, state_tile_step, token_block, token_block_t
+from .kernel_common import chunk_decays, row_scale, state_block, state_tile_step, token_block, token_block_t, wide
 
 
 @triton.jit
@@ -115,6 +115,7 @@ def _output_fwd_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_qz = tl.zeros([BT], dtype=tl.float32)
+    q_rows = q + (wide(i_b) * T + i_t * BT) * (H * K) + i_h * K + tl.arange(0, BT)[:, None] * (H * K)  # (BT, 1)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
         p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
@@ -130,7 +131,7 @@ def _output_fwd_kernel(
         if NORMALIZE:
             # q·z from a second, plain load of Q (L1 hit): the tile feeding the dots is not reused elementwise.
             m_q = (o_t < T)[:, None] & (o_k < K)[None, :]
-            b_qf = tl.load(q + (i_b * T + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_q, other=0.0)
+            b_qf = tl.load(q_rows + o_k[None, :], mask=m_q, other=0.0)
             b_z = tl.load(zh + (i_bh * NT + i_t) * K + o_k, mask=o_k < K, other=0.0)
             b_qz += tl.sum(b_qf.to(tl.float32) * b_z[None, :], axis=1)
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)

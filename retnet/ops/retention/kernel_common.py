@@ -17,27 +17,37 @@ import triton.language as tl
 
 
 @triton.jit
+def wide(i):
+    """``i`` as int64. Offsets of whole rows, states or chunks are formed from it: tensors of more than 2^31
+    elements (a batch of 64 sequences of 8,192 tokens at V = 512 already has that many values, and its per-chunk
+    states four times more) would wrap in int32 and address memory outside the tensor."""
+    return tl.cast(i, tl.int64)
+
+
+@triton.jit
 def token_block(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
     """Block pointer to the (BT, BD) tile of a ``(B, T, H, D)`` tensor at token block i_t, column block i_d."""
-    return tl.make_block_ptr(x + i_b * T * H * D + i_h * D, (T, D), (H * D, 1), (i_t * BT, i_d * BD), (BT, BD), (1, 0))
+    base = x + wide(i_b) * T * (H * D) + i_h * D
+    return tl.make_block_ptr(base, (T, D), (H * D, 1), (i_t * BT, i_d * BD), (BT, BD), (1, 0))
 
 
 @triton.jit
 def token_block_t(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
     """:func:`token_block` transposed: the (BD, BT) tile, for tiles that feed a dot transposed (module docstring)."""
-    return tl.make_block_ptr(x + i_b * T * H * D + i_h * D, (D, T), (1, H * D), (i_d * BD, i_t * BT), (BD, BT), (0, 1))
+    base = x + wide(i_b) * T * (H * D) + i_h * D
+    return tl.make_block_ptr(base, (D, T), (1, H * D), (i_d * BD, i_t * BT), (BD, BT), (0, 1))
 
 
 @triton.jit
 def state_block(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
     """Block pointer to the (BK, BV) tile of the i-th (K, V) state in ``x`` (row-major states, one after another)."""
-    return tl.make_block_ptr(x + i * K * V, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    return tl.make_block_ptr(x + wide(i) * (K * V), (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
 
 
 @triton.jit
 def state_block_t(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
     """:func:`state_block` transposed: the (BV, BK) tile, loaded transposed."""
-    return tl.make_block_ptr(x + i * K * V, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+    return tl.make_block_ptr(x + wide(i) * (K * V), (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
 
 
 @triton.jit
@@ -136,8 +146,8 @@ def dstate_tile_step(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_qt = tl.make_block_ptr(q + i_b * T * H * K + i_h * K, (K, T), (1, H * K), (i_k * BK, i_t * BT), (BK, BT), (0, 1))
-    p_do = tl.make_block_ptr(do + i_b * T * H * V + i_h * V, (T, V), (H * V, 1), (i_t * BT, i_v * BV), (BT, BV), (1, 0))
+    p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
     b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
     b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
     # (BK, BT) @ (BT, BV) -> (BK, BV)
