@@ -137,6 +137,34 @@ def test_segmented_scan_matches_reference(monkeypatch, seg_chunks, with_state):
     _compare(2, 150, 2, 32, 40, torch.float32, [-20, 9], with_state, True)
 
 
+@pytest.mark.parametrize("seg_chunks", [None, 1], ids=["whole", "seg1"])
+def test_int64_offsets_give_the_same_results(monkeypatch, seg_chunks):
+    """The kernels' int64-offset variant (taken past 2^31 elements) computes exactly what the int32 one does,
+    forward and backward, chunkwise and decode step."""
+    from retnet.ops.retention import chunkwise, chunkwise_forward, kernel_common
+
+    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
+    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
+    qkv, state, pos, w, wS = _inputs(2, 150, 2, 32, 40, torch.float32, [-20, 9], True)
+    lg = log_decay_schedule(2, device=DEVICE)
+    results = []
+    for wide_from in (kernel_common.WIDE_FROM, 0):
+        monkeypatch.setattr(kernel_common, "WIDE_FROM", wide_from)
+        outs, position, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+        st = RetentionState(*(x.to(DEVICE).clone() for x in state))
+        step = retention_step(*(x[:, :1].to(DEVICE) for x in qkv), lg, st)
+        results.append([*outs, position, *grads, step, st.S, st.z])
+    for narrow, wide in zip(*results):
+        assert torch.equal(narrow, wide)
+
+
+def test_wide_offsets_from_two_to_the_31():
+    from retnet.ops.retention.kernel_common import wide_offsets
+
+    assert not wide_offsets(2**31 - 1, 5)
+    assert wide_offsets(10, 2**31)
+
+
 def test_segment_plan_fills_the_gpu_only_when_needed():
     from retnet.ops.retention.chunkwise_forward import MIN_SEGMENT_CHUNKS, plan_segments
 

@@ -39,6 +39,7 @@ from .kernel_common import (
     state_block_t,
     token_block,
     token_block_t,
+    wide_offsets,
 )
 
 
@@ -47,7 +48,7 @@ def _dstate_segment_kernel(
     q, do, rden, position, log_decay, G,
     T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """G[s − 1] = what segment s (s >= 1) alone contributes to dL/d(state before it): its reverse scan from zero."""
     i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -59,8 +60,10 @@ def _dstate_segment_kernel(
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     for i_r in range(t_end - i_s * SEG_NT):
         i_t = t_end - 1 - i_r
-        b_dS = dstate_tile_step(q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
-    p_G = state_block(G, i_sbh, K, V, i_k, i_v, BK, BV)
+        b_dS = dstate_tile_step(
+            q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP, WIDE
+        )
+    p_G = state_block(G, i_sbh, K, V, i_k, i_v, BK, BV, WIDE)
     tl.store(p_G, b_dS, boundary_check=(0, 1))
 
 
@@ -70,7 +73,7 @@ def _state_bwd_kernel(
     T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_DSF: tl.constexpr, STORE_DS0: tl.constexpr, IP: tl.constexpr,
+    HAS_DSF: tl.constexpr, STORE_DS0: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """Reverse scan over segment s: dh[i] = dL/dS_i (state after chunk i);
     dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i.
@@ -84,7 +87,7 @@ def _state_bwd_kernel(
     p0 = tl.load(position + i_b)
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     if HAS_DSF:
-        p_dSf = state_block(dS_final, i_bh, K, V, i_k, i_v, BK, BV)
+        p_dSf = state_block(dS_final, i_bh, K, V, i_k, i_v, BK, BV, WIDE)
         g_f = tl.exp(lg * tl.maximum(T - t_end * BT, 0))  # the last segment ends at T: no decay
         b_dS = tl.load(p_dSf, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * g_f
     else:
@@ -92,15 +95,17 @@ def _state_bwd_kernel(
     n_seg = tl.cdiv(NT, SEG_NT)
     for j in range(i_s + 1, n_seg):
         g_j = tl.exp(lg * ((j - i_s - 1) * SEG_NT * BT))
-        p_Gj = state_block(G, ((j - 1) * BH + i_bh), K, V, i_k, i_v, BK, BV)
+        p_Gj = state_block(G, ((j - 1) * BH + i_bh), K, V, i_k, i_v, BK, BV, WIDE)
         b_dS += tl.load(p_Gj, boundary_check=(0, 1), padding_option="zero") * g_j
     for i_r in range(t_end - i_s * SEG_NT):
         i_t = t_end - 1 - i_r
-        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
         tl.store(p_dh, b_dS.to(p_dh.dtype.element_ty), boundary_check=(0, 1))
-        b_dS = dstate_tile_step(q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+        b_dS = dstate_tile_step(
+            q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP, WIDE
+        )
     if STORE_DS0 and i_s == 0:
-        p_dS0 = state_block(dS0, i_bh, K, V, i_k, i_v, BK, BV)
+        p_dS0 = state_block(dS0, i_bh, K, V, i_k, i_v, BK, BV, WIDE)
         tl.store(p_dS0, b_dS.to(p_dS0.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -109,7 +114,7 @@ def _dqk_bwd_kernel(
     q, k, v, h, dh, do, rden, position, log_decay, dq, dk,
     T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """dQ_i = ((dO_i V_iᵀ) ⊙ D) K_i + ξ ⊙ dO_i S_{i−1}ᵀ;  dK_i = ((dO_i V_iᵀ) ⊙ D)ᵀ Q_i + ζ ⊙ V_i dS_iᵀ.
 
@@ -124,13 +129,13 @@ def _dqk_bwd_kernel(
     b_dq = tl.zeros([BT, BK], dtype=tl.float32)
     b_dk = tl.zeros([BT, BK], dtype=tl.float32)
     for i_v in range(tl.cdiv(V, BV)):
-        p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
-        p_vt = token_block_t(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
-        p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
-        p_dot = token_block_t(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+        p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
+        p_vt = token_block_t(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
+        p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
+        p_dot = token_block_t(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
         # Transposed (V, K) views of the (K, V) state tiles.
-        p_ht = state_block_t(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
-        p_dht = state_block_t(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_ht = state_block_t(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
+        p_dht = state_block_t(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
         b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
         b_vt = tl.load(p_vt, boundary_check=(0, 1), padding_option="zero")
         b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
@@ -147,8 +152,8 @@ def _dqk_bwd_kernel(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-    p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+    p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
     b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
     b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
     b_dA = (b_dA * b_r[:, None] * b_D).to(b_k.dtype)
@@ -158,8 +163,8 @@ def _dqk_bwd_kernel(
     # (BT, BT) @ (BT, BK) -> (BT, BK)
     b_dk = b_dk * b_zeta[:, None] + tl.dot(b_dAt, b_q, input_precision=IP)
     b_dk = tl.where(b_valid[:, None], b_dk, 0.0)
-    p_dq = token_block(dq, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-    p_dk = token_block(dk, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
+    p_dq = token_block(dq, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+    p_dk = token_block(dk, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
     tl.store(p_dq, b_dq.to(p_dq.dtype.element_ty), boundary_check=(0, 1))
     tl.store(p_dk, b_dk.to(p_dk.dtype.element_ty), boundary_check=(0, 1))
 
@@ -169,7 +174,7 @@ def _dv_bwd_kernel(
     q, k, dh, do, rden, position, log_decay, dv,
     T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """dV_i = (Q_i K_iᵀ ⊙ D)ᵀ (r ⊙ dO_i) + (K_i ⊙ ζ) dS_i."""
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -179,9 +184,9 @@ def _dv_bwd_kernel(
     b_At = tl.zeros([BT, BT], dtype=tl.float32)
     b_dv = tl.zeros([BT, BV], dtype=tl.float32)
     for i_k in range(tl.cdiv(K, BK)):
-        p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-        p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_k = token_block(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+        p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+        p_dh = state_block(dh, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
         b_k = tl.load(p_k, boundary_check=(0, 1), padding_option="zero")
         b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero")
         b_dh = tl.load(p_dh, boundary_check=(0, 1), padding_option="zero")
@@ -192,13 +197,13 @@ def _dv_bwd_kernel(
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
     b_At = (b_At * decay_mask_t(lg, b_valid, BT) * b_r[None, :]).to(b_do.dtype)
     # (BT, BT) @ (BT, BV) -> (BT, BV)
     b_dv = b_dv * b_zeta[:, None] + tl.dot(b_At, b_do, input_precision=IP)
     b_dv = tl.where(b_valid[:, None], b_dv, 0.0)
-    p_dv = token_block(dv, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_dv = token_block(dv, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     tl.store(p_dv, b_dv.to(p_dv.dtype.element_ty), boundary_check=(0, 1))
 
 
@@ -242,6 +247,7 @@ def chunk_retention_bwd(
         z0 = S0.new_zeros(B, H, K) if has_s0 else None
         h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, store_z=False, store_final=False, ip=ip)
     dh = torch.empty_like(h)
+    wide = wide_offsets(q.numel(), v.numel(), h.numel())
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
     BK, BV, cfg = launch_cfg("state_bwd", K, V, q.dtype)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
@@ -251,22 +257,22 @@ def chunk_retention_bwd(
         G = torch.empty(nseg - 1, B * H, K, V, device=q.device, dtype=torch.float32)
         _dstate_segment_kernel[(NK, NV, (nseg - 1) * B * H)](
             q, do, rden, position, log_decay, G, T, NT, seg_nt, B * H,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
         )  # fmt: skip
     _state_bwd_kernel[(NK, NV, nseg * B * H)](
         q, do, rden, position, log_decay, dS if dS is not None else dh, G, dh, dS0, T, NT, seg_nt, B * H,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DSF=dS is not None, STORE_DS0=has_s0, IP=ip, **cfg,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DSF=dS is not None, STORE_DS0=has_s0, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
     BK, BV, cfg = launch_cfg("dqk_bwd", K, V, q.dtype)
     _dqk_bwd_kernel[(triton.cdiv(K, BK), NT, B * H)](
         q, k, v, h, dh, do, rden, position, log_decay, dq, dk, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     BK, BV, cfg = launch_cfg("dv_bwd", K, V, q.dtype)
     _dv_bwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, dh, do, rden, position, log_decay, dv, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     return dq, dk, dv, dS0
 

@@ -28,7 +28,15 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import chunk_decays, row_scale, state_block, state_tile_step, token_block, token_block_t, wide
+from .kernel_common import (
+    chunk_decays,
+    row_scale,
+    state_block,
+    state_tile_step,
+    token_block,
+    token_block_t,
+    wide_offsets,
+)
 
 
 @triton.jit
@@ -36,7 +44,7 @@ def _segment_state_kernel(
     k, v, position, log_decay, S_seg, z_seg,
     T, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """What segment s (all of its chunks full) adds to the state, starting from zero; not the last segment."""
     i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
@@ -48,9 +56,9 @@ def _segment_state_kernel(
     b_S = tl.zeros([BK, BV], dtype=tl.float32)
     b_z = tl.zeros([BK], dtype=tl.float32)
     for i_t in range(i_s * SEG_NT, (i_s + 1) * SEG_NT):
-        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP, WIDE)
         b_z = b_z * b_gL + b_kz
-    p_S = state_block(S_seg, i_sbh, K, V, i_k, i_v, BK, BV)
+    p_S = state_block(S_seg, i_sbh, K, V, i_k, i_v, BK, BV, WIDE)
     tl.store(p_S, b_S, boundary_check=(0, 1))
     tl.store(z_seg + i_sbh * K + o_k, b_z, mask=(o_k < K) & (i_v == 0))
 
@@ -61,7 +69,7 @@ def _state_fwd_kernel(
     T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_S0: tl.constexpr, STORE_Z: tl.constexpr, STORE_FINAL: tl.constexpr, IP: tl.constexpr,
+    HAS_S0: tl.constexpr, STORE_Z: tl.constexpr, STORE_FINAL: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """h[i] = S_{i−1} (and zh[i] = z_{i−1}), the state entering chunk i, for the chunks of segment s; the final
     state after the last chunk. Segment s starts from γ^(s·N) S0 + Σ_{j<s} γ^((s−1−j)·N) S_seg[j], N its tokens."""
@@ -73,7 +81,7 @@ def _state_fwd_kernel(
     o_k = i_k * BK + tl.arange(0, BK)
     m_k = o_k < K
     if HAS_S0:
-        p_S0 = state_block(S0, i_bh, K, V, i_k, i_v, BK, BV)
+        p_S0 = state_block(S0, i_bh, K, V, i_k, i_v, BK, BV, WIDE)
         g_s = tl.exp(lg * (i_s * SEG_NT * BT))
         b_S = tl.load(p_S0, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * g_s
         b_z = tl.load(z0 + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32) * g_s
@@ -82,19 +90,19 @@ def _state_fwd_kernel(
         b_z = tl.zeros([BK], dtype=tl.float32)
     for j in range(i_s):
         g_j = tl.exp(lg * ((i_s - 1 - j) * SEG_NT * BT))
-        p_Sj = state_block(S_seg, j * BH + i_bh, K, V, i_k, i_v, BK, BV)
+        p_Sj = state_block(S_seg, j * BH + i_bh, K, V, i_k, i_v, BK, BV, WIDE)
         b_S += tl.load(p_Sj, boundary_check=(0, 1), padding_option="zero") * g_j
         b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * g_j
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     for i_t in range(i_s * SEG_NT, t_end):
-        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
         tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         if STORE_Z:
             tl.store(zh + (i_bh * NT + i_t) * K + o_k, b_z, mask=m_k & (i_v == 0))
-        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP)
+        b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP, WIDE)
         b_z = b_z * b_gL + b_kz
     if STORE_FINAL and t_end == NT:
-        p_S = state_block(S_out, i_bh, K, V, i_k, i_v, BK, BV)
+        p_S = state_block(S_out, i_bh, K, V, i_k, i_v, BK, BV, WIDE)
         tl.store(p_S, b_S.to(p_S.dtype.element_ty), boundary_check=(0, 1))
         tl.store(z_out + i_bh * K + o_k, b_z.to(z_out.dtype.element_ty), mask=m_k & (i_v == 0))
 
@@ -105,7 +113,7 @@ def _output_fwd_kernel(
     T, NT,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    NORMALIZE: tl.constexpr, IP: tl.constexpr,
+    NORMALIZE: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     i_v, i_t, i_bh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
     i_b, i_h = i_bh // H, i_bh % H
@@ -115,12 +123,13 @@ def _output_fwd_kernel(
     b_o = tl.zeros([BT, BV], dtype=tl.float32)
     b_A = tl.zeros([BT, BT], dtype=tl.float32)
     b_qz = tl.zeros([BT], dtype=tl.float32)
-    q_rows = q + (wide(i_b) * T + i_t * BT) * (H * K) + i_h * K + tl.arange(0, BT)[:, None] * (H * K)  # (BT, 1)
+    if WIDE:  # the row part of q·z's plain load of Q below, in int64
+        q_rows = q + (tl.cast(i_b, tl.int64) * T + i_t * BT) * (H * K) + i_h * K + tl.arange(0, BT)[:, None] * (H * K)
     for i_k in range(tl.cdiv(K, BK)):
         o_k = i_k * BK + tl.arange(0, BK)
-        p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-        p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV)
+        p_q = token_block(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+        p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
         b_q = tl.load(p_q, boundary_check=(0, 1), padding_option="zero")
         b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero")
         b_h = tl.load(p_h, boundary_check=(0, 1), padding_option="zero")
@@ -131,18 +140,21 @@ def _output_fwd_kernel(
         if NORMALIZE:
             # q·z from a second, plain load of Q (L1 hit): the tile feeding the dots is not reused elementwise.
             m_q = (o_t < T)[:, None] & (o_k < K)[None, :]
-            b_qf = tl.load(q_rows + o_k[None, :], mask=m_q, other=0.0)
+            if WIDE:
+                b_qf = tl.load(q_rows + o_k[None, :], mask=m_q, other=0.0)
+            else:
+                b_qf = tl.load(q + (i_b * T + o_t[:, None]) * H * K + i_h * K + o_k[None, :], mask=m_q, other=0.0)
             b_z = tl.load(zh + (i_bh * NT + i_t) * K + o_k, mask=o_k < K, other=0.0)
             b_qz += tl.sum(b_qf.to(tl.float32) * b_z[None, :], axis=1)
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     b_A = b_A * b_D
-    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
     # (BT, BT) @ (BT, BV) -> (BT, BV)
     b_o = b_o * b_xi[:, None] + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
     b_r = row_scale(b_qz * b_xi + tl.sum(b_A, axis=1), lg, n, b_valid, NORMALIZE)
     b_o = b_o * b_r[:, None]
-    p_o = token_block(o, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_o = token_block(o, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     tl.store(p_o, b_o.to(p_o.dtype.element_ty), boundary_check=(0, 1))
     tl.store(rden + i_bh * T + o_t, b_r, mask=(o_t < T) & (i_v == 0))
 
@@ -251,6 +263,7 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, i
     S = torch.empty(B, H, K, V, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     z = torch.empty(B, H, K, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     has_s0 = S0 is not None
+    wide = wide_offsets(k.numel(), v.numel(), h.numel())
     BK, BV, cfg = launch_cfg("state_fwd", K, V, k.dtype)
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
     seg_nt, nseg = plan_segments(NT, NK * NV * B * H, k.device)
@@ -260,13 +273,13 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, i
         z_seg = torch.empty(nseg - 1, B * H, K, **f32)
         _segment_state_kernel[(NK, NV, (nseg - 1) * B * H)](
             k, v, position, log_decay, S_seg, z_seg, T, seg_nt, B * H,
-            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, **cfg,
+            H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
         )  # fmt: skip
     _state_fwd_kernel[(NK, NV, nseg * B * H)](
         k, v, S0 if has_s0 else h, z0 if has_s0 else h, S_seg, z_seg, position, log_decay, h, zh, S, z,
         T, NT, seg_nt, B * H,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_S0=has_s0, STORE_Z=store_z, STORE_FINAL=store_final, IP=ip,
-        **cfg,
+        WIDE=wide, **cfg,
     )  # fmt: skip
     return h, zh, S, z
 
@@ -313,7 +326,8 @@ def chunk_retention_fwd(
     BK, BV, cfg = launch_cfg("output_fwd", K, V, q.dtype)
     _output_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, v, h, zh if normalize else rden, position, log_decay, o, rden, T, NT,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NORMALIZE=normalize, IP=ip, **cfg,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NORMALIZE=normalize, IP=ip,
+        WIDE=wide_offsets(q.numel(), v.numel(), h.numel()), **cfg,
     )  # fmt: skip
     return o, rden, S, z, (h if keep_states else h.new_empty(0))
 

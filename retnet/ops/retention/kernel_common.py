@@ -15,39 +15,78 @@ and dots take no operand broadcast from a vector: both gave wrong sums there.
 import triton
 import triton.language as tl
 
+WIDE_FROM = 2**31
+"""Element count from which the kernels form row, state and chunk offsets in int64 (int32 offsets wrap past it:
+a batch of 64 sequences of 8,192 tokens at V = 512 has 2^31 values, and its per-chunk states four times more).
+Below it they keep int32 offsets, which are faster (17 % in the forward at K = 256, V = 512 on the H200)."""
+
+
+def wide_offsets(*numels: int) -> bool:
+    """Whether a launch over tensors of these element counts needs int64 offsets (``WIDE``)."""
+    return max(numels) >= WIDE_FROM
+
 
 @triton.jit
-def wide(i):
-    """``i`` as int64. Offsets of whole rows, states or chunks are formed from it: tensors of more than 2^31
-    elements (a batch of 64 sequences of 8,192 tokens at V = 512 already has that many values, and its per-chunk
-    states four times more) would wrap in int32 and address memory outside the tensor."""
-    return tl.cast(i, tl.int64)
+def widen(i, WIDE: tl.constexpr):
+    """``i`` as int64 when ``WIDE``, else unchanged."""
+    if WIDE:
+        return tl.cast(i, tl.int64)
+    else:
+        return i
 
 
 @triton.jit
-def token_block(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+def row_ptr(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, WIDE: tl.constexpr):
+    """Pointer to batch row i_b, head i_h of a ``(B, T, H, D)`` tensor."""
+    if WIDE:
+        return x + tl.cast(i_b, tl.int64) * T * (H * D) + i_h * D
+    else:
+        return x + i_b * T * H * D + i_h * D
+
+
+@triton.jit
+def state_ptr(x, i, K: tl.constexpr, V: tl.constexpr, WIDE: tl.constexpr):
+    """Pointer to the i-th (K, V) state of a tensor of states stored one after another."""
+    if WIDE:
+        return x + tl.cast(i, tl.int64) * (K * V)
+    else:
+        return x + i * K * V
+
+
+@triton.jit
+def token_block(
+    x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr, WIDE: tl.constexpr
+):
     """Block pointer to the (BT, BD) tile of a ``(B, T, H, D)`` tensor at token block i_t, column block i_d."""
-    base = x + wide(i_b) * T * (H * D) + i_h * D
+    base = row_ptr(x, i_b, i_h, T, H, D, WIDE)
     return tl.make_block_ptr(base, (T, D), (H * D, 1), (i_t * BT, i_d * BD), (BT, BD), (1, 0))
 
 
 @triton.jit
-def token_block_t(x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr):
+def token_block_t(
+    x, i_b, i_h, T, H: tl.constexpr, D: tl.constexpr, i_t, i_d, BT: tl.constexpr, BD: tl.constexpr, WIDE: tl.constexpr
+):
     """:func:`token_block` transposed: the (BD, BT) tile, for tiles that feed a dot transposed (module docstring)."""
-    base = x + wide(i_b) * T * (H * D) + i_h * D
+    base = row_ptr(x, i_b, i_h, T, H, D, WIDE)
     return tl.make_block_ptr(base, (D, T), (1, H * D), (i_d * BD, i_t * BT), (BD, BT), (0, 1))
 
 
 @triton.jit
-def state_block(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
+def state_block(
+    x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr, WIDE: tl.constexpr
+):
     """Block pointer to the (BK, BV) tile of the i-th (K, V) state in ``x`` (row-major states, one after another)."""
-    return tl.make_block_ptr(x + wide(i) * (K * V), (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
+    base = state_ptr(x, i, K, V, WIDE)
+    return tl.make_block_ptr(base, (K, V), (V, 1), (i_k * BK, i_v * BV), (BK, BV), (1, 0))
 
 
 @triton.jit
-def state_block_t(x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr):
+def state_block_t(
+    x, i, K: tl.constexpr, V: tl.constexpr, i_k, i_v, BK: tl.constexpr, BV: tl.constexpr, WIDE: tl.constexpr
+):
     """:func:`state_block` transposed: the (BV, BK) tile, loaded transposed."""
-    return tl.make_block_ptr(x + wide(i) * (K * V), (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
+    base = state_ptr(x, i, K, V, WIDE)
+    return tl.make_block_ptr(base, (V, K), (1, V), (i_v * BV, i_k * BK), (BV, BK), (0, 1))
 
 
 @triton.jit
@@ -119,15 +158,15 @@ def decay_mask_t(lg, b_valid, BT: tl.constexpr):
 def state_tile_step(
     k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """One chunk of the state scan on a (BK, BV) tile: returns (γ^L S + (K ⊙ ζ)ᵀ V, γ^L, Kᵀ ζ of shape (BK,)).
 
     Kᵀ ⊙ ζ is a scaled copy of the loaded tile, so the loaded tile itself feeds no dot.
     """
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-    p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_kt = token_block_t(k, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+    p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_kt = tl.load(p_kt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * b_zeta[None, :]
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
     # (BK, BT) @ (BT, BV) -> (BK, BV)
@@ -139,15 +178,15 @@ def state_tile_step(
 def dstate_tile_step(
     q, do, rden, b_dS, lg, p0, i_b, i_h, i_bh, i_k, i_v, i_t, T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr,
+    BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """One chunk of the reverse scan on a (BK, BV) tile: dL/dS_{i−1} = γ^L dL/dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i, with r
     the saved row factors. (Q ⊙ ξ ⊙ r)ᵀ is a scaled copy of the loaded tile, so the loaded tile feeds no dot."""
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
     o_t = i_t * BT + tl.arange(0, BT)
     b_r = tl.load(rden + i_bh * T + o_t, mask=o_t < T, other=0.0)
-    p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK)
-    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV)
+    p_qt = token_block_t(q, i_b, i_h, T, H, K, i_t, i_k, BT, BK, WIDE)
+    p_do = token_block(do, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_qt = tl.load(p_qt, boundary_check=(0, 1), padding_option="zero").to(tl.float32) * (b_xi * b_r)[None, :]
     b_do = tl.load(p_do, boundary_check=(0, 1), padding_option="zero")
     # (BK, BT) @ (BT, BV) -> (BK, BV)

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import check_cuda_or_interpreter, next_power_of_2
-from .kernel_common import row_scale, wide
+from .kernel_common import row_scale, state_ptr, wide_offsets, widen
 from .state import RetentionState
 
 RECURRENT_MAX_T = 16
@@ -29,7 +29,7 @@ def _recurrent_step_kernel(
     q, k, v, log_decay, S, z, z_new, position, o,
     T,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
-    BK: tl.constexpr, BV: tl.constexpr, NORMALIZE: tl.constexpr,
+    BK: tl.constexpr, BV: tl.constexpr, NORMALIZE: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
@@ -40,15 +40,15 @@ def _recurrent_step_kernel(
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
-    p_S = S + wide(i_bh) * (K * V) + o_k[:, None] * V + o_v[None, :]
+    p_S = state_ptr(S, i_bh, K, V, WIDE) + o_k[:, None] * V + o_v[None, :]
     m_S = m_k[:, None] & m_v[None, :]
     b_S = tl.load(p_S, mask=m_S, other=0.0).to(tl.float32)
     b_z = tl.load(z + i_bh * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     for t in range(T):
         n = p0 + t
-        b_q = tl.load(q + ((wide(i_b) * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_k = tl.load(k + ((wide(i_b) * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
-        b_v = tl.load(v + ((wide(i_b) * T + t) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
+        b_q = tl.load(q + ((widen(i_b, WIDE) * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_k = tl.load(k + ((widen(i_b, WIDE) * T + t) * H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
+        b_v = tl.load(v + ((widen(i_b, WIDE) * T + t) * H + i_h) * V + o_v, mask=m_v, other=0.0).to(tl.float32)
         # Left padding (n < 0): k = v = 0, so the state only decays.
         b_k = tl.where(n >= 0, b_k, 0.0)
         b_v = tl.where(n >= 0, b_v, 0.0)
@@ -59,7 +59,7 @@ def _recurrent_step_kernel(
         n_row = tl.full([1], 0, tl.int64) + n
         b_r = row_scale(tl.full([1], 0.0, tl.float32) + b_s, lg, n_row, n_row >= 0, NORMALIZE)
         b_o = b_o * tl.sum(b_r, axis=0)
-        tl.store(o + ((wide(i_b) * T + t) * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
+        tl.store(o + ((widen(i_b, WIDE) * T + t) * H + i_h) * V + o_v, b_o.to(o.dtype.element_ty), mask=m_v)
     tl.store(p_S, b_S.to(p_S.dtype.element_ty), mask=m_S)
     # z is read by every V block, so the new key sum goes to a separate buffer (no read/write race).
     tl.store(z_new + i_bh * K + o_k, b_z.to(z_new.dtype.element_ty), mask=m_k & (i_v == 0))
@@ -103,7 +103,8 @@ def _step_op(
     BK = max(16, next_power_of_2(K))
     _recurrent_step_kernel[(triton.cdiv(V, BV), B * H)](
         q, k, v, log_decay, S, z, z_new, position, o, T,
-        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, num_warps=warps,
+        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, WIDE=wide_offsets(q.numel(), v.numel(), S.numel()),
+        num_warps=warps,
     )  # fmt: skip
     z.copy_(z_new)
     return o
