@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
 import json
 import os
 import subprocess
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -138,6 +140,19 @@ def bench_decoding(model, B: int, context: int, steps: int, dtype, device) -> di
     }
 
 
+def fits_in_memory(run, row_keys: dict, device: torch.device) -> dict:
+    """``run()``'s row, or ``row_keys`` marked ``"oom"`` when the configuration does not fit in the device's memory
+    (recorded in the table, as the paper's comparisons record it, instead of ending the benchmark)."""
+    try:
+        return run()
+    except torch.OutOfMemoryError:
+        pass  # leaving the handler frees the failed step's tensors
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {**row_keys, "oom": True}
+
+
 def environment(device: torch.device) -> dict:
     """Versions, device and commit of this run."""
     try:
@@ -153,22 +168,32 @@ def environment(device: torch.device) -> dict:
     }
 
 
+def _cell(row: dict, key: str, fmt: str) -> str:
+    return "out of memory" if row.get("oom") else format(row[key], fmt)
+
+
+def _ratio(retnet_row: dict, transformer_row: dict) -> str:
+    if retnet_row.get("oom") or transformer_row.get("oom"):
+        return "–"
+    return f"{retnet_row['tokens_per_s'] / transformer_row['tokens_per_s']:.2f}"
+
+
 def write_report(results: dict, out: Path) -> str:
     """Markdown tables with RetNet / Transformer ratios; also the decode plot when matplotlib is present."""
     lines = ["## Training", "", "| T | RetNet tokens/s | Transformer tokens/s | ratio | RetNet GiB | Transformer GiB |"]
     lines.append("|---|---|---|---|---|---|")
     for r, t in zip(results["training"]["retnet"], results["training"]["transformer"]):
         lines.append(
-            f"| {r['T']} | {r['tokens_per_s']:,.0f} | {t['tokens_per_s']:,.0f} | "
-            f"{r['tokens_per_s'] / t['tokens_per_s']:.2f} | {r['peak_gib']} | {t['peak_gib']} |"
+            f"| {r['T']} | {_cell(r, 'tokens_per_s', ',.0f')} | {_cell(t, 'tokens_per_s', ',.0f')} | "
+            f"{_ratio(r, t)} | {_cell(r, 'peak_gib', '')} | {_cell(t, 'peak_gib', '')} |"
         )
     lines += ["", "## Decoding", "", "| B | context | RetNet tokens/s | Transformer tokens/s | ratio | "
               "RetNet state GiB/seq | Transformer cache GiB/seq |", "|---|---|---|---|---|---|---|"]  # fmt: skip
     for r, t in zip(results["decoding"]["retnet"], results["decoding"]["transformer"]):
         lines.append(
-            f"| {r['B']} | {r['context']} | {r['tokens_per_s']:,.1f} | {t['tokens_per_s']:,.1f} | "
-            f"{r['tokens_per_s'] / t['tokens_per_s']:.2f} | {r['state_gib_per_sequence']:.4f} | "
-            f"{t['state_gib_per_sequence']:.4f} |"
+            f"| {r['B']} | {r['context']} | {_cell(r, 'tokens_per_s', ',.1f')} | {_cell(t, 'tokens_per_s', ',.1f')} | "
+            f"{_ratio(r, t)} | {_cell(r, 'state_gib_per_sequence', '.4f')} | "
+            f"{_cell(t, 'state_gib_per_sequence', '.4f')} |"
         )
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
@@ -182,7 +207,9 @@ def write_report(results: dict, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for name, rows in results["decoding"].items():
         for B in sorted({r["B"] for r in rows}):
-            pts = [(r["context"], r["tokens_per_s"]) for r in rows if r["B"] == B]
+            pts = [(r["context"], r["tokens_per_s"]) for r in rows if r["B"] == B and not r.get("oom")]
+            if not pts:
+                continue
             ax.plot(*zip(*pts), marker="o", label=f"{name}, B={B}")
     ax.set_xscale("log", base=2)
     ax.set_xlabel("context length")
@@ -202,7 +229,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", choices=sorted(DTYPES), default="bf16")
     p.add_argument("--train-T", type=int, nargs="+", default=[2048, 8192, 32768])
-    p.add_argument("--tokens-per-step", type=int, default=32768)
+    p.add_argument(
+        "--tokens-per-step", type=int, default=8192, help="tokens per training step (32,768 at 1.3B exceeds an H200)"
+    )
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--decode-B", type=int, nargs="+", default=[1, 64])
     p.add_argument("--decode-context", type=int, nargs="+", default=[1024, 8192])
@@ -221,11 +250,19 @@ def main(argv: list[str] | None = None) -> dict:
             model.forward = torch.compile(model.forward)
         model.train()
         results["training"][name] = [
-            bench_training(model, T, args.tokens_per_step, args.steps, dtype, device) for T in args.train_T
+            fits_in_memory(
+                partial(bench_training, model, T, args.tokens_per_step, args.steps, dtype, device), {"T": T}, device
+            )
+            for T in args.train_T
         ]
+        model.zero_grad(set_to_none=True)
         model.eval()
         results["decoding"][name] = [
-            bench_decoding(model, B, L, args.decode_steps, dtype, device)
+            fits_in_memory(
+                partial(bench_decoding, model, B, L, args.decode_steps, dtype, device),
+                {"B": B, "context": L},
+                device,
+            )
             for B in args.decode_B
             for L in args.decode_context
         ]

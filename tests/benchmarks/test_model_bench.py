@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import torch
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -30,3 +32,23 @@ def test_model_benchmark_smoke(tmp_path):
     assert transformer[1]["state_gib_per_sequence"] > transformer[0]["state_gib_per_sequence"] > 0
     assert (tmp_path / "results.md").read_text().startswith("## Training")
     assert (tmp_path / "decode.png").is_file()
+
+
+def test_configurations_that_do_not_fit_are_recorded(tmp_path, monkeypatch):
+    bench = _load()
+    real = bench.bench_decoding
+
+    def decode_or_oom(model, B, context, *args):
+        if context > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, B, context, *args)
+
+    monkeypatch.setattr(bench, "bench_decoding", decode_or_oom)
+    argv = ["--preset", "debug", "--device", "cpu", "--dtype", "fp32", "--train-T", "16", "--tokens-per-step", "32",
+            "--steps", "1", "--decode-B", "2", "--decode-context", "8", "32", "--decode-steps", "1",
+            "--out", str(tmp_path)]  # fmt: skip
+    results = bench.main(argv)
+    for rows in results["decoding"].values():
+        assert "oom" not in rows[0] and rows[1] == {"B": 2, "context": 32, "oom": True}
+    table = (tmp_path / "results.md").read_text()
+    assert "| 2 | 32 | out of memory | out of memory | – |" in table
