@@ -46,6 +46,7 @@ KERNELS = {
     "dqk_bwd": (ck, "_dqk_bwd_kernel"),
     "dv_bwd": (ck, "_dv_bwd_kernel"),
     "decode_step": (rc, "_recurrent_step_kernel"),
+    "decode_finish": (rc, "_step_finish_kernel"),
 }
 SM90 = GPUTarget("cuda", 90, 32)
 

@@ -243,31 +243,30 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {"args": vars(args), "environment": environment(device), "training": {}, "decoding": {}}
+
+    def save():  # after every row: a run stopped midway keeps what it measured
+        (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+
     for name, model in build_models(args.preset, args.vocab_size).items():
         model.to(device)
         results.setdefault("parameters", {})[name] = sum(p.numel() for p in model.parameters())
         if args.compile:
             model.forward = torch.compile(model.forward)
         model.train()
-        results["training"][name] = [
-            fits_in_memory(
-                partial(bench_training, model, T, args.tokens_per_step, args.steps, dtype, device), {"T": T}, device
-            )
-            for T in args.train_T
-        ]
+        rows = results["training"][name] = []
+        for T in args.train_T:
+            run = partial(bench_training, model, T, args.tokens_per_step, args.steps, dtype, device)
+            rows.append(fits_in_memory(run, {"T": T}, device))
+            save()
         model.zero_grad(set_to_none=True)
         model.eval()
-        results["decoding"][name] = [
-            fits_in_memory(
-                partial(bench_decoding, model, B, L, args.decode_steps, dtype, device),
-                {"B": B, "context": L},
-                device,
-            )
-            for B in args.decode_B
-            for L in args.decode_context
-        ]
+        rows = results["decoding"][name] = []
+        for B in args.decode_B:
+            for L in args.decode_context:
+                run = partial(bench_decoding, model, B, L, args.decode_steps, dtype, device)
+                rows.append(fits_in_memory(run, {"B": B, "context": L}, device))
+                save()
         model.to("cpu")
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     print(write_report(results, out))
     return results
 

@@ -121,13 +121,22 @@ def peers(H, K, V, T, B):
 
 
 def time_op(fn, B, T, H, K, V, backward):
+    """Median ms of fn forward (no autograd) or forward+backward on fresh bf16 inputs."""
+    return time_and_peak(fn, B, T, H, K, V, backward)[0]
+
+
+def time_and_peak(fn, B, T, H, K, V, backward):
+    """(median ms, peak bytes allocated by one call beyond what was allocated before it, inputs included)."""
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
     q, k, v = make_inputs(B, T, H, K, V, backward)
     if not backward:
         with torch.no_grad():
             fn(q, k, v)
-            return _ms(lambda: fn(q, k, v))
-    o = fn(q, k, v)
-    do = torch.randn_like(o)
+            peak = torch.cuda.max_memory_allocated() - base
+            return _ms(lambda: fn(q, k, v)), peak
+    do = torch.randn_like(fn(q, k, v).detach())
 
     def step():
         for x in (q, k, v):
@@ -135,7 +144,8 @@ def time_op(fn, B, T, H, K, V, backward):
         fn(q, k, v).backward(do)
 
     step()
-    return _ms(step)
+    peak = torch.cuda.max_memory_allocated() - base
+    return _ms(step), peak
 
 
 SLOW_MS = 100.0
@@ -160,7 +170,7 @@ def bench_chunkwise(cfgs, Ts, bw, mm, only=None, save=None):
                         print(f"  {cfg} T={T} {name}: skipped (over {SLOW_MS:.0f} ms at a shorter T)")
                         continue
                     try:
-                        ms = time_op(fn, B, T, H, K, V, backward)
+                        ms, peak = time_and_peak(fn, B, T, H, K, V, backward)
                     except Exception as e:  # a backend that rejects the shape or runs out of memory
                         print(f"  {cfg} T={T} {name} {'fwd+bwd' if backward else 'fwd'}: n/a ({type(e).__name__})")
                         torch.cuda.empty_cache()
@@ -169,12 +179,12 @@ def bench_chunkwise(cfgs, Ts, bw, mm, only=None, save=None):
                         {
                             "cfg": cfg, "T": T, "B": B, "H": H, "K": K, "V": V,
                             "pass": "fwd+bwd" if backward else "fwd",
-                            "op": name, "ms": ms, "floor_ms": floor,
+                            "op": name, "ms": ms, "floor_ms": floor, "peak_gib": peak / 2**30,
                             "tflops": flops(B, T, H, K, V, backward) / (ms * 1e-3) / 1e12,
                             "tokens_per_s": B * T / (ms * 1e-3),
                         }
                     )  # fmt: skip
-                    print(f"  {cfg} T={T:6d} {rows[-1]['pass']:8s} {name:16s} {ms:9.3f} ms")
+                    print(f"  {cfg} T={T:6d} {rows[-1]['pass']:8s} {name:16s} {ms:9.3f} ms  {peak / 2**30:6.2f} GiB")
                     if ms > SLOW_MS:
                         slow.add((cfg, backward, name))
                     if save:
@@ -190,8 +200,9 @@ def _decode_inputs(B, H, K, V):
     return state, q, k, v
 
 
-def _time_graphed_step(q, k, v, lg, state):
-    """ms per replay of one decode step captured in a CUDA graph (compiled on a side stream first)."""
+def _time_graphed_step(q, k, v, lg, state, steps=1):
+    """ms per decode step, ``steps`` steps captured in one CUDA graph and replayed (compiled on a side stream
+    first). One step per graph also pays the graph's launch; a model's decode graph holds every layer's step."""
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -199,16 +210,22 @@ def _time_graphed_step(q, k, v, lg, state):
     torch.cuda.current_stream().wait_stream(s)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        retention_step(q, k, v, lg, state)
-    return _ms(g.replay, rep=500)
+        for _ in range(steps):
+            retention_step(q, k, v, lg, state)
+    return _ms(g.replay, rep=500) / steps
+
+
+GRAPH_STEPS = 16
+"""Decode steps per CUDA graph in the decode benchmark's second timing."""
 
 
 def _decode_bytes(B, H, K, V):
     return B * H * (K * V * 4 * 2 + K * 4 * 2 + (2 * K + 2 * V) * 2)
 
 
-def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), (32, 2), (32, 8), (64, 8))):
-    """Time the decode step's (BV, num_warps) choices at cfg A; returns the fraction of copy bandwidth of each."""
+def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), (32, 2), (32, 8), (64, 8), (128, 8))):
+    """Time the decode step's (BV, num_warps) choices at cfg A (``GRAPH_STEPS`` one-token steps per CUDA
+    graph); returns the fraction of copy bandwidth of each."""
     H, K, V = CFGS["A"]
     lg = log_decay_schedule(H, device="cuda")
     out = {}
@@ -218,7 +235,8 @@ def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), 
         for launch in launches:
             rc.STEP_LAUNCH = launch
             try:
-                res[str(launch)] = _decode_bytes(B, H, K, V) / (_time_graphed_step(q, k, v, lg, state) * 1e-3) / bw
+                ms = _time_graphed_step(q, k, v, lg, state, steps=GRAPH_STEPS)
+                res[str(launch)] = _decode_bytes(B, H, K, V) / (ms * 1e-3) / bw
             except Exception as e:  # out of registers for this slice
                 res[str(launch)] = f"n/a {type(e).__name__}"
         rc.STEP_LAUNCH = None
@@ -237,8 +255,11 @@ def bench_decode(bw, batches=(1, 16, 128)):
     for B in batches:
         state, q, k, v = _decode_inputs(B, H, K, V)
         ms = _time_graphed_step(q, k, v, lg, state)
+        ms_n = _time_graphed_step(q, k, v, lg, state, steps=GRAPH_STEPS)
         nbytes = _decode_bytes(B, H, K, V)
         row = {"op": "ours_step", "B": B, "ms": ms, "bytes": nbytes, "bw_frac": nbytes / (ms * 1e-3) / bw}
+        row |= {"graph_steps": GRAPH_STEPS, "ms_per_step_in_graph": ms_n}
+        row["bw_frac_in_graph"] = nbytes / (ms_n * 1e-3) / bw
         try:
             from fla.ops.retention import fused_recurrent_retention
 
@@ -252,6 +273,7 @@ def bench_decode(bw, batches=(1, 16, 128)):
             print(f"  decode B={B} fla: n/a ({type(e).__name__})")
         rows.append(row)
         print(f"  decode B={B:4d} ours {ms * 1e3:8.1f} us  {row['bw_frac'] * 100:5.1f}% of copy bw  "
+              f"({GRAPH_STEPS} per graph: {ms_n * 1e3:6.1f} us, {row['bw_frac_in_graph'] * 100:5.1f}%)  "
               f"fla {row.get('fla_ms', float('nan')) * 1e3:8.1f} us")  # fmt: skip
     return rows
 
@@ -305,6 +327,42 @@ def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
             time_fn = lambda fn=fn, shape=shape, backward=backward: time_op(fn, *shape, backward)
             label = f"{cfg} {kern} (BK,BV,w,st)"
             out[f"{cfg}/{kern}"] = _sweep_one(label, ckf.BLOCK_TABLE, kern, SWEEP_VARIANTS[kern], time_fn)
+    return out
+
+
+SEGMENT_SWEEP = {"A": (32768, 65536), "B": (8192, 32768, 65536)}
+"""T per cfg at which ``--sweep-segments`` times segment counts (where the scans have few programs)."""
+
+
+def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
+    """Time forward and forward+backward with the state scans cut into each of ``counts`` segments (both
+    directions; ``FORCE_SEGMENT_CHUNKS``) against the planner's own choice; returns every timing."""
+    out = {}
+    for cfg in cfgs:
+        H, K, V = CFGS[cfg]
+        lg = log_decay_schedule(H, device="cuda")
+        fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
+        for T in SEGMENT_SWEEP[cfg]:
+            B, NT = TOKENS // T, triton.cdiv(T, CHUNK)
+            for backward in (False, True):
+                res = {}
+                for n in (None, *counts):
+                    if n is not None and NT // n < ckf.MIN_SEGMENT_CHUNKS:
+                        continue
+                    ckf.FORCE_SEGMENT_CHUNKS = None if n is None else triton.cdiv(NT, n)
+                    key = "planner" if n is None else str(n)
+                    try:
+                        res[key] = time_op(fn, B, T, H, K, V, backward)
+                    except Exception as e:
+                        res[key] = f"n/a {type(e).__name__}"
+                    torch.cuda.empty_cache()
+                ckf.FORCE_SEGMENT_CHUNKS = None
+                label = f"{cfg} T={T} {'fwd+bwd' if backward else 'fwd'}"
+                ok = {k: x for k, x in res.items() if isinstance(x, float)}
+                best = min(ok, key=ok.get) if ok else None
+                print(f"  segments {label:18s} best {best}  " + "  ".join(
+                    f"{k}:{x:.3f}" if isinstance(x, float) else f"{k}:{x}" for k, x in res.items()))  # fmt: skip
+                out[label] = {"ms": res, "best": best}
     return out
 
 
@@ -379,6 +437,7 @@ def print_table(rows, bw, mm):
         f"{'cfg':3s} {'T':>6s} {'pass':8s} {'ours ms':>8s} {'TFLOP/s':>7s} {'Mtok/s':>7s} {'floor':>7s} {'x floor':>7s}"
     )
     hdr += f" {'fla ms':>7s} {'fla/ours':>8s} {'sdpa best':>16s} {'sdpa/ours':>9s} {'naive/ours':>10s}"
+    hdr += f" {'GiB ours':>8s} {'GiB fla':>7s}"
     print(hdr)
     for (cfg, T, p), ops in by.items():
         o = ops.get("ours")
@@ -393,6 +452,7 @@ def print_table(rows, bw, mm):
             f"{o['floor_ms']:7.3f} {o['ms'] / o['floor_ms']:7.2f} {fla:7.3f} {fla / o['ms']:8.2f} "
             f"{(sb or '-')[5:] + ' ' + (f'{sd[sb]:.3f}' if sb else ''):>16s} "
             f"{(sd[sb] / o['ms'] if sb else math.nan):9.2f} {nv / o['ms']:10.2f}"
+            f" {o.get('peak_gib', math.nan):8.2f} {ops.get('fla', {}).get('peak_gib', math.nan):7.2f}"
         )
 
 
@@ -415,6 +475,9 @@ def plot(rows, path):
     fig, axes = plt.subplots(2, 2, figsize=(12, 9))
     for ax, (cfg, p) in zip(axes.flat, [("A", "fwd"), ("A", "fwd+bwd"), ("B", "fwd"), ("B", "fwd+bwd")]):
         sel = [r for r in rows if r["cfg"] == cfg and r["pass"] == p]
+        if not sel:  # a run of one cfg or pass
+            ax.set_visible(False)
+            continue
         for op in sorted({r["op"] for r in sel}):
             pts = sorted((r["T"], r["ms"]) for r in sel if r["op"] == op)
             ax.plot([x for x, _ in pts], [y for _, y in pts], marker="o", label=op, color=_op_color(op))
@@ -466,6 +529,10 @@ def main(argv=None):
     )  # fmt: skip
     ap.add_argument("--sweep-decode", action="store_true", help="time the decode step's launch choices first")
     ap.add_argument(
+        "--sweep-segments", action="store_true",
+        help="time segment counts of the state scans first (long T, few programs: SEGMENT_SWEEP)",
+    )  # fmt: skip
+    ap.add_argument(
         "--keep-states", choices=("auto", "always", "never"), default=None,
         help="whether the backward reuses the forward's per-chunk states (default: the library's policy)",
     )  # fmt: skip
@@ -493,6 +560,9 @@ def main(argv=None):
         save()
     if args.sweep_decode:
         result["decode_sweep"] = sweep_decode(bw)
+        save()
+    if args.sweep_segments:
+        result["segment_sweep"] = sweep_segments(args.cfg)
         save()
     if args.profile:
         result["profile"] = profile_kernels(args.cfg)

@@ -275,21 +275,45 @@ def test_recurrent_step_matches_reference(T):
 
 def test_decode_launch_choices_give_identical_steps(monkeypatch):
     """Every (BV, num_warps) the decode sweep may pick computes the same step: the state update bit for bit, the
-    output up to the order of its sum over K (which the warp count changes on a GPU)."""
+    output up to the order of its sum over K (which the warp count changes on a GPU). Rows at a negative
+    position (left padding) only decay."""
     from retnet.ops.retention import recurrent
 
     B, H, K, V = 2, 2, 32, 40
-    qkv, state, _, _, _ = _inputs(B, 1, H, K, V, torch.float32, 3, True)
+    qkv, state, _, _, _ = _inputs(B, 1, H, K, V, torch.float32, [-1, 3], True)
     lg = log_decay_schedule(H, device=DEVICE)
     q, k, v = (x.to(DEVICE) for x in qkv)
     outs = []
     for launch in (None, (16, 4), (64, 8)):
         monkeypatch.setattr(recurrent, "STEP_LAUNCH", launch)
         st = RetentionState(*(x.to(DEVICE).clone() for x in state))
-        outs.append((retention_step(q, k, v, lg, st), st.S, st.z))
-    for o, S, z in outs[1:]:
+        outs.append((retention_step(q, k, v, lg, st), st.S, st.z, st.position))
+    for o, S, z, position in outs[1:]:
         torch.testing.assert_close(o, outs[0][0], rtol=1e-6, atol=1e-6)
-        assert torch.equal(S, outs[0][1]) and torch.equal(z, outs[0][2])
+        assert torch.equal(S, outs[0][1]) and torch.equal(z, outs[0][2]) and torch.equal(position, outs[0][3])
+    g = lg.exp().to(DEVICE)[:, None, None]
+    torch.testing.assert_close(outs[0][1][0], state.S[0].to(DEVICE) * g)  # the padded row only decays
+    assert outs[0][3].tolist() == [0, 4]
+
+
+def test_steps_under_torch_compile_match_eager():
+    """Two decode steps in one compiled graph (the op mutates S, z and position) equal two eager steps."""
+    B, H, K, V = 2, 3, 16, 24
+    qkv, state, _, _, _ = _inputs(B, 2, H, K, V, torch.float32, [-1, 4], True)
+    lg = log_decay_schedule(H, device=DEVICE)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+
+    def two_steps(st):
+        return torch.cat([retention_step(q[:, t : t + 1], k[:, t : t + 1], v[:, t : t + 1], lg, st) for t in (0, 1)])
+
+    eager = RetentionState(*(x.to(DEVICE).clone() for x in state))
+    compiled = RetentionState(*(x.to(DEVICE).clone() for x in state))
+    o_e = two_steps(eager)
+    o_c = torch.compile(two_steps, fullgraph=True)(compiled)
+    assert torch.equal(o_c, o_e)
+    for a, b in zip(compiled, eager):
+        assert torch.equal(a, b)
+    assert compiled.position.tolist() == [1, 6]
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -217,6 +217,8 @@ def launch_cfg(name: str, K: int, V: int, dtype: torch.dtype) -> tuple[int, int,
 
 MIN_SEGMENT_CHUNKS = 8
 """Shortest segment worth its pre-pass; below it, a (K block, V block, batch·head) scans the whole sequence."""
+SEGMENT_PROGRAMS_PER_SM = 4
+"""Programs per multiprocessor a split scan aims at (``plan_segments``)."""
 FORCE_SEGMENT_CHUNKS: int | None = None
 """Fix the segment length in chunks (tests use it to exercise segments at small shapes); None picks it."""
 
@@ -235,10 +237,12 @@ def _multiprocessors(device: torch.device) -> int:
 def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
     """(chunks per segment, number of segments) of the state scan.
 
-    A scan with fewer programs than half the multiprocessors is split into about two programs per
-    multiprocessor; otherwise it is not split. On an H200 (132 multiprocessors) splitting scans of 128 and 256
-    programs slowed them (H 16, K = V = 128 at T = 8192: forward 1.19 → 1.56 ms), while nine segments of a
-    32-program scan (same heads, T = 65,536) sped the forward up 1.7× (benchmarks/ops.py).
+    A scan with fewer programs than half the multiprocessors is split into about four programs per
+    multiprocessor; otherwise it is not split. On an H200 (132 multiprocessors; ``benchmarks/ops.py
+    --sweep-segments``, 1 to 16 segments): scans of 256 programs (H 16, K = V = 128, T = 8192; H 8, K 256,
+    V 512, T = 32,768) were fastest unsplit and one of 128 (H 8, K 256, V 512, T = 65,536) within 2 %;
+    a 64-program scan (H 16, K = V = 128, T = 32,768) was fastest in 8 segments (forward+backward 3.52 ms
+    unsplit, 3.28 in 5, 3.01 in 8) and a 32-program one (T = 65,536) in 16 (5.05 unsplit, 3.31 in 9, 3.03 in 16).
     """
     if FORCE_SEGMENT_CHUNKS is not None:
         seg_nt = max(1, min(FORCE_SEGMENT_CHUNKS, NT))
@@ -246,7 +250,7 @@ def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> t
     sms = _multiprocessors(device)
     if 2 * programs_per_segment > sms:
         return NT, 1
-    nseg = max(1, min(triton.cdiv(2 * sms, programs_per_segment), NT // MIN_SEGMENT_CHUNKS))
+    nseg = max(1, min(SEGMENT_PROGRAMS_PER_SM * sms // programs_per_segment, NT // MIN_SEGMENT_CHUNKS))
     seg_nt = triton.cdiv(NT, nseg)
     return seg_nt, triton.cdiv(NT, seg_nt)
 

@@ -6,7 +6,8 @@ One kernel advances the state token by token, in place:
 
 Each program owns one ``(K, BV)`` slice of one (batch, head) state and keeps it in registers across the T
 tokens, so the state is read and written once per call: decoding is bound by the state's bytes. The kernel
-allocates nothing and synchronises with nothing, so :func:`retention_step` can be captured in a CUDA graph.
+allocates nothing and synchronises with nothing, so :func:`retention_step` can be captured in a CUDA graph;
+a second, one-warp launch moves the new key sums into place and advances the positions.
 """
 
 from __future__ import annotations
@@ -65,6 +66,17 @@ def _recurrent_step_kernel(
     tl.store(z_new + i_bh * K + o_k, b_z.to(z_new.dtype.element_ty), mask=m_k & (i_v == 0))
 
 
+@triton.jit
+def _step_finish_kernel(z, z_new, position, T, H: tl.constexpr, K: tl.constexpr, BK: tl.constexpr):
+    """The step's bookkeeping in one launch: z ← z_new per (batch, head) row; position += T per batch row."""
+    i_bh = tl.program_id(0)
+    o_k = tl.arange(0, BK)
+    tl.store(z + i_bh * K + o_k, tl.load(z_new + i_bh * K + o_k, mask=o_k < K), mask=o_k < K)
+    if i_bh % H == 0:
+        p = position + i_bh // H
+        tl.store(p, tl.load(p) + T)
+
+
 STEP_LAUNCH: tuple[int, int] | None = None
 """Fix the decode kernel's (BV, num_warps) instead of the rule below (benchmarks/ops.py --sweep-decode times
 the choices); None: the rule."""
@@ -73,8 +85,10 @@ the choices); None: the rule."""
 def _step_launch(B: int, H: int, K: int, V: int) -> tuple[int, int]:
     """(BV, num_warps) of the decode kernel: narrow slices to cover the GPU when there are few (batch, head) rows,
     wide ones (fewer programs, longer contiguous rows of S) otherwise. At K = 256, V = 512 on the H200
-    (``ops.py --sweep-decode``): BV 16 is best at B·H = 8; BV 64 at B·H = 128 (73.8 % of copy bandwidth against
-    68.3 % for 16) and 1,024 (94.6 % against 92.2 % for 32)."""
+    (``ops.py --sweep-decode``, 16 steps per CUDA graph): BV 16 is best at B·H = 8 (42.6 % of copy bandwidth
+    against 37.1 % for 32); BV 64 at B·H = 128 (82.5 % against 77.0 % for 16) and 1,024 (96.4 % against 93.9 %
+    for 32). A one-token kernel that updates the slice 32 to 128 rows at a time was slower at every batch
+    (best 81.1 % at B·H = 128)."""
     if STEP_LAUNCH is not None:
         bv, warps = STEP_LAUNCH
     elif K > 128:
@@ -84,7 +98,7 @@ def _step_launch(B: int, H: int, K: int, V: int) -> tuple[int, int]:
     return min(bv, max(16, next_power_of_2(V))), warps
 
 
-@torch.library.custom_op("retnet::retention_step_", mutates_args=("S", "z"))
+@torch.library.custom_op("retnet::retention_step_", mutates_args=("S", "z", "position"))
 def _step_op(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -106,7 +120,7 @@ def _step_op(
         H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, WIDE=wide_offsets(q.numel(), v.numel(), S.numel()),
         num_warps=warps,
     )  # fmt: skip
-    z.copy_(z_new)
+    _step_finish_kernel[(B * H,)](z, z_new, position, T, H=H, K=K, BK=BK, num_warps=1)
     return o
 
 
@@ -153,6 +167,6 @@ def retention_step(
     if position.dtype != torch.long:
         raise ValueError("state.position must be int64")
     check_cuda_or_interpreter(q, S)
-    o = _step_op(q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize)
-    position.add_(T)
-    return o
+    if not position.is_contiguous():
+        raise ValueError("state.position must be contiguous (updated in place)")
+    return _step_op(q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize)
