@@ -154,11 +154,14 @@ def fits_in_memory(run, row_keys: dict, device: torch.device) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions, device and commit of this run."""
-    try:
-        sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-    except (OSError, subprocess.CalledProcessError):
-        sha = None
+    """Versions, device and commit of this run (``RETNET_GIT_SHA`` overrides the checkout's: a copied tree may
+    carry another checkout's ``.git``)."""
+    sha = os.environ.get("RETNET_GIT_SHA")
+    if not sha:
+        try:
+            sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
+        except (OSError, subprocess.CalledProcessError):
+            sha = None
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -169,7 +172,9 @@ def environment(device: torch.device) -> dict:
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:
-    return "out of memory" if row.get("oom") else format(row[key], fmt)
+    if row.get("oom"):
+        return "out of memory"
+    return "–" if row[key] is None else format(row[key], fmt)  # None: peak memory off the GPU
 
 
 def _ratio(retnet_row: dict, transformer_row: dict) -> str:
@@ -185,7 +190,7 @@ def write_report(results: dict, out: Path) -> str:
     for r, t in zip(results["training"]["retnet"], results["training"]["transformer"]):
         lines.append(
             f"| {r['T']} | {_cell(r, 'tokens_per_s', ',.0f')} | {_cell(t, 'tokens_per_s', ',.0f')} | "
-            f"{_ratio(r, t)} | {_cell(r, 'peak_gib', '')} | {_cell(t, 'peak_gib', '')} |"
+            f"{_ratio(r, t)} | {_cell(r, 'peak_gib', '.1f')} | {_cell(t, 'peak_gib', '.1f')} |"
         )
     lines += ["", "## Decoding", "", "| B | context | RetNet tokens/s | Transformer tokens/s | ratio | "
               "RetNet state GiB/seq | Transformer cache GiB/seq |", "|---|---|---|---|---|---|---|"]  # fmt: skip

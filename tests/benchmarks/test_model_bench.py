@@ -30,7 +30,10 @@ def test_model_benchmark_smoke(tmp_path):
     # RetNet's state does not grow with the context; the KV cache does.
     assert retnet[0]["state_gib_per_sequence"] == retnet[1]["state_gib_per_sequence"] > 0
     assert transformer[1]["state_gib_per_sequence"] > transformer[0]["state_gib_per_sequence"] > 0
-    assert (tmp_path / "results.md").read_text().startswith("## Training")
+    report = (tmp_path / "results.md").read_text()
+    assert report.startswith("## Training")
+    peak = results["training"]["retnet"][0]["peak_gib"]
+    assert f"| {peak:.1f} |" in report if peak is not None else "| – | – |" in report  # GiB to one decimal
     assert (tmp_path / "decode.png").is_file()
 
 
@@ -52,3 +55,25 @@ def test_configurations_that_do_not_fit_are_recorded(tmp_path, monkeypatch):
         assert "oom" not in rows[0] and rows[1] == {"B": 2, "context": 32, "oom": True}
     table = (tmp_path / "results.md").read_text()
     assert "| 2 | 32 | out of memory | out of memory | – |" in table
+
+
+def test_rows_are_saved_as_they_are_measured(tmp_path, monkeypatch):
+    """A run stopped midway (here: an error in its first decoding row) keeps the rows measured before it."""
+    bench = _load()
+
+    def broken(*args):
+        raise RuntimeError("stopped")
+
+    monkeypatch.setattr(bench, "bench_decoding", broken)
+    monkeypatch.setenv("RETNET_GIT_SHA", "abc1234")
+    argv = ["--preset", "debug", "--device", "cpu", "--dtype", "fp32", "--train-T", "16", "32", "--tokens-per-step",
+            "32", "--steps", "1", "--decode-B", "2", "--decode-context", "8", "--out", str(tmp_path)]  # fmt: skip
+    try:
+        bench.main(argv)
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("the broken decoding row should have stopped the run")
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert [r["T"] for r in saved["training"]["retnet"]] == [16, 32] and not saved["decoding"].get("retnet")
+    assert saved["environment"]["git_sha"] == "abc1234"
