@@ -4,6 +4,7 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -68,12 +69,8 @@ def test_rows_are_saved_as_they_are_measured(tmp_path, monkeypatch):
     monkeypatch.setenv("RETNET_GIT_SHA", "abc1234")
     argv = ["--preset", "debug", "--device", "cpu", "--dtype", "fp32", "--train-T", "16", "32", "--tokens-per-step",
             "32", "--steps", "1", "--decode-B", "2", "--decode-context", "8", "--out", str(tmp_path)]  # fmt: skip
-    try:
+    with pytest.raises(RuntimeError, match="stopped"):
         bench.main(argv)
-    except RuntimeError:
-        pass
-    else:
-        raise AssertionError("the broken decoding row should have stopped the run")
     saved = json.loads((tmp_path / "results.json").read_text())
     assert [r["T"] for r in saved["training"]["retnet"]] == [16, 32] and not saved["decoding"].get("retnet")
     assert saved["environment"]["git_sha"] == "abc1234"

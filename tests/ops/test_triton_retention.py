@@ -296,6 +296,25 @@ def test_decode_launch_choices_give_identical_steps(monkeypatch):
     assert outs[0][3].tolist() == [0, 4]
 
 
+def test_step_rejects_a_state_it_cannot_update_in_place():
+    B, H, K, V = 2, 2, 16, 8
+    qkv, state, _, _, _ = _inputs(B, 1, H, K, V, torch.float32, 0, True)
+    lg = log_decay_schedule(H, device=DEVICE)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+    S, z, pos = (x.to(DEVICE) for x in state)
+    bad = [
+        ("does not match", RetentionState(S[:1], z[:1], pos[:1])),
+        ("contiguous float32", RetentionState(S.double(), z, pos)),
+        ("contiguous float32", RetentionState(S.transpose(-1, -2).contiguous().transpose(-1, -2), z, pos)),
+        ("int64", RetentionState(S, z, pos.int())),
+        ("position must be contiguous", RetentionState(S, z, torch.stack([pos, pos], 1)[:, 0])),
+    ]
+    for message, st in bad:
+        with pytest.raises(ValueError, match=message):
+            retention_step(q, k, v, lg, st)
+    assert torch.equal(S, state.S.to(DEVICE)) and torch.equal(pos, state.position.to(DEVICE))  # untouched
+
+
 def test_steps_under_torch_compile_match_eager():
     """Two decode steps in one compiled graph (the op mutates S, z and position) equal two eager steps."""
     B, H, K, V = 2, 3, 16, 24

@@ -155,7 +155,7 @@ def retention_step(
         o: ``(B, T, H, V)`` in v's dtype.
 
     Raises:
-        ValueError: if the state is not float32, contiguous, or of the wrong shape.
+        ValueError: if the state is not float32, contiguous (S, z and position), or of the wrong shape.
     """
     S, z, position = state
     B, T, H, K = q.shape
