@@ -20,6 +20,7 @@ import math
 import os
 import subprocess
 import sys
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -223,6 +224,13 @@ def _decode_bytes(B, H, K, V):
     return B * H * (K * V * 4 * 2 + K * 4 * 2 + (2 * K + 2 * V) * 2)
 
 
+def _graphed_bw_frac(q, k, v, lg, state, bw):
+    """Fraction of copy bandwidth ``bw`` of one decode step, ``GRAPH_STEPS`` steps per CUDA graph."""
+    B, _, H, K = q.shape
+    ms = _time_graphed_step(q, k, v, lg, state, steps=GRAPH_STEPS)
+    return _decode_bytes(B, H, K, v.shape[-1]) / (ms * 1e-3) / bw
+
+
 def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), (32, 2), (32, 8), (64, 8), (128, 8))):
     """Time the decode step's (BV, num_warps) choices at cfg A (``GRAPH_STEPS`` one-token steps per CUDA
     graph); returns the fraction of copy bandwidth of each."""
@@ -231,20 +239,11 @@ def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), 
     out = {}
     for B in batches:
         state, q, k, v = _decode_inputs(B, H, K, V)
-        res = {}
-        for launch in launches:
-            rc.STEP_LAUNCH = launch
-            try:
-                ms = _time_graphed_step(q, k, v, lg, state, steps=GRAPH_STEPS)
-                res[str(launch)] = _decode_bytes(B, H, K, V) / (ms * 1e-3) / bw
-            except Exception as e:  # out of registers for this slice
-                res[str(launch)] = f"n/a {type(e).__name__}"
-        rc.STEP_LAUNCH = None
-        ok = {key: x for key, x in res.items() if isinstance(x, float)}
-        best = max(ok, key=ok.get) if ok else None
-        print(f"  decode sweep B={B:4d} (BV, warps): best {best} " + "  ".join(
-            f"{key}:{x * 100:.1f}%" if isinstance(x, float) else f"{key}:{x}" for key, x in res.items()))  # fmt: skip
-        out[str(B)] = {"bw_frac": res, "best": best}
+        out[str(B)] = time_variants(
+            f"decode sweep B={B:4d} (BV, warps):", {str(c): c for c in launches},
+            partial(setattr, rc, "STEP_LAUNCH"), partial(_graphed_bw_frac, q, k, v, lg, state, bw), None,
+            higher_is_better=True, show="{:.1%}",
+        )  # fmt: skip
     return out
 
 
@@ -292,21 +291,31 @@ SWEEP_VARIANTS: dict[str, list[tuple[int, int, int, int]]] = {
 SWEEP_KERNELS = tuple(ckf.BLOCK_TABLE)
 
 
-def _sweep_one(label, table, key, variants, time_fn):
-    base = table[key]
+def time_variants(label, variants, apply, measure, default, higher_is_better=False, show="{:.3f}"):
+    """Run ``measure()`` once per variant, each set by ``apply(variant)``, then ``apply(default)``; prints them
+    and returns ``{"results": {name: value or "n/a Error"}, "best": name}``.
+
+    Args:
+        variants: ``{name: variant}``; a variant whose launch fails (out of registers or shared memory) is
+            recorded as "n/a" and skipped.
+        higher_is_better: pick the largest value (a bandwidth fraction) instead of the smallest (ms).
+        show: format of each value in the printed line.
+    """
     res = {}
-    for c in variants:
-        table[key] = c
-        try:
-            res[str(c)] = time_fn()
-        except Exception as e:  # out of registers / shared memory for this block shape
-            res[str(c)] = f"n/a {type(e).__name__}"
-        torch.cuda.empty_cache()
-    table[key] = base
+    try:
+        for name, variant in variants.items():
+            apply(variant)
+            try:
+                res[name] = measure()
+            except Exception as e:
+                res[name] = f"n/a {type(e).__name__}"
+            torch.cuda.empty_cache()
+    finally:
+        apply(default)
     ok = {k: v for k, v in res.items() if isinstance(v, float)}
-    best = min(ok, key=ok.get) if ok else None
-    print(f"  sweep {label:28s} best {best} {ok.get(best, float('nan')):.3f} ms  " + "  ".join(
-        f"{k}:{v:.3f}" if isinstance(v, float) else f"{k}:{v}" for k, v in res.items()))  # fmt: skip
+    best = (max if higher_is_better else min)(ok, key=ok.get) if ok else None
+    print(f"  {label} best {best}  " + "  ".join(
+        f"{k}:{show.format(v)}" if isinstance(v, float) else f"{k}:{v}" for k, v in res.items()))  # fmt: skip
     return {"results": res, "best": best}
 
 
@@ -324,9 +333,11 @@ def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
         shape = (B, T, H, K, V)
         for kern in kernels:
             backward = kern not in ("state_fwd", "output_fwd")
-            time_fn = lambda fn=fn, shape=shape, backward=backward: time_op(fn, *shape, backward)
-            label = f"{cfg} {kern} (BK,BV,w,st)"
-            out[f"{cfg}/{kern}"] = _sweep_one(label, ckf.BLOCK_TABLE, kern, SWEEP_VARIANTS[kern], time_fn)
+            out[f"{cfg}/{kern}"] = time_variants(
+                f"sweep {cfg} {kern} (BK,BV,w,st)", {str(c): c for c in SWEEP_VARIANTS[kern]},
+                partial(ckf.BLOCK_TABLE.__setitem__, kern), partial(time_op, fn, *shape, backward),
+                ckf.BLOCK_TABLE[kern],
+            )  # fmt: skip
     return out
 
 
@@ -345,24 +356,13 @@ def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
         for T in SEGMENT_SWEEP[cfg]:
             B, NT = TOKENS // T, triton.cdiv(T, CHUNK)
             for backward in (False, True):
-                res = {}
-                for n in (None, *counts):
-                    if n is not None and NT // n < ckf.MIN_SEGMENT_CHUNKS:
-                        continue
-                    ckf.FORCE_SEGMENT_CHUNKS = None if n is None else triton.cdiv(NT, n)
-                    key = "planner" if n is None else str(n)
-                    try:
-                        res[key] = time_op(fn, B, T, H, K, V, backward)
-                    except Exception as e:
-                        res[key] = f"n/a {type(e).__name__}"
-                    torch.cuda.empty_cache()
-                ckf.FORCE_SEGMENT_CHUNKS = None
+                chunks = {"planner": None}
+                chunks |= {str(n): triton.cdiv(NT, n) for n in counts if NT // n >= ckf.MIN_SEGMENT_CHUNKS}
                 label = f"{cfg} T={T} {'fwd+bwd' if backward else 'fwd'}"
-                ok = {k: x for k, x in res.items() if isinstance(x, float)}
-                best = min(ok, key=ok.get) if ok else None
-                print(f"  segments {label:18s} best {best}  " + "  ".join(
-                    f"{k}:{x:.3f}" if isinstance(x, float) else f"{k}:{x}" for k, x in res.items()))  # fmt: skip
-                out[label] = {"ms": res, "best": best}
+                out[label] = time_variants(
+                    f"segments {label}", chunks, partial(setattr, ckf, "FORCE_SEGMENT_CHUNKS"),
+                    partial(time_op, fn, B, T, H, K, V, backward), None,
+                )  # fmt: skip
     return out
 
 

@@ -40,3 +40,21 @@ def test_from_json_merges_runs_and_reports_ratios_and_memory(tmp_path, capsys):
     assert cells[3] == "3.000" and cells[9] == "2.00"  # ours ms; FLA / ours
     assert cells[-2:] == ["3.00", "4.00"]  # peak GiB of ours and of FLA
     assert "cudnn" in line and "5.00" in cells  # best SDPA backend and its ratio to ours
+
+
+def test_time_variants_picks_the_best_skips_failures_and_restores_the_default(capsys):
+    current = {"value": "default"}
+    timings = {"a": 3.0, "b": 1.0, "c": 2.0}
+
+    def measure():
+        if current["value"] == "broken":
+            raise RuntimeError("out of resources")
+        return timings[current["value"]]
+
+    apply = lambda v: current.__setitem__("value", v)  # noqa: E731
+    variants = {"a": "a", "b": "b", "broken": "broken", "c": "c"}
+    fastest = ops.time_variants("sweep x", variants, apply, measure, "default")
+    assert fastest == {"results": {"a": 3.0, "b": 1.0, "broken": "n/a RuntimeError", "c": 2.0}, "best": "b"}
+    assert current["value"] == "default"
+    widest = ops.time_variants("sweep y", variants, apply, measure, "default", higher_is_better=True, show="{:.1%}")
+    assert widest["best"] == "a" and "a:300.0%" in capsys.readouterr().out
