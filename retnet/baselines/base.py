@@ -1,8 +1,10 @@
-"""The token-mixer interface shared by every architecture of the comparison (paper §3.4, Tables 5 and 6).
+"""``RecurrentMixer``: a token mixer (:class:`retnet.model.TokenMixer`) made of a parallel path and a one-token step.
 
-A mixer maps ``(B, T, D) -> (B, T, D)`` causally. Without a state it runs its parallel training path (and can
-return the state after the segment); with a state it continues token by token through :meth:`TokenMixer.step`,
-its recurrent decoding. ``forward(x, state=None, output_state=False) -> (y, state)``.
+Every baseline of the comparison (paper §3.4, Tables 5 and 6) has a parallel training path over a whole segment
+(:meth:`RecurrentMixer.parallel`) and a recurrent decoding step (:meth:`RecurrentMixer.step`). The protocol's
+call runs the parallel path from an empty state and otherwise continues a state token by token, so the forms
+differ only in how the function is evaluated. The baselines count positions themselves (from their states) and
+support neither left padding nor packed documents.
 """
 
 from __future__ import annotations
@@ -13,21 +15,45 @@ import torch
 from torch import nn
 
 
-class TokenMixer(nn.Module):
+class RecurrentMixer(nn.Module):
     """Base class: subclasses implement :meth:`parallel`, :meth:`step` and :meth:`empty_state`."""
 
-    def forward(self, x: torch.Tensor, *, state: Any = None, output_state: bool = False) -> tuple[torch.Tensor, Any]:
+    def forward(
+        self,
+        x: torch.Tensor,
+        *,
+        form: str = "chunkwise",
+        chunk_size: int | None = None,
+        state: Any = None,
+        offset: int | torch.Tensor | None = None,
+        cu_seqlens: torch.Tensor | None = None,
+        positions: torch.Tensor | None = None,
+        output_state: bool = False,
+    ) -> tuple[torch.Tensor, Any]:
         """Mix tokens.
 
         Args:
             x: ``(B, T, D)``.
+            form: ``"recurrent"`` steps token by token (from :meth:`empty_state` when ``state`` is None); the
+                other forms run the parallel path when ``state`` is None.
+            chunk_size: ignored (each mixer chunks its parallel path its own way).
             state: state of an earlier segment (or :meth:`empty_state`); the call then continues it exactly,
                 one token at a time.
+            offset: must be None (no left padding).
+            cu_seqlens: must be None (no packed documents).
+            positions: ignored (positions follow from the state).
             output_state: also return the state after the segment.
 
         Returns:
             ``(y, state)``: y ``(B, T, D)`` in x's dtype; the new state, or None unless ``output_state``.
+
+        Raises:
+            ValueError: an ``offset`` or ``cu_seqlens``.
         """
+        if offset is not None or cu_seqlens is not None:
+            raise ValueError(f"{type(self).__name__} supports neither offset (left padding) nor cu_seqlens")
+        if state is None and form == "recurrent":
+            state = self.empty_state(x.shape[0], x.device, x.dtype)
         if state is None:
             y, new_state = self.parallel(x, output_state=output_state)
             return y, (new_state if output_state else None)

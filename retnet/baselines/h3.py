@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .base import TokenMixer
+from .base import RecurrentMixer
 from .conv import ShortConv, compute_dtype, fft_conv
 
 
@@ -64,7 +64,7 @@ class DiagonalSSM(nn.Module):
         return 2 * torch.einsum("hm,hmt->ht", Ct, vandermonde).real
 
 
-class H3(TokenMixer):
+class H3(RecurrentMixer):
     """The H3 layer.
 
     Args:

@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .base import TokenMixer
+from .base import RecurrentMixer
 from .conv import ShortConv, compute_dtype, fft_conv
 
 
@@ -81,8 +81,21 @@ class HyenaFilter(nn.Module):
             nn.Linear(filter_size, num_filters * hidden_size, bias=False),
         )
         max_decay, min_decay = math.log(target) / fast_decay_pct, math.log(target) / slow_decay_pct
-        self.register_buffer("deltas", torch.linspace(min_decay, max_decay, hidden_size).abs(), persistent=False)
+        self.decay_range = (min_decay, max_decay)
+        self._deltas: dict[tuple, torch.Tensor] = {}
         self.bias = nn.Parameter(torch.randn(num_filters, hidden_size))
+
+    def deltas(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """``(D,)`` per-channel decay rates |δ_c| of the window, cached per device and dtype.
+
+        A fixed function of D, computed in float32 on the host as before; not a buffer, so that a model built on
+        the meta device (the verified checkpoint loader) needs nothing but its state dict.
+        """
+        key = (device, dtype)
+        if key not in self._deltas:
+            rates = torch.linspace(*self.decay_range, self.hidden_size, dtype=torch.float32, device="cpu").abs()
+            self._deltas[key] = rates.to(device=device, dtype=dtype)
+        return self._deltas[key]
 
     def reset_parameters(self) -> None:
         """PyTorch's default ``nn.Linear`` initialisation for the filter network (as in the Hyena code)."""
@@ -103,7 +116,7 @@ class HyenaFilter(nn.Module):
             h = z
             for module in self.mlp:
                 h = _apply(module, h)
-        h = h * torch.exp(-t * self.deltas.to(dt))  # (T, (N − 1)·D) times the decay window
+        h = h * torch.exp(-t * self.deltas(positions.device, dt))  # (T, (N − 1)·D) times the decay window
         return h.T.reshape(self.num_filters, self.hidden_size, -1)  # (N − 1, D, T)
 
 
@@ -115,7 +128,7 @@ def _apply(module: nn.Module, h: torch.Tensor) -> torch.Tensor:
     return module(h)
 
 
-class Hyena(TokenMixer):
+class Hyena(RecurrentMixer):
     """The Hyena operator.
 
     Args:

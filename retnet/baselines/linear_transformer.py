@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..ops.retention import RetentionState, retention
-from .base import TokenMixer
+from .base import RecurrentMixer
 from .conv import compute_dtype
 
 
@@ -22,7 +22,7 @@ def feature_map(x: torch.Tensor) -> torch.Tensor:
     return nn.functional.elu(x) + 1.0
 
 
-class LinearAttention(TokenMixer):
+class LinearAttention(RecurrentMixer):
     """Multi-head causal linear attention.
 
     Args:

@@ -20,7 +20,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from .base import TokenMixer
+from .base import RecurrentMixer
 from .conv import compute_dtype
 
 NEG = -1e30  # log of an empty sum: finite, so that differences stay finite; exp(NEG − m) underflows to 0
@@ -110,7 +110,7 @@ def wkv_chunked(k, v, w, u, chunk_size: int = 16):
     return wkv, (a, b, p)
 
 
-class RWKVTimeMix(TokenMixer):
+class RWKVTimeMix(RecurrentMixer):
     """RWKV-4 time mixing (attention replacement).
 
     Args:

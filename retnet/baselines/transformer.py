@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from ..layers.position import apply_rotation
-from .base import TokenMixer
+from .base import RecurrentMixer
 
 
 class KVCache(NamedTuple):
@@ -25,7 +25,7 @@ class KVCache(NamedTuple):
     position: torch.Tensor
 
 
-class CausalSelfAttention(TokenMixer):
+class CausalSelfAttention(RecurrentMixer):
     """Multi-head causal self-attention.
 
     Args:

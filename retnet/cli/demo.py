@@ -14,7 +14,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     """Print the largest difference between forms and a greedy continuation."""
-    from ..model.demo import forms_demo
+    from ..generation.demo import forms_demo
 
     report = forms_demo(args.preset, args.length, args.seed)
     for line in report:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from torch import nn
 
 from ..baselines import MixerLM, MixerLMConfig
-from ..model import RetNetConfig, RetNetForCausalLM
+from ..generation import RetNetForCausalLM
+from ..model import RetNetConfig
 
 TABLE5 = ("transformer", "linear_transformer", "rwkv", "h3", "hyena", "retnet")
 TABLE6 = ("retnet", "retnet-no-swish", "retnet-no-groupnorm", "retnet-no-decay", "retnet-single-decay",

@@ -13,7 +13,7 @@ import torch
 from transformers import AutoConfig, AutoModelForCausalLM, PreTrainedModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
-from ..model.modeling import RetNetForCausalLM
+from ..generation import RetNetForCausalLM
 from .configuration import RetNetHFConfig
 
 # Newer transformers name the output's cache field ``cache``; older ones ``past_key_values``.

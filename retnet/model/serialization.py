@@ -10,7 +10,6 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ..utils.files import atomic_write, sha256_file
-from .config import RetNetConfig
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -46,7 +45,7 @@ def load_pretrained(cls, directory, *, device=None, dtype=None):
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found (not a retnet checkpoint directory?)")
-    config = RetNetConfig.load(directory / CONFIG_NAME)
+    config = cls.config_class.load(directory / CONFIG_NAME)
     if (directory / CHECKSUM_NAME).is_file():
         expected = json.loads((directory / CHECKSUM_NAME).read_text()).get(WEIGHTS_NAME)
         if expected is not None and sha256_file(directory / WEIGHTS_NAME) != expected:
@@ -58,7 +57,7 @@ def load_pretrained(cls, directory, *, device=None, dtype=None):
     with torch.device("meta"):
         model = cls(config)
     if config.tie_word_embeddings:
-        state.setdefault("lm_head.weight", state.get("model.embed_tokens.weight"))
+        state.setdefault("lm_head.weight", state.get(cls.embedding_weight_name()))
     expected_shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     missing = sorted(set(expected_shapes) - set(state))
     unexpected = sorted(set(state) - set(expected_shapes))
@@ -69,7 +68,7 @@ def load_pretrained(cls, directory, *, device=None, dtype=None):
             raise ValueError(f"checkpoint tensor {k} has shape {tuple(state[k].shape)}, config expects {shape}")
     model.load_state_dict(state, assign=True)
     if config.tie_word_embeddings:
-        model.lm_head.weight = model.model.embed_tokens.weight
+        model.tie_weights()
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model

@@ -13,7 +13,8 @@ import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from ..data import StreamDecoder, Tokenizer, load_tokenizer
-from ..model import RetNetConfig, RetNetForCausalLM
+from ..generation import RetNetForCausalLM
+from ..model import RetNetConfig
 from . import checkpoint as ckpt_io
 
 

@@ -6,8 +6,8 @@ import time
 
 import torch
 
-from .config import RetNetConfig
-from .modeling import RetNetForCausalLM
+from ..model import RetNetConfig
+from .models import RetNetForCausalLM
 
 
 def forms_demo(preset: str = "tiny", length: int = 200, seed: int = 0) -> list[str]:
