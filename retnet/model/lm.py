@@ -12,10 +12,12 @@ only definition), parameter counts and checkpoints through the verified loader o
 :mod:`retnet.model.serialization`.
 
 A specialisation is a config and a mixer: it sets ``config_class``, ``block_class`` (a :class:`DecoderBlock`
-that builds the mixer and names the sublayers), ``trunk_name`` and ``_init_weights``. ``trunk_name`` says where
-the trunk (``embed_tokens``, ``layers``, ``layer_norm``) sits, so that each family keeps the parameter names its
-checkpoints already use: ``"model"`` puts it in a submodule (RetNet: torchscale's ``model.layers.0.retention.*``),
-``""`` on the language model itself (the baselines: ``layers.0.mixer.*``).
+that builds the mixer and names the sublayers), ``_init_weights`` and what its mixers cannot do
+(``supports_left_padding``, ``supports_packed_documents``). ``trunk_name`` says where the trunk
+(``embed_tokens``, ``layers``, ``layer_norm``) sits, so that each family keeps the parameter names its checkpoints
+already use: ``""`` (the default) on the language model itself (the baselines: ``layers.0.mixer.*``), or a
+submodule that ``_build_trunk`` registers under that name (RetNet: ``"model"``, torchscale's
+``model.layers.0.retention.*``).
 
 Generation is not part of the model package (dependencies point model ← generation):
 :class:`retnet.generation.GenerationMixin` adds ``generate`` / ``stream_generate`` to the public classes.
