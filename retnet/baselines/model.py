@@ -17,7 +17,8 @@ from torch import nn
 
 from ..layers.ffn import build_ffn
 from ..layers.norm import build_norm
-from ..model.modeling import RetNetOutput
+from ..model.loss import next_token_loss
+from ..model.modeling import RetNetOutput, next_token_targets
 from ..ops.retention import FORMS
 from ..utils.checks import check_token_ids
 from .base import TokenMixer
@@ -121,6 +122,10 @@ class MixerLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        loss_impl: str = "auto",
+        return_logits: bool = True,
     ) -> RetNetOutput:
         """Logits for ``input_ids`` (RetNet's forward contract).
 
@@ -158,14 +163,14 @@ class MixerLM(nn.Module):
         for i, layer in enumerate(self.layers):
             x, state = layer(x, None if states is None else states[i], output_states)
             new_states.append(state)
-        logits = self.lm_head(self.layer_norm(x))  # (B, T, vocab)
+        hidden = self.layer_norm(x)
+        targets = next_token_targets(labels, targets, input_ids.shape)
         loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(), ignore_index=-100
+        if targets is not None:
+            loss = next_token_loss(
+                hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=loss_reduction, impl=loss_impl
             )
+        logits = self.lm_head(hidden) if return_logits else None  # (B, T, vocab)
         return RetNetOutput(logits=logits, loss=loss, states=new_states if output_states else None)
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:

@@ -16,6 +16,7 @@ from ..ops.retention import FORMS, RetentionState
 from ..utils.checks import check_token_ids, values_checkable
 from .config import RetNetConfig
 from .init import init_weights
+from .loss import IGNORE_INDEX, next_token_loss
 
 
 @dataclass
@@ -23,12 +24,12 @@ class RetNetOutput:
     """Model output.
 
     Attributes:
-        logits: ``(B, T, vocab)``.
+        logits: ``(B, T, vocab)``, or None when the call asked for the loss alone (``return_logits=False``).
         loss: mean next-token cross-entropy when labels were given, else None.
         states: one :class:`RetentionState` per layer when asked for, else None.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     states: list[RetentionState] | None = None
 
@@ -137,6 +138,10 @@ class RetNetForCausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        loss_impl: str = "auto",
+        return_logits: bool = True,
     ) -> RetNetOutput:
         """Logits for ``input_ids`` in any form; all forms give the same function.
 
@@ -149,6 +154,11 @@ class RetNetForCausalLM(nn.Module):
             attention_mask: ``(B, T)`` 1 for tokens, 0 for left padding (padding must come first in each row).
             cu_seqlens: ``(N + 1,)`` document boundaries of one packed row (B = 1): states reset at each.
             labels: ``(B, T)`` targets aligned with ``input_ids`` (shifted inside); -100 is ignored.
+            targets: ``(B, T)`` next-token targets: position t predicts ``targets[:, t]`` (-100 ignored). Give
+                ``labels`` or ``targets``, not both.
+            loss_reduction: ``"mean"`` or ``"sum"`` over the counted targets.
+            loss_impl: ``"auto"``, ``"fused"`` or ``"plain"`` (:func:`retnet.model.loss.next_token_loss`).
+            return_logits: False skips the logits when a loss is asked for (the fused loss never forms them).
 
         Returns:
             :class:`RetNetOutput`.
@@ -181,14 +191,15 @@ class RetNetForCausalLM(nn.Module):
                 cu_seqlens=cu_seqlens,
                 output_states=output_states,
             )
-        logits = self.lm_head(hidden)
+        targets = next_token_targets(labels, targets, input_ids.shape)
         loss = None
-        if labels is not None:
-            if labels.shape != input_ids.shape:
-                raise ValueError(f"labels must have the shape of input_ids {tuple(input_ids.shape)}")
-            loss = nn.functional.cross_entropy(
-                logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(), ignore_index=-100
+        if targets is not None:
+            loss = next_token_loss(
+                hidden.flatten(0, 1), self.lm_head.weight, targets.flatten(), reduction=loss_reduction, impl=loss_impl
             )
+        if not return_logits and loss is None:
+            raise ValueError("return_logits=False needs labels or targets (there would be nothing to return)")
+        logits = self.lm_head(hidden) if return_logits else None
         return RetNetOutput(logits=logits, loss=loss, states=new_states)
 
     def _recurrent(self, input_ids, states, offset, cu_seqlens, output_states):
@@ -257,6 +268,27 @@ class RetNetForCausalLM(nn.Module):
         from .torchscale import model_from_torchscale
 
         return model_from_torchscale(cls, state_dict, config)
+
+
+def next_token_targets(
+    labels: torch.Tensor | None, targets: torch.Tensor | None, shape: torch.Size
+) -> torch.Tensor | None:
+    """``(B, T)`` next-token targets from either aligned ``labels`` (shifted here; the last position is ignored)
+    or ready ``targets``; None when neither is given.
+
+    Raises:
+        ValueError: both given, or a shape other than ``shape``.
+    """
+    if labels is not None and targets is not None:
+        raise ValueError("give labels (aligned with input_ids) or targets (already shifted), not both")
+    given, name = (labels, "labels") if labels is not None else (targets, "targets")
+    if given is None:
+        return None
+    if given.shape != shape:
+        raise ValueError(f"{name} must have the shape of input_ids {tuple(shape)}, got {tuple(given.shape)}")
+    if labels is None:
+        return targets
+    return nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)  # (B, T): position t predicts t + 1
 
 
 def left_padding_offset(attention_mask: torch.Tensor, shape: torch.Size) -> torch.Tensor:
