@@ -200,7 +200,6 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
     }  # fmt: skip
     if args.profile == name:
         row["profile"] = profile_step(step, device)
-    del model, opt, ids
     return row
 
 
@@ -293,7 +292,8 @@ def write_report(results: dict, out: Path) -> str:
         if r.get("profile"):
             lines += ["", f"Profile of one {r['model']} step at T = {r['T']} (CUDA time per kernel):", ""]
             lines += ["| kernel | calls | ms | share |", "|---|---|---|---|"]
-            lines += [f"| `{p['kernel']}` | {p['calls']} | {p['ms']:.2f} | {100 * p['share']:.1f}% |" for p in r["profile"]]
+            for p in r["profile"]:
+                lines.append(f"| `{p['kernel']}` | {p['calls']} | {p['ms']:.2f} | {100 * p['share']:.1f}% |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
     plot(rows, out)
@@ -368,8 +368,8 @@ def main(argv: list[str] | None = None) -> dict:
                 row = run_row(model, cfg, T, tokens, args, device)
                 results["rows"].append(row)
                 (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-                shown = _fmt(row, "tokens_per_s", ",.0f")
-                print(f"{tokens:>6} tok/step  T {T:>6}  {model:<16} {shown:>10} tok/s  {_fmt(row, 'peak_gib', '.1f')} GiB")
+                speed, memory = _fmt(row, "tokens_per_s", ",.0f"), _fmt(row, "peak_gib", ".1f")
+                print(f"{tokens:>6} tok/step  T {T:>6}  {model:<16} {speed:>10} tok/s  {memory} GiB", flush=True)
     text = write_report(results, out)
     print(text)
     return results
