@@ -31,6 +31,7 @@ import argparse
 import contextlib
 import gc
 import json
+import multiprocessing
 import os
 import sys
 import time
@@ -42,6 +43,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
 from retnet.baselines import MixerLM, MixerLMConfig  # noqa: E402
+from retnet.model.loss import fused_loss_available  # noqa: E402
 from retnet.training.config import TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
@@ -197,10 +199,19 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
         "model": name, "T": T, "batch": B, "tokens_per_step": B * T, "tokens_per_s": B * T / seconds,
         "step_ms": seconds * 1e3, "warmup_s": warmup_s, "matmul_params": n_matmul,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+        "loss": _loss_used(name, ids),
     }  # fmt: skip
     if args.profile == name:
         row["profile"] = profile_step(step, device)
     return row
+
+
+def _loss_used(name: str, ids: torch.Tensor) -> str:
+    if name.startswith("fla"):
+        return "flash-linear-attention fused cross-entropy"
+    probe = torch.zeros(1, device=ids.device, dtype=torch.bfloat16)
+    fused = name != "transformer" and fused_loss_available(probe)
+    return "fused linear cross-entropy (liger-kernel)" if fused else "plain cross-entropy"
 
 
 def profile_step(step, device, top: int = 30) -> list[dict]:
@@ -240,21 +251,42 @@ def matmul_tflops(device) -> float | None:
 
 
 def run_row(name, cfg, T, tokens, args, device) -> dict:
-    """One row, or the row marked as out of memory / failed (recorded, not fatal)."""
+    """One row, or the row marked as out of memory / failed / crashed (recorded, not fatal).
+
+    On CUDA each row runs in a fresh process: a peer that crashes the interpreter (a compiler segfault) is
+    recorded as such, and no row inherits another's cached allocations, compiled graphs or autotuning.
+    """
+    if device.type == "cuda":
+        ctx = multiprocessing.get_context("spawn")
+        with ctx.Pool(1) as pool:
+            pending = pool.apply_async(_row_or_outcome, (name, cfg, T, tokens, args, device))
+            try:
+                outcome = pending.get(timeout=args.row_timeout)
+            except multiprocessing.TimeoutError:
+                outcome = {"error": f"no result within {args.row_timeout} s"}
+            except Exception as err:  # the worker died (a signal) or could not send its row
+                outcome = {"error": f"process failed: {type(err).__name__}: {err}"}
+    else:
+        outcome = _row_or_outcome(name, cfg, T, tokens, args, device)
+    if "tokens_per_s" in outcome:
+        return outcome
+    return {"model": name, "T": T, "tokens_per_step": max(1, tokens // T) * T, **outcome}
+
+
+def _row_or_outcome(name, cfg, T, tokens, args, device) -> dict:
     try:
         return time_training(name, cfg, T, tokens, args, device)
     except torch.OutOfMemoryError:
-        outcome = {"oom": True}
+        return {"oom": True}
     except ImportError as err:
-        outcome = {"error": f"not installed: {err}"}
+        return {"error": f"not installed: {err}"}
     except Exception as err:  # a peer that fails to compile or run is recorded as such
-        outcome = {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
+        return {"error": f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"}
     finally:
         gc.collect()
         if device.type == "cuda":
             torch.cuda.empty_cache()
         torch._dynamo.reset()
-    return {"model": name, "T": T, "tokens_per_step": max(1, tokens // T) * T, **outcome}
 
 
 # ---- report ------------------------------------------------------------------------------------------------------
@@ -348,6 +380,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--profile", choices=MODELS, default=None, help="profile one step of this model at every row")
     p.add_argument("--compile-cpu", action="store_true", help="on CPU, compile with aot_eager (a smoke test)")
+    p.add_argument("--row-timeout", type=float, default=900.0, help="seconds one row may take on CUDA")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     device = torch.device(args.device)

@@ -14,9 +14,12 @@ below float64, the package importable).
 from __future__ import annotations
 
 import functools
+import logging
 
 import torch
 import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
 
 IGNORE_INDEX = -100
 LOSS_IMPLS = ("auto", "fused", "plain")
@@ -25,10 +28,13 @@ REDUCTIONS = ("mean", "sum")
 
 @functools.cache
 def _liger_loss():
-    """liger-kernel's fused linear cross-entropy function, or None when the package is not installed."""
+    """liger-kernel's fused linear cross-entropy function, or None when the package is missing or broken."""
     try:
         from liger_kernel.transformers.functional import liger_fused_linear_cross_entropy
     except ImportError:
+        return None
+    except Exception as err:  # an installed but incompatible version: say so once, train with the plain loss
+        logger.warning("liger-kernel is installed but does not import (%s); using the plain loss", err)
         return None
     return liger_fused_linear_cross_entropy
 
