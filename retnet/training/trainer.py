@@ -66,6 +66,7 @@ class TrainResult:
     mfu: float | None = None
     skipped: int = 0
     rank: int = 0
+    first_step_s: float = 0.0
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -328,8 +329,14 @@ class _Trainer:
         train_time, train_tokens = 0.0, 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
+        first = True
         while self.step < cfg.steps:
             loss, grad_norm = self._train_step()
+            if first:  # compilation and the optimizer's state allocation happen in the first step
+                first, result.first_step_s = False, time.time() - start
+                if info.is_main:
+                    extra = " (compilation included)" if self.compiled else ""
+                    logger.info("first step took %.1f s%s", result.first_step_s, extra)
             self.step += 1
             self.tokens_seen += step_tokens
             window_tokens += step_tokens

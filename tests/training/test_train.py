@@ -161,6 +161,7 @@ def test_fast_path_resumes_exactly_and_matches_the_plain_path(dataset, tmp_path)
     _run(dataset, tmp_path / "half", steps=3, **fast, **extra)
     resumed = _run(dataset, tmp_path / "half", resume=str(tmp_path / "half"), steps=6, **fast, **extra)
     assert resumed.losses == full.losses[3:]
+    assert 0 < full.first_step_s < full.wall_s
     assert [x for _, x in full.losses] == pytest.approx([x for _, x in plain.losses], rel=1e-4)
 
 
