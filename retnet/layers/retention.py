@@ -93,9 +93,14 @@ class MultiScaleRetention(nn.Module):
     def log_decay(self, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         """``(H,)`` log γ in the compute dtype for ``dtype`` inputs (float64 for float64), cached per device."""
         key = (device, compute_dtype(dtype))
-        if key not in self._log_decay:
-            self._log_decay[key] = log_decay_schedule(self.num_heads, self.decay_schedule, dtype=key[1], device=device)
-        return self._log_decay[key]
+        cached = self._log_decay.get(key)
+        if cached is None:
+            cached = log_decay_schedule(self.num_heads, self.decay_schedule, dtype=key[1], device=device)
+            # A traced graph computes it in place (a few device ops): the cache is filled by eager calls only,
+            # because a traced write to module state cannot be replayed by activation checkpointing.
+            if not torch.compiler.is_compiling():
+                self._log_decay[key] = cached
+        return cached
 
     def forward(
         self,

@@ -37,6 +37,7 @@ from ..layers.ffn import build_ffn
 from ..layers.norm import build_norm
 from ..ops.retention import FORMS
 from ..utils.checks import check_token_ids, values_checkable
+from .loss import next_token_loss, next_token_targets
 from .mixer import TokenMixer
 from .serialization import load_pretrained, save_pretrained
 
@@ -46,13 +47,13 @@ class CausalLMOutput:
     """Model output.
 
     Attributes:
-        logits: ``(B, T, vocab)``.
-        loss: mean next-token cross-entropy when labels were given, else None.
+        logits: ``(B, T, vocab)``, or None when the call asked for the loss alone (``return_logits=False``).
+        loss: next-token cross-entropy when labels or targets were given, else None.
         states: one state per layer (the mixer's type, e.g. :class:`retnet.RetentionState`) when asked for,
             else None.
     """
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     loss: torch.Tensor | None = None
     states: list[Any] | None = None
 
@@ -202,6 +203,10 @@ class CausalLM(nn.Module):
         attention_mask: torch.Tensor | None = None,
         cu_seqlens: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        targets: torch.Tensor | None = None,
+        loss_reduction: str = "mean",
+        loss_impl: str = "auto",
+        return_logits: bool = True,
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` in any form; all forms give the same function.
 
@@ -215,6 +220,11 @@ class CausalLM(nn.Module):
                 Without ``supports_left_padding`` only an all-ones mask is accepted.
             cu_seqlens: ``(N + 1,)`` document boundaries of one packed row (B = 1): states reset at each.
             labels: ``(B, T)`` targets aligned with ``input_ids`` (shifted inside); -100 is ignored.
+            targets: ``(B, T)`` next-token targets: position t predicts ``targets[:, t]`` (-100 ignored). Give
+                ``labels`` or ``targets``, not both.
+            loss_reduction: ``"mean"`` or ``"sum"`` over the counted targets.
+            loss_impl: ``"auto"``, ``"fused"`` or ``"plain"`` (:func:`retnet.model.loss.next_token_loss`).
+            return_logits: False skips the logits when a loss is asked for (the fused loss never forms them).
 
         Returns:
             :class:`CausalLMOutput`.
@@ -223,6 +233,9 @@ class CausalLM(nn.Module):
             ValueError / TypeError: on bad ids, shapes, form, chunk size, mask, documents or states.
         """
         self._check_input_ids(input_ids)
+        targets = next_token_targets(labels, targets, input_ids.shape)
+        if not return_logits and targets is None:
+            raise ValueError("return_logits=False needs labels or targets (there would be nothing to return)")
         if form not in FORMS:
             raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
         if chunk_size is None:
@@ -240,32 +253,47 @@ class CausalLM(nn.Module):
             hidden, new_states = self._recurrent(input_ids, states, offset, cu_seqlens, output_states)
         else:
             hidden, new_states = self._hidden(input_ids, form, chunk_size, states, offset, cu_seqlens, output_states)
-        logits = self.lm_head(hidden)  # (B, T, vocab)
-        loss = None if labels is None else self.loss(hidden, labels, logits=logits)
+        logits = self.lm_head(hidden) if return_logits else None  # (B, T, vocab)
+        loss = None
+        if targets is not None:
+            loss = self.loss(hidden, targets, reduction=loss_reduction, impl=loss_impl, logits=logits)
         return CausalLMOutput(logits=logits, loss=loss, states=new_states)
 
-    def loss(self, hidden: torch.Tensor, labels: torch.Tensor, *, logits: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean next-token cross-entropy of the LM head over ``hidden``: the only place the loss is computed.
+    def loss(
+        self,
+        hidden: torch.Tensor,
+        targets: torch.Tensor,
+        *,
+        reduction: str = "mean",
+        impl: str = "auto",
+        logits: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Next-token cross-entropy of the LM head over ``hidden``: the only place the model's loss is computed.
 
         Args:
             hidden: ``(B, T, D)`` final hidden states (after the final norm).
-            labels: ``(B, T)`` targets aligned with the inputs: position t is scored against ``labels[:, t + 1]``;
-                -100 is ignored.
-            logits: ``(B, T, vocab)`` the head's output for ``hidden`` when the caller has it already (not
-                recomputed then).
+            targets: ``(B, T)`` next-token targets: position t is scored against ``targets[:, t]``; -100 is ignored
+                (:func:`retnet.model.loss.next_token_targets` makes them from aligned labels).
+            reduction: ``"mean"`` or ``"sum"`` over the counted targets.
+            impl: ``"auto"``, ``"fused"`` or ``"plain"`` (:func:`retnet.model.loss.next_token_loss`).
+            logits: ``(B, T, vocab)`` the head's output for ``hidden`` when the caller has it already: the plain
+                loss then does not recompute it.
 
         Returns:
             A float32 scalar.
 
         Raises:
-            ValueError: labels whose shape is not ``(B, T)``.
+            ValueError: targets whose shape is not ``(B, T)``, or a bad ``reduction`` / ``impl``.
         """
-        if labels.shape != hidden.shape[:2]:
-            raise ValueError(f"labels must have the shape of input_ids {tuple(hidden.shape[:2])}")
-        if logits is None:
-            logits = self.lm_head(hidden)
-        return nn.functional.cross_entropy(
-            logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten().long(), ignore_index=-100
+        if targets.shape != hidden.shape[:2]:
+            raise ValueError(f"targets must have the shape of input_ids {tuple(hidden.shape[:2])}")
+        return next_token_loss(
+            hidden.flatten(0, 1),
+            self.lm_head.weight,
+            targets.flatten(),
+            reduction=reduction,
+            impl=impl,
+            logits=None if logits is None else logits.flatten(0, 1),
         )
 
     def _padding_offset(self, attention_mask, shape, states, cu_seqlens) -> torch.Tensor | None:

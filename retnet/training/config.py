@@ -15,7 +15,10 @@ from pathlib import Path
 
 import yaml
 
-PRECISIONS = ("fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PARAM_DTYPES = ("fp32", "bf16")
+ACTIVATION_CHECKPOINTING = ("none", "selective", "full")
+LOSS_IMPLS = ("auto", "fused", "plain")
 TRAIN_FORMS = ("parallel", "chunkwise")
 SCHEDULES = ("cosine", "linear", "constant")
 STRATEGIES = ("auto", "none", "ddp", "fsdp")
@@ -120,11 +123,19 @@ class TrainConfig:
         steps: optimizer steps.
         batch_size: global batch in sequences per optimizer step (over all ranks and micro-batches).
         micro_batch_size: sequences per forward/backward on one rank; 0 means batch_size / world size.
-        precision: "fp32", "bf16" (autocast) or "fp16" (autocast + grad scaler).
+        precision: compute precision: "fp32", "bf16" (autocast) or "fp16" (autocast + grad scaler); "auto" is
+            bf16 on a GPU that supports it, else fp32.
+        param_dtype: "fp32" master weights (the default) or "bf16" parameters (and AdamW states) throughout,
+            which needs ``precision`` bf16.
         form: training form, "parallel" or "chunkwise".
         chunk_size: chunk size of the chunkwise form.
-        activation_checkpointing: recompute each block in the backward pass.
-        compile: compile every block with ``torch.compile``.
+        activation_checkpointing: "none"; "selective" (each block recomputes its elementwise work in the
+            backward pass and keeps the matrix products' and retention's outputs); "full" (each block keeps only
+            its input and recomputes everything).
+        loss: next-token loss: "fused" (linear + cross-entropy without the full logits; liger-kernel, CUDA),
+            "plain", or "auto" (fused where it can run).
+        compile: compile every block with ``torch.compile`` (whole blocks, no graph breaks); None compiles on
+            CUDA and not on CPU.
         compile_backend: the ``torch.compile`` backend ("inductor"; "aot_eager" traces without code generation).
         device: "auto", "cpu" or "cuda".
         eval_every: validate every N steps (0: only at the end).
@@ -144,11 +155,13 @@ class TrainConfig:
     steps: int = 300
     batch_size: int = 16
     micro_batch_size: int = 0
-    precision: str = "fp32"
+    precision: str = "auto"
+    param_dtype: str = "fp32"
     form: str = "chunkwise"
     chunk_size: int = 64
-    activation_checkpointing: bool = False
-    compile: bool = False
+    activation_checkpointing: str = "none"
+    loss: str = "auto"
+    compile: bool | None = None
     compile_backend: str = "inductor"
     device: str = "auto"
     eval_every: int = 100
@@ -177,6 +190,9 @@ class TrainConfig:
         """
         choices = {
             "precision": (self.precision, PRECISIONS),
+            "param_dtype": (self.param_dtype, PARAM_DTYPES),
+            "activation_checkpointing": (self.activation_checkpointing, ACTIVATION_CHECKPOINTING),
+            "loss": (self.loss, LOSS_IMPLS),
             "form": (self.form, TRAIN_FORMS),
             "nan_policy": (self.nan_policy, NAN_POLICIES),
             "optim.schedule": (self.optim.schedule, SCHEDULES),
@@ -211,6 +227,8 @@ class TrainConfig:
         for key, value in non_negative.items():
             if value < 0:
                 raise ValueError(f"config {key}={value!r} is invalid; it must be >= 0")
+        if self.param_dtype == "bf16" and self.precision not in ("auto", "bf16"):
+            raise ValueError(f"config param_dtype=bf16 needs precision bf16 (or auto), got {self.precision!r}")
         if not self.optim.lr > 0:
             raise ValueError(f"config optim.lr={self.optim.lr!r} is invalid; it must be > 0")
         if not 0 < self.data.val_fraction < 1:

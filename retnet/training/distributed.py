@@ -93,7 +93,7 @@ def resolve_strategy(strategy: str, info: DistInfo) -> str:
 def wrap_model(model: nn.Module, strategy: str, info: DistInfo, device: torch.device) -> nn.Module:
     """Apply DDP or FSDP2 to ``model`` (already on ``device``); "none" returns it unchanged.
 
-    FSDP2 shards every block of ``model.model.layers`` and then the root (embedding, final norm, LM head).
+    FSDP2 shards every block of ``model.trunk.layers`` and then the root (embedding, final norm, LM head).
     """
     if strategy == "none":
         return model
@@ -105,7 +105,7 @@ def wrap_model(model: nn.Module, strategy: str, info: DistInfo, device: torch.de
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        for block in model.model.layers:
+        for block in model.trunk.layers:
             fully_shard(block)
         fully_shard(model)
         return model

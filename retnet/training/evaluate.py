@@ -14,11 +14,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..data import WindowSampler, make_batch
 from .distributed import DistInfo, all_reduce_sum
+from .loss import lm_loss_sum
 
 
 @dataclass
@@ -88,8 +88,7 @@ def evaluate(
         idx = range(first + start, first + min(start + batch_size, per_rank))
         batch = make_batch(np.stack([sampler.window(i) for i in idx]), sep_id, reset_at_boundaries).to(device)
         with autocast or contextlib.nullcontext():
-            logits = model(batch.input_ids, form=form, chunk_size=chunk_size, cu_seqlens=batch.cu_seqlens).logits
-        nats = F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+            nats = lm_loss_sum(model, batch, form, chunk_size)
         sums[0] += nats.double()
         sums[1] += batch.num_tokens
         sums[2] += table[batch.targets].sum()

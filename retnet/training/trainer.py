@@ -20,14 +20,13 @@ from datetime import datetime
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from tqdm import tqdm
 
-from ..data import Batch, PreparedDataset, WindowSampler, make_batch
+from ..data import PreparedDataset, WindowSampler, make_batch
 from ..model import RetNetConfig, RetNetForCausalLM
 from . import checkpoint as ckpt_io
+from .activation_checkpointing import checkpoint_blocks
 from .build import ensure_dataset, model_config, pick_device
 from .config import TrainConfig
 from .distributed import (
@@ -42,6 +41,7 @@ from .distributed import (
 )
 from .evaluate import EvalResult, evaluate
 from .flops import matmul_params, peak_flops, train_flops_per_token
+from .loss import lm_loss_sum
 from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
 from .schedule import lr_at
@@ -66,31 +66,43 @@ class TrainResult:
     mfu: float | None = None
     skipped: int = 0
     rank: int = 0
+    first_step_s: float = 0.0
 
 
-def lm_loss_sum(model: nn.Module, batch: Batch, form: str, chunk_size: int) -> torch.Tensor:
-    """Summed next-token cross-entropy of ``batch`` (float32 scalar)."""
-    logits = model(batch.input_ids, form=form, chunk_size=chunk_size, cu_seqlens=batch.cu_seqlens).logits
-    return F.cross_entropy(logits.float().flatten(0, 1), batch.targets.flatten(), reduction="sum")
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``"auto"`` becomes bf16 on a GPU that supports it and fp32 elsewhere; other values pass through."""
+    if precision != "auto":
+        return precision
+    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def apply_activation_checkpointing(model: RetNetForCausalLM) -> None:
-    """Recompute every block in the backward pass (parameter names are unchanged)."""
-    for block in model.model.layers:
-        block.forward = _checkpointed(block.forward)
-
-
-def _checkpointed(fn):
-    def forward(*args, **kwargs):
-        return checkpoint(fn, *args, use_reentrant=False, **kwargs)
-
-    return forward
-
-
-def _autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.precision == "fp32":
+def autocast_context(precision: str, device: torch.device):
+    """The autocast context of a resolved precision (none for fp32)."""
+    if precision == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.precision == "bf16" else torch.float16)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
+
+
+def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """Parameter dtype, activation checkpointing and compilation of a freshly built model, in place.
+
+    This is the fast training path of ``retnet train`` (and of ``benchmarks/train.py``, which times it): bf16
+    parameters when ``cfg.param_dtype`` says so, per-block activation checkpointing, and every block compiled as
+    one graph (``fullgraph``: a graph break is an error, not a silent slowdown).
+    """
+    if cfg.param_dtype == "bf16":
+        model.to(torch.bfloat16)
+    blocks = model.trunk.layers
+    checkpoint_blocks(blocks, cfg.activation_checkpointing)
+    if resolve_compile(cfg.compile, device):
+        for block in blocks:
+            block.compile(backend=cfg.compile_backend, fullgraph=True)
+    return model
+
+
+def resolve_compile(compile: bool | None, device: torch.device) -> bool:
+    """``None`` compiles on CUDA and not on CPU (where compiling costs more than it saves at test sizes)."""
+    return device.type == "cuda" if compile is None else compile
 
 
 def resolve_run_dir(cfg: TrainConfig, resume: str | None, info: DistInfo) -> Path:
@@ -157,16 +169,16 @@ class _Trainer:
             self.model_cfg = base.config
         self.model_cls = type(base)
         self.num_params = base.num_parameters()
-        if cfg.activation_checkpointing:
-            apply_activation_checkpointing(base)
-        if cfg.compile:
-            for block in base.model.layers:
-                block.compile(backend=cfg.compile_backend)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        if cfg.param_dtype == "bf16" and self.precision != "bf16":
+            raise ValueError(f"param_dtype bf16 needs bf16 compute; {self.device.type} resolved to {self.precision}")
+        self.compiled = resolve_compile(cfg.compile, self.device)
+        prepare_model(base, cfg, self.device)
         self.strategy = resolve_strategy(cfg.parallel.strategy, info)
         self.model = wrap_model(base, self.strategy, info, self.device)
         self.optimizer = build_optimizer(self.model, cfg.optim)
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=cfg.precision == "fp16")
-        self.autocast = _autocast(cfg, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+        self.autocast = autocast_context(self.precision, self.device)
         self.step, self.tokens_seen, self.skipped, self.consecutive_skips = 0, 0, 0, 0
         if isinstance(self.model_cfg, RetNetConfig):
             self.flops_per_token = train_flops_per_token(
@@ -175,7 +187,7 @@ class _Trainer:
         else:  # another architecture (model_factory): the 6·N matrix-product estimate only
             self.flops_per_token = 6.0 * matmul_params(self.model_cfg, self.num_params)
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "cpu"
-        self.peak = peak_flops(name, cfg.precision, cfg.peak_tflops)
+        self.peak = peak_flops(name, self.precision, cfg.peak_tflops)
 
     # ---- state -------------------------------------------------------------------------------------------
     def _write_extras(self, folder: Path) -> None:
@@ -231,7 +243,7 @@ class _Trainer:
             batch = make_batch(part, self.data.sep_id, cfg.data.reset_at_boundaries).to(self.device)
             last = i == n_micro - 1
             with self._sync_context(last), self.autocast:
-                loss_sum = lm_loss_sum(self.model, batch, cfg.form, cfg.chunk_size)
+                loss_sum = lm_loss_sum(self.model, batch, cfg.form, cfg.chunk_size, cfg.loss)
             self.scaler.scale(loss_sum * scale).backward()
             total += loss_sum.detach().double()
         all_reduce_sum(total)
@@ -317,8 +329,14 @@ class _Trainer:
         train_time, train_tokens = 0.0, 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
+        first = True
         while self.step < cfg.steps:
             loss, grad_norm = self._train_step()
+            if first:  # compilation and the optimizer's state allocation happen in the first step
+                first, result.first_step_s = False, time.time() - start
+                if info.is_main:
+                    extra = " (compilation included)" if self.compiled else ""
+                    logger.info("first step took %.1f s%s", result.first_step_s, extra)
             self.step += 1
             self.tokens_seen += step_tokens
             window_tokens += step_tokens

@@ -16,6 +16,7 @@ from retnet.generation import GenerationMixin
 from retnet.layers import MultiScaleRetention
 from retnet.model import CausalLM, CausalLMOutput, RetNetOutput
 from retnet.model import RetNetForCausalLM as CoreRetNet
+from retnet.model.loss import next_token_targets
 from retnet.model.mixer import MIXER_ARGUMENTS
 from tests.utils import assert_close
 
@@ -102,9 +103,10 @@ def test_loss_method_is_the_shifted_cross_entropy(name):
     expected = -log_probs.gather(-1, labels[:, 1:].clamp(min=0)[..., None])[..., 0][keep].mean()
     assert_close(out.loss, expected, 1e-6, "loss")
     hidden, _ = model._hidden(ids, "chunkwise", 64, None, None, None, False)
-    assert torch.equal(model.loss(hidden, labels), out.loss)  # computing the head inside gives the same bits
+    targets = next_token_targets(labels, None, ids.shape)
+    assert torch.equal(model.loss(hidden, targets), out.loss)  # computing the head inside gives the same bits
     with pytest.raises(ValueError, match="shape of input_ids"):
-        model.loss(hidden, labels[:, 1:])
+        model.loss(hidden, targets[:, 1:])
 
 
 def test_state_dict_names_are_unchanged():

@@ -27,7 +27,7 @@ def test_yaml_then_overrides(tmp_path):
         (["--bogus=1"], "unknown config key 'bogus'"),
         (["--optim.lr=abc"], "optim.lr='abc' is invalid; expected float"),
         (["--steps=1.5"], "steps=1.5 is invalid; expected int"),
-        (["--precision=fp8"], "precision='fp8' is invalid; expected one of fp32, bf16, fp16"),
+        (["--precision=fp8"], "precision='fp8' is invalid; expected one of auto, fp32, bf16, fp16"),
         (["--optim.lr=-1"], "optim.lr=-1.0 is invalid"),
         (["--model=3"], "config model must be a mapping"),
         (["--steps"], "has no value"),

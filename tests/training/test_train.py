@@ -67,7 +67,7 @@ def test_accumulation_and_forms_agree(dataset, tmp_path):
     base = _run(dataset, tmp_path / "a", steps=4)
     accum = _run(dataset, tmp_path / "b", steps=4, micro_batch_size=1)
     parallel = _run(dataset, tmp_path / "c", steps=4, form="parallel")
-    ckpt = _run(dataset, tmp_path / "d", steps=4, activation_checkpointing=True)
+    ckpt = _run(dataset, tmp_path / "d", steps=4, activation_checkpointing="full")
     rows = _run(dataset, tmp_path / "e", steps=4, **{"data.reset_at_boundaries": False})
     for other in (accum, parallel, ckpt):
         assert [x for _, x in other.losses] == pytest.approx([x for _, x in base.losses], rel=1e-5)
@@ -97,9 +97,9 @@ def _nan_at(monkeypatch, step, kind="loss"):
     calls = {"n": 0}
     real = trainer_mod.lm_loss_sum
 
-    def loss_with_nan(model, batch, form, chunk_size):
+    def loss_with_nan(model, batch, *args):
         calls["n"] += 1
-        loss = real(model, batch, form, chunk_size)
+        loss = real(model, batch, *args)
         if calls["n"] != step:
             return loss
         return loss * float("nan") if kind == "loss" else _NanGradient.apply(loss)
@@ -149,3 +149,29 @@ def test_compiled_blocks_match_eager(dataset, tmp_path, backend):
     eager = _run(dataset, tmp_path / "eager", **extra)
     compiled = _run(dataset, tmp_path / "compiled", compile=True, compile_backend=backend, **extra)
     assert [x for _, x in compiled.losses] == pytest.approx([x for _, x in eager.losses], rel=1e-4)
+
+
+def test_fast_path_resumes_exactly_and_matches_the_plain_path(dataset, tmp_path):
+    """Compiled blocks (the CPU stand-in for inductor) with selective checkpointing: the plain path's losses, and
+    a resumed run equal to an uninterrupted one bit for bit."""
+    fast = {"compile": True, "compile_backend": "aot_eager", "activation_checkpointing": "selective"}
+    extra = {"model.num_hidden_layers": 1, "data.reset_at_boundaries": False, "optim.decay_steps": 6}
+    plain = _run(dataset, tmp_path / "plain", steps=6, **extra)
+    full = _run(dataset, tmp_path / "full", steps=6, **fast, **extra)
+    _run(dataset, tmp_path / "half", steps=3, **fast, **extra)
+    resumed = _run(dataset, tmp_path / "half", resume=str(tmp_path / "half"), steps=6, **fast, **extra)
+    assert resumed.losses == full.losses[3:]
+    assert 0 < full.first_step_s < full.wall_s
+    assert [x for _, x in full.losses] == pytest.approx([x for _, x in plain.losses], rel=1e-4)
+
+
+def test_precision_and_parameter_dtype(dataset, tmp_path):
+    assert trainer_mod.resolve_precision("auto", torch.device("cpu")) == "fp32"
+    assert trainer_mod.resolve_precision("fp16", torch.device("cpu")) == "fp16"
+    with pytest.raises(ValueError, match="param_dtype=bf16 needs precision bf16"):
+        load_config([], {"param_dtype": "bf16", "precision": "fp32"})
+    with pytest.raises(ValueError, match="param_dtype bf16 needs bf16 compute; cpu resolved to fp32"):
+        _run(dataset, tmp_path / "p", steps=1, param_dtype="bf16")
+    res = _run(dataset, tmp_path / "b", steps=4, param_dtype="bf16", precision="bf16")
+    assert res.losses[-1][1] < res.losses[0][1]
+    assert next(iter(load_trained(tmp_path / "b" / "model").model.parameters())).dtype == torch.float32
