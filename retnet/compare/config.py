@@ -20,6 +20,7 @@ same one.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import os
@@ -113,7 +114,7 @@ class CompareConfig(TrainConfig):
             run_dir: the trainer's run folder of the entry (its parent folder's name becomes the run name).
             dataset_dir: the prepared in-domain dataset.
         """
-        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        values = {f.name: copy.deepcopy(getattr(self, f.name)) for f in dataclasses.fields(TrainConfig)}
         values["run_dir"] = str(run_dir)
         values["name"] = Path(run_dir).parent.name
         values["data"] = dataclasses.replace(self.data, dataset=str(dataset_dir))
