@@ -18,11 +18,9 @@ Writes ``results.json`` (with the environment stamp), ``results.md`` and ``decod
 from __future__ import annotations
 
 import argparse
-import datetime
 import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from functools import partial
@@ -34,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
 from retnet.baselines import MixerLM, MixerLMConfig  # noqa: E402
+from retnet.utils.environment import environment_stamp  # noqa: E402
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -154,21 +153,8 @@ def fits_in_memory(run, row_keys: dict, device: torch.device) -> dict:
 
 
 def environment(device: torch.device) -> dict:
-    """Versions, device and commit of this run (``RETNET_GIT_SHA`` overrides the checkout's: a copied tree may
-    carry another checkout's ``.git``)."""
-    sha = os.environ.get("RETNET_GIT_SHA")
-    if not sha:
-        try:
-            sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):
-            sha = None
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": name,
-        "torch": torch.__version__,
-        "git_sha": sha,
-    }
+    """Versions, device and commit of this run (:func:`retnet.utils.environment.environment_stamp`)."""
+    return environment_stamp(device)
 
 
 def _cell(row: dict, key: str, fmt: str) -> str:

@@ -14,11 +14,9 @@ Writes ``results.json`` and ``retention.png`` to ``--out`` and prints a table.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
 import os
-import subprocess
 import sys
 from functools import partial
 
@@ -34,6 +32,7 @@ from retnet.ops.retention import chunkwise as ck  # noqa: E402
 from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
 from retnet.ops.retention import recurrent as rc  # noqa: E402
 from retnet.ops.retention.recurrent import retention_step  # noqa: E402
+from retnet.utils.environment import environment_stamp  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128)}
 TOKENS = 65536
@@ -401,27 +400,14 @@ def profile_kernels(cfgs, T=8192):
 
 
 def env_stamp():
-    sha = os.environ.get("RETNET_GIT_SHA")  # a copied tree may carry another checkout's .git
-    if not sha:
-        try:
-            sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True).strip()
-        except Exception:
-            sha = "unknown"
+    """The shared environment stamp of the CUDA device, with flash-linear-attention's version and the tuning tables."""
     try:
         import fla
 
         fla_version = getattr(fla, "__version__", "unknown")
     except ImportError:
         fla_version = None
-    return {
-        "gpu": torch.cuda.get_device_name(),
-        "torch": torch.__version__,
-        "triton": triton.__version__,
-        "fla": fla_version,
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "git_sha": sha,
-        "tables": _tables(),
-    }
+    return {**environment_stamp("cuda"), "fla": fla_version, "tables": _tables()}
 
 
 def _tables():

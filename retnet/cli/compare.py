@@ -1,12 +1,15 @@
 """``retnet compare``: the paper's architecture comparison (Tables 5 and 6) on one harness.
 
+A comparison config is a ``retnet train`` config (same keys, same ``--key=value`` overrides) plus the
+``compare`` and ``baseline`` sections; see docs/compare.md.
+
 Examples::
 
     retnet compare --preset tiny                                  # CPU, all eleven models
     retnet compare --preset small --archs transformer,retnet      # a subset
     retnet compare --config configs/compare/small.yaml --prepare-only
-    retnet compare --preset tiny train.tokens=409600 data.in_domain=shakespeare
-    retnet compare --preset tiny --train.lr=1e-3
+    retnet compare --preset tiny --steps=500 --data.corpus=shakespeare --compare.out_of_domain=[sotu,linux]
+    retnet compare --preset tiny --optim.lr=1e-3 --baseline.num_heads=4
 """
 
 from __future__ import annotations
@@ -26,26 +29,23 @@ def register(subparsers) -> None:
     )
     p.add_argument("--preset", default="tiny", help="tiny (CPU), small (one H200) or 200m (paper Table 5)")
     p.add_argument("--config", default=None, help="YAML file (configs/compare/*.yaml) applied over the preset")
-    p.add_argument("--archs", default=None, help="comma-separated subset of architectures (default: all)")
-    p.add_argument("--out", default=None, help="run folder (default runs/compare-<preset>)")
+    p.add_argument("--archs", default=None, help="comma-separated subset of architectures (--compare.archs)")
+    p.add_argument("--out", default=None, help="run folder (--compare.out_dir; default runs/compare-<preset>)")
     p.add_argument("--prepare-only", action="store_true", help="only fetch and tokenise the corpora")
-    p.add_argument(
-        "settings", nargs="*", help="section.field=value overrides, e.g. train.tokens=409600 (or --train.tokens=409600)"
-    )
-    p.set_defaults(func=run, accepts_overrides=True)
+    p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the config from the arguments and run the comparison."""
     from ..compare import load_compare_config, run_comparison
 
-    overrides = [*args.settings, *getattr(args, "overrides", [])]
+    overrides = list(args.overrides)
     if args.archs:
-        overrides.append(f"archs=[{args.archs}]")
+        overrides.append(f"--compare.archs={args.archs}")
     if args.out:
-        overrides.append(f"out_dir={args.out}")
+        overrides.append(f"--compare.out_dir={args.out}")
     config = load_compare_config(args.preset, args.config, overrides)
     doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]))
     if not args.prepare_only:
-        print(f"results: {config.out_dir}/results.md")
+        print(f"results: {config.compare.out_dir}/results.md")
     return 0 if doc is not None else 1

@@ -5,8 +5,8 @@ ablations) with the shared trainer and data, evaluates in- and out-of-domain per
 tables, JSON and plots. ``retnet compare`` is its command line.
 """
 
-from .archs import ENTRIES, LABELS, TABLE5, TABLE6, BaselineOptions, match_parameters
-from .config import CompareConfig, load_compare_config
+from .archs import ENTRIES, LABELS, TABLE5, TABLE6, BaselineSettings, match_parameters
+from .config import CompareConfig, CompareSection, load_compare_config
 from .runner import run_comparison
 
 __all__ = [
@@ -14,8 +14,9 @@ __all__ = [
     "LABELS",
     "TABLE5",
     "TABLE6",
-    "BaselineOptions",
+    "BaselineSettings",
     "CompareConfig",
+    "CompareSection",
     "load_compare_config",
     "match_parameters",
     "run_comparison",

@@ -11,6 +11,7 @@ two counts give the exact width, rounded to a multiple of ``ffn_multiple``; a mo
 from __future__ import annotations
 
 import dataclasses
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -47,27 +48,33 @@ ABLATIONS = {
 }
 
 
-@dataclass(kw_only=True)
-class BaselineOptions:
-    """Baseline settings that do not follow from the RetNet config.
+# MixerLMConfig fields copied from the RetNet row, so that only the token mixer differs.
+SHARED_FIELDS = (
+    "hidden_size", "num_hidden_layers", "norm", "ffn_glu", "activation", "norm_eps", "scale_embedding",
+    "tie_word_embeddings", "dropout", "pad_token_id", "bos_token_id", "eos_token_id",
+)  # fmt: skip
+_PER_ENTRY = ("arch", "vocab_size", "ffn_dim")  # set for each entry: its mixer, the tokenizer's size, the matched FFN
 
-    Attributes:
-        attention_head_dim: head dim of the Transformer and Linear Transformer (D / head dim heads).
-        h3_head_dim: H3's head dim (8 in the paper's comparison).
-        ssm_state_size: N of H3's SSMs.
-        hyena_order: Hyena's order (2 in the paper's comparison).
-        hyena_filter_size: width of Hyena's filter network.
-        max_position_embeddings: Hyena's filter length scale.
-        small_head_factor: the "reduce head dimension" ablation divides RetNet's q/k head dim by this.
-    """
 
-    attention_head_dim: int = 64
-    h3_head_dim: int = 8
-    ssm_state_size: int = 64
-    hyena_order: int = 2
-    hyena_filter_size: int = 64
-    max_position_embeddings: int = 2048
-    small_head_factor: int = 4
+def _baseline_fields() -> list[tuple]:
+    hints = typing.get_type_hints(MixerLMConfig)
+    out = []
+    for f in dataclasses.fields(MixerLMConfig):
+        if f.name in SHARED_FIELDS + _PER_ENTRY:
+            continue
+        default = dataclasses.field(default=f.default, default_factory=f.default_factory)
+        out.append((f.name, hints[f.name], default))
+    return out
+
+
+# The baselines' own settings: every other MixerLMConfig field, with MixerLMConfig's defaults (num_heads of the
+# attention-like mixers, H3's head dim and state size, Hyena's order and filter, ...).
+BaselineSettings = dataclasses.make_dataclass("BaselineSettings", _baseline_fields(), kw_only=True)
+BaselineSettings.__module__ = __name__
+BaselineSettings.__doc__ = (
+    "The :class:`~retnet.baselines.MixerLMConfig` fields of the baselines that do not follow from the RetNet row "
+    "(same names, types and defaults; see its docstring)."
+)
 
 
 def non_embedding_parameters(model: nn.Module) -> int:
@@ -75,48 +82,39 @@ def non_embedding_parameters(model: nn.Module) -> int:
     return model.num_parameters(exclude_embeddings=True)
 
 
-def _retnet_config(name: str, base: RetNetConfig, options: BaselineOptions, ffn_dim: int) -> RetNetConfig:
+def _retnet_config(name: str, base: RetNetConfig, small_head_factor: int, ffn_dim: int) -> RetNetConfig:
     if name == "retnet-small-head":
-        heads = base.num_heads * options.small_head_factor
+        heads = base.num_heads * small_head_factor
         if base.hidden_size % heads or base.value_dim % heads or (base.hidden_size // heads) % 2:
             raise ValueError(f"cannot split width {base.hidden_size} into {heads} heads for {name}")
         return dataclasses.replace(base, num_heads=heads, ffn_dim=ffn_dim)
     return dataclasses.replace(base, ffn_dim=ffn_dim, **ABLATIONS[name])
 
 
-def _mixer_config(name: str, base: RetNetConfig, options: BaselineOptions, ffn_dim: int) -> MixerLMConfig:
+def _mixer_config(name: str, base: RetNetConfig, baseline: BaselineSettings, ffn_dim: int) -> MixerLMConfig:
+    shared = {key: getattr(base, key) for key in SHARED_FIELDS}
     return MixerLMConfig(
-        arch=name,
-        vocab_size=base.vocab_size,
-        hidden_size=base.hidden_size,
-        num_hidden_layers=base.num_hidden_layers,
-        ffn_dim=ffn_dim,
-        num_heads=max(base.hidden_size // options.attention_head_dim, 1),
-        norm=base.norm,
-        ffn_glu=base.ffn_glu,
-        activation=base.activation,
-        norm_eps=base.norm_eps,
-        scale_embedding=base.scale_embedding,
-        tie_word_embeddings=base.tie_word_embeddings,
-        dropout=base.dropout,
-        h3_head_dim=options.h3_head_dim,
-        ssm_state_size=options.ssm_state_size,
-        hyena_order=options.hyena_order,
-        hyena_filter_size=options.hyena_filter_size,
-        max_position_embeddings=options.max_position_embeddings,
-        pad_token_id=base.pad_token_id,
-        bos_token_id=base.bos_token_id,
-        eos_token_id=base.eos_token_id,
+        arch=name, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **dataclasses.asdict(baseline)
     )
 
 
-def entry_config(name: str, base: RetNetConfig, options: BaselineOptions, ffn_dim: int):
-    """The config of entry ``name`` with FFN width ``ffn_dim`` (a RetNetConfig or a MixerLMConfig)."""
+def entry_config(
+    name: str, base: RetNetConfig, baseline: BaselineSettings, ffn_dim: int, *, small_head_factor: int = 4
+):
+    """The config of entry ``name`` with FFN width ``ffn_dim`` (a RetNetConfig or a MixerLMConfig).
+
+    Args:
+        name: entry name (see ``ENTRIES``).
+        base: the RetNet row's config.
+        baseline: the baselines' own MixerLMConfig settings.
+        ffn_dim: the entry's FFN width.
+        small_head_factor: the "reduce head dimension" ablation divides RetNet's q/k head dim by this.
+    """
     if name not in ENTRIES:
         raise ValueError(f"unknown architecture {name!r}; expected one of {', '.join(ENTRIES)}")
     if name.startswith("retnet"):
-        return _retnet_config(name, base, options, ffn_dim)
-    return _mixer_config(name, base, options, ffn_dim)
+        return _retnet_config(name, base, small_head_factor, ffn_dim)
+    return _mixer_config(name, base, baseline, ffn_dim)
 
 
 def build_model(config) -> nn.Module:
@@ -124,14 +122,17 @@ def build_model(config) -> nn.Module:
     return RetNetForCausalLM(config) if isinstance(config, RetNetConfig) else MixerLM(config)
 
 
-def count_for(name: str, base: RetNetConfig, options: BaselineOptions) -> Callable[[int], int]:
-    """Non-embedding parameter count of entry ``name`` as a function of its FFN width (built on the meta device)."""
+def count_for(name: str, base: RetNetConfig, baseline: BaselineSettings, **kwargs) -> Callable[[int], int]:
+    """Non-embedding parameter count of entry ``name`` as a function of its FFN width (built on the meta device).
+
+    ``kwargs`` go to :func:`entry_config`.
+    """
 
     def count(ffn_dim: int) -> int:
         import torch
 
         with torch.device("meta"):
-            return non_embedding_parameters(build_model(entry_config(name, base, options, ffn_dim)))
+            return non_embedding_parameters(build_model(entry_config(name, base, baseline, ffn_dim, **kwargs)))
 
     return count
 
@@ -161,15 +162,22 @@ class MatchedModel:
 
 
 def match_parameters(
-    names, base: RetNetConfig, options: BaselineOptions | None = None, *, ffn_multiple: int = 8, tolerance=0.02
+    names,
+    base: RetNetConfig,
+    baseline: BaselineSettings | None = None,
+    *,
+    ffn_multiple: int = 8,
+    small_head_factor: int = 4,
+    tolerance: float = 0.02,
 ) -> dict[str, MatchedModel]:
     """Configs for ``names`` whose non-embedding parameter counts match RetNet's (``base``).
 
     Args:
         names: entries to build.
         base: the RetNet row's config (its FFN width is kept; the others are solved for).
-        options: baseline settings.
+        baseline: the baselines' own MixerLMConfig settings (default: MixerLMConfig's defaults).
         ffn_multiple: FFN widths are multiples of this (8 keeps GPU matmuls aligned).
+        small_head_factor: the "reduce head dimension" ablation divides RetNet's q/k head dim by this.
         tolerance: largest allowed relative deviation.
 
     Returns:
@@ -180,11 +188,12 @@ def match_parameters(
     """
     import torch
 
-    options = options or BaselineOptions()
-    target = count_for("retnet", base, options)(base.ffn_dim)
+    baseline = baseline or BaselineSettings()
+    extra = {"small_head_factor": small_head_factor}
+    target = count_for("retnet", base, baseline, **extra)(base.ffn_dim)
     matched = {}
     for name in names:
-        count = count_for(name, base, options)
+        count = count_for(name, base, baseline, **extra)
         if name == "retnet":
             ffn = base.ffn_dim
         else:
@@ -192,7 +201,7 @@ def match_parameters(
             per_unit = (hi - lo) / ffn_multiple
             exact = ffn_multiple + (target - lo) / per_unit
             ffn = max(ffn_multiple, int(round(exact / ffn_multiple)) * ffn_multiple)
-        config = entry_config(name, base, options, ffn)
+        config = entry_config(name, base, baseline, ffn, **extra)
         with torch.device("meta"):
             model = build_model(config)
         m = MatchedModel(name, config, non_embedding_parameters(model), model.num_parameters(), target)

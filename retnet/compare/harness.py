@@ -1,16 +1,17 @@
 """Training and evaluation of one comparison entry through the shared trainer (:mod:`retnet.training`).
 
-Every architecture goes through the same :func:`retnet.training.train` call — same prepared dataset and
+Every architecture goes through the same :func:`retnet.training.train` call with the comparison's own
+:class:`~retnet.training.TrainConfig` (:meth:`CompareConfig.train_config`) — same prepared dataset and
 tokenizer, same seeded window order (a pure function of the step), same AdamW, warm-up, schedule, clipping,
 precision and step count — with only the model differing, passed through the trainer's ``model_factory``
-hook. Sequences are independent windows without state resets inside them (``reset_at_boundaries=False``),
-since the baselines carry no document boundaries. Evaluation is :func:`retnet.training.evaluate` on the held-out
-split of each prepared dataset. Training is resumable through the trainer's checkpoints.
+hook. Sequences are independent windows without state resets inside them (``data.reset_at_boundaries`` is
+false), since the baselines carry no document boundaries. Evaluation is :func:`retnet.training.evaluate` on the
+held-out split of each prepared dataset, with the training form and precision. Training is resumable through the
+trainer's checkpoints.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -22,48 +23,6 @@ from torch import nn
 from .config import CompareConfig
 
 logger = logging.getLogger(__name__)
-
-
-def train_config(config: CompareConfig, dataset_dir: Path, run_dir: Path):
-    """The :class:`retnet.training.TrainConfig` every entry shares (only ``run_dir`` differs).
-
-    ``config.trainer`` holds raw TrainConfig overrides applied last (e.g. ``{"micro_batch_size": 16}``).
-    """
-    from ..training import load_config
-
-    t = config.train
-    overrides = {
-        "run_dir": str(run_dir),
-        "name": run_dir.parent.name,
-        "seed": t.seed,
-        "steps": t.steps,
-        "batch_size": t.batch_size,
-        "precision": "bf16" if t.dtype == "bfloat16" else "fp32",
-        "form": "chunkwise",
-        "device": t.device,
-        "eval_every": 0,
-        "eval_batches": 1,  # the trainer's own end-of-run check; the comparison evaluates separately
-        "log_every": t.log_every,
-        "sample_tokens": 0,
-        "tensorboard": False,
-        "data": {"dataset": str(dataset_dir), "seq_len": t.seq_len, "reset_at_boundaries": False},
-        "optim": {
-            "lr": t.lr,
-            "warmup_steps": t.warmup_steps,
-            "weight_decay": t.weight_decay,
-            "grad_clip": t.grad_clip,
-            "schedule": t.schedule,
-        },
-        "checkpoint": {"every": t.checkpoint_every, "keep": 1},
-    }
-    return load_config([], _merge(overrides, config.trainer))
-
-
-def _merge(base: dict, update: dict) -> dict:
-    out = dict(base)
-    for key, value in update.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_dir: Path) -> dict:
@@ -83,7 +42,7 @@ def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_
     from ..training.checkpoint import latest_checkpoint
     from ..training.metrics import read_metrics
 
-    cfg = train_config(config, dataset_dir, run_dir)
+    cfg = config.train_config(run_dir, dataset_dir)
     resume = str(run_dir) if latest_checkpoint(run_dir) is not None else None
     timing_file = run_dir.parent / "timing.json"
     spent = json.loads(timing_file.read_text())["wall_time_s"] if (resume and timing_file.is_file()) else 0.0
@@ -111,24 +70,24 @@ def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_
 def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig) -> dict:
     """Loss, perplexity and bits per byte on the held-out split of a prepared dataset.
 
-    Windows of ``seq_len`` tokens in stream order, at most ``data.eval_tokens`` scored tokens.
+    Windows of ``seq_len`` tokens in stream order, at most ``compare.eval_tokens`` scored tokens.
 
     Returns:
         ``{"loss", "perplexity", "bits_per_byte", "tokens"}``.
     """
     from ..data import PreparedDataset
     from ..training import evaluate
+    from ..training.trainer import autocast_context, resolve_precision
 
     ds = PreparedDataset(dataset_dir)
-    t = config.train
     stream = ds.tokens("val")
-    seq_len = min(t.seq_len, len(stream) - 1)
-    max_windows = max(config.data.eval_tokens // seq_len, 1)
+    seq_len = min(config.data.seq_len, len(stream) - 1)
+    max_windows = max(config.compare.eval_tokens // seq_len, 1)
     device = next(model.parameters()).device
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if t.dtype == "bfloat16" else contextlib.nullcontext()
+    autocast = autocast_context(resolve_precision(config.precision, device), device)
     r = evaluate(
-        model, stream, seq_len=seq_len, batch_size=t.batch_size, token_bytes=ds.tokenizer.token_bytes(),
-        sep_id=ds.sep_id, form="chunkwise", reset_at_boundaries=False, max_windows=max_windows, device=device,
-        autocast=autocast,
+        model, stream, seq_len=seq_len, batch_size=config.batch_size, token_bytes=ds.tokenizer.token_bytes(),
+        sep_id=ds.sep_id, form=config.form, chunk_size=config.chunk_size, reset_at_boundaries=False,
+        max_windows=max_windows, device=device, autocast=autocast,
     )  # fmt: skip
     return {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}

@@ -1,5 +1,8 @@
 """Named comparison settings: model size, data and training budget (paper §3.4, Tables 5 and 6).
 
+Each preset is a nested mapping in the layout of :class:`~retnet.compare.config.CompareConfig` (the ordinary
+``retnet train`` keys plus the ``compare`` and ``baseline`` sections), applied over :data:`RECIPE`.
+
 ``tiny``: CPU, minutes for all eleven models; used in tests (with smaller overrides) and for the committed CPU run.
 ``small``: one H200; all eleven models in one command of under ten minutes (a few million tokens each).
 ``200m``: the paper's Table-5 setting (16 layers, d = 1024, 4 heads of 256, FFN 2d, 200M parameters, 5B tokens,
@@ -8,31 +11,50 @@
 
 from __future__ import annotations
 
+# The recipe every preset shares (TrainConfig keys). AdamW β = (0.9, 0.98) and clip 2.0 are TrainConfig's defaults.
+RECIPE: dict = dict(
+    name="compare",  # each entry's run is named after its folder
+    eval_every=0,  # the comparison evaluates every entry itself, after training
+    eval_batches=1,  # the trainer's own end-of-run check
+    log_every=5,
+    sample_tokens=0,
+    tensorboard=False,
+    # independent windows: the baselines carry no document boundaries
+    data=dict(corpus="sotu", reset_at_boundaries=False),
+    optim=dict(lr=3e-3, warmup_steps=10, weight_decay=0.01, schedule="linear"),
+    checkpoint=dict(every=50, keep=1),
+)
+
 COMPARE_PRESETS: dict[str, dict] = {
     "tiny": dict(
-        model=dict(hidden_size=128, num_hidden_layers=2, num_heads=2),
-        baseline=dict(attention_head_dim=64, ssm_state_size=64, max_position_embeddings=2048),
-        data=dict(tokenizer="byte", vocab_size=256, ood_max_bytes=1_000_000, eval_tokens=65_536),
-        train=dict(seq_len=256, batch_size=8, tokens=512_000, lr=2e-3, warmup_steps=20, log_every=5),
+        steps=250, batch_size=8,  # 512,000 tokens of 256-token windows
+        model=dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_heads=2, value_dim=256, ffn_dim=256,
+                   flavour="paper"),
+        data=dict(tokenizer="byte", vocab_size=256, seq_len=256),
+        optim=dict(lr=2e-3, warmup_steps=20),
+        compare=dict(out_dir="runs/compare-tiny", ood_max_bytes=1_000_000, eval_tokens=65_536),
+        baseline=dict(num_heads=2),  # attention head dim 64
     ),
     "small": dict(
+        steps=128, batch_size=64, precision="bf16",  # 4,194,304 tokens of 512-token windows
         # d = 512 with 2 heads keeps the paper's head dim 256; "reduce head dimension" then gives 8 heads of 64
-        model=dict(hidden_size=512, num_hidden_layers=6, num_heads=2),
-        baseline=dict(attention_head_dim=64, ssm_state_size=64, max_position_embeddings=2048),
-        data=dict(tokenizer="bpe", vocab_size=8192, ood_max_bytes=3_000_000, eval_tokens=262_144),
-        train=dict(
-            seq_len=512, batch_size=64, tokens=4_194_304, lr=1.5e-3, warmup_steps=25, log_every=5, dtype="bfloat16"
-        ),
+        model=dict(preset="small", hidden_size=512, num_hidden_layers=6, num_heads=2, value_dim=1024, ffn_dim=1024,
+                   flavour="paper"),
+        data=dict(tokenizer="bpe", vocab_size=8192, seq_len=512),
+        optim=dict(lr=1.5e-3, warmup_steps=25),
+        compare=dict(out_dir="runs/compare-small", ood_max_bytes=3_000_000, eval_tokens=262_144),
+        baseline=dict(num_heads=8),  # attention head dim 64
     ),
     "200m": dict(
         # paper Table 5 / §3.4: 16 layers, d = 1024, FFN 2048, 4 heads (head dim 256), 5B tokens, T = 2048
-        model=dict(hidden_size=1024, num_hidden_layers=16, num_heads=4),
-        baseline=dict(attention_head_dim=64, ssm_state_size=64, max_position_embeddings=2048),
-        data=dict(tokenizer="bpe", vocab_size=32000, ood_max_bytes=50_000_000, eval_tokens=2_097_152),
-        train=dict(
-            seq_len=2048, batch_size=256, tokens=5_000_000_000, lr=6e-4, warmup_steps=375, log_every=50,
-            dtype="bfloat16", checkpoint_every=500,
-        ),
-        trainer=dict(micro_batch_size=8),  # gradient accumulation: 32 micro-batches of 8 × 2048 tokens per step
+        steps=9536, batch_size=256, precision="bf16",  # 5.0B tokens of 2048-token windows
+        micro_batch_size=8,  # gradient accumulation: 32 micro-batches of 8 × 2048 tokens per step
+        log_every=50,
+        model=dict(preset="200m"),
+        data=dict(tokenizer="bpe", vocab_size=32000, seq_len=2048),
+        optim=dict(lr=6e-4, warmup_steps=375),
+        checkpoint=dict(every=500),
+        compare=dict(out_dir="runs/compare-200m", ood_max_bytes=50_000_000, eval_tokens=2_097_152),
+        baseline=dict(num_heads=16),  # attention head dim 64
     ),
 }  # fmt: skip

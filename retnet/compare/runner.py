@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import platform
 import shutil
 import time
 from pathlib import Path
@@ -28,6 +27,8 @@ from pathlib import Path
 import torch
 
 from ..model import RetNetConfig
+from ..training.build import model_config
+from ..utils.environment import environment_stamp
 from .archs import LABELS, build_model, match_parameters
 from .config import CompareConfig, save_config
 from .report import write_report
@@ -70,18 +71,20 @@ def prepare_data(config: CompareConfig, run_dir: Path) -> tuple[Path, dict[str, 
     cache = Path(data.cache_dir).expanduser()
     in_dir = run_dir / "data" / "in_domain"
     if not (in_dir / "manifest.json").is_file():
-        source = resolve_source(data.in_domain, cache, fetch=data.fetch)
+        source = resolve_source(data.corpus, cache, fetch=data.fetch)
         prepare_dataset(
             source, in_dir, tokenizer=data.tokenizer, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
-            seed=config.train.seed, source_name=data.in_domain,
+            seed=config.seed, workers=data.workers, source_name=data.corpus,
         )  # fmt: skip
     tok_hash = read_manifest(in_dir)["tokenizer"]["hash"]
     ood = {}
-    for corpus in data.out_of_domain:
+    for corpus in config.compare.out_of_domain:
         out = run_dir / "data" / "ood" / _corpus_slug(corpus)
         if not (out / "manifest.json").is_file() or read_manifest(out)["tokenizer"]["hash"] != tok_hash:
             source = resolve_source(corpus, cache, fetch=data.fetch)
-            text = _capped_copy(source, run_dir / "data" / "ood_text" / _corpus_slug(corpus), data.ood_max_bytes)
+            text = _capped_copy(
+                source, run_dir / "data" / "ood_text" / _corpus_slug(corpus), config.compare.ood_max_bytes
+            )
             # the held-out half is scored; any part of a corpus never trained on is out-of-domain
             prepare_dataset(text, out, tokenizer_dir=in_dir / "tokenizer", val_fraction=0.5, source_name=corpus)
             shutil.rmtree(text, ignore_errors=True)
@@ -90,12 +93,8 @@ def prepare_data(config: CompareConfig, run_dir: Path) -> tuple[Path, dict[str, 
 
 
 def base_config(config: CompareConfig, vocab_size: int) -> RetNetConfig:
-    """The RetNet row's config."""
-    m = config.model
-    return RetNetConfig(
-        vocab_size=vocab_size, hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
-        num_heads=m.num_heads, flavour=m.flavour,
-    )  # fmt: skip
+    """The RetNet row's config: what ``retnet train`` builds from ``config.model`` and the tokenizer's vocabulary."""
+    return model_config(config.model, vocab_size)
 
 
 def _check_resume(config: CompareConfig, run_dir: Path) -> None:
@@ -104,23 +103,15 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
         old = json.loads(path.read_text())
         new = config.to_dict()
         # the list of architectures may grow or shrink between calls; everything else must be the same
-        old.pop("archs", None), new.pop("archs", None)
-        old.pop("out_dir", None), new.pop("out_dir", None)
+        for doc in (old, new):
+            section = doc.get("compare", {})
+            section.pop("archs", None), section.pop("out_dir", None)
         if old != new:
             raise ValueError(
-                f"{run_dir} holds a comparison with a different config; use another out_dir or delete the folder"
+                f"{run_dir} holds a comparison with a different config; use another compare.out_dir or delete "
+                "the folder"
             )
     save_config(config, path)
-
-
-def environment() -> dict:
-    """Where the run happened."""
-    env = {"torch": torch.__version__, "python": platform.python_version(), "machine": platform.machine()}
-    if torch.cuda.is_available():
-        env["device"] = torch.cuda.get_device_name(0)
-    else:
-        env["device"] = f"CPU ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
-    return env
 
 
 def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command: str = "") -> dict:
@@ -136,36 +127,37 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
         ValueError: a run folder holding a different comparison, or unmatchable sizes.
     """
     from ..data import PreparedDataset
-    from .harness import evaluate_entry, train_config, train_entry
+    from .harness import evaluate_entry, train_entry
 
-    run_dir = Path(config.out_dir)
+    run_dir = Path(config.compare.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, run_dir)
     in_dir, ood_dirs = prepare_data(config, run_dir)
     vocab = PreparedDataset(in_dir).tokenizer.vocab_size
-    train_config(config, in_dir, run_dir / "check")  # validates the trainer settings before any training
-    matched = match_parameters(config.archs, base_config(config, vocab), config.baseline,
-                               ffn_multiple=config.model.ffn_multiple)  # fmt: skip
+    c = config.compare
+    matched = match_parameters(c.archs, base_config(config, vocab), config.baseline, ffn_multiple=c.ffn_multiple,
+                               small_head_factor=c.small_head_factor)  # fmt: skip
     (run_dir / "models.json").write_text(
         json.dumps(
             {n: {"parameters": m.parameters, "total_parameters": m.total_parameters, "config": m.config.to_dict()}
              for n, m in matched.items()}, indent=2,
         ) + "\n"
     )  # fmt: skip
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("compare", "baseline")}
     meta = {
-        "preset": config.preset,
+        "preset": c.preset,
         "command": command,
-        "in_domain": _corpus_slug(config.data.in_domain),
-        "out_of_domain": [_corpus_slug(c) for c in config.data.out_of_domain],
-        "corpora": {"in_domain": config.data.in_domain, "out_of_domain": list(config.data.out_of_domain)},
+        "in_domain": _corpus_slug(config.data.corpus),
+        "out_of_domain": [_corpus_slug(corpus) for corpus in c.out_of_domain],
+        "corpora": {"in_domain": config.data.corpus, "out_of_domain": list(c.out_of_domain)},
         "tokenizer": {"kind": config.data.tokenizer, "vocab_size": vocab},
-        "train": config.to_dict()["train"] | {"steps": config.train.steps},
-        "environment": environment(),
+        "train": recipe | {"tokens": config.tokens},
+        "environment": environment_stamp(),
     }
     if prepare_only:
         logger.info("data prepared under %s", run_dir / "data")
         return {"meta": meta, "results": {}}
-    for name in config.archs:
+    for name in c.archs:
         entry_dir = run_dir / name
         if (entry_dir / "result.json").is_file():
             logger.info("%s: done already, skipped", name)
@@ -173,14 +165,14 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
         m = matched[name]
         logger.info("%s: %s non-embedding parameters (%+.2f%% vs RetNet)", LABELS[name], f"{m.parameters:,}",
                     100 * m.deviation)  # fmt: skip
-        torch.manual_seed(config.train.seed)
+        torch.manual_seed(config.seed)
         model = build_model(m.config)
         entry_dir.mkdir(exist_ok=True)
         start = time.time()
         train = train_entry(model, config, in_dir, entry_dir / "train")
         evaluation = {
             "in_domain": evaluate_entry(model, in_dir, config),
-            "out_of_domain": {_corpus_slug(c): evaluate_entry(model, d, config) for c, d in ood_dirs.items()},
+            "out_of_domain": {_corpus_slug(src): evaluate_entry(model, d, config) for src, d in ood_dirs.items()},
         }
         result = {
             "name": name,

@@ -1,19 +1,21 @@
 """``TrainConfig``: every setting of a training run, loaded from YAML files plus ``--key=value`` overrides.
 
 Sections are typed dataclasses (model, data, optim, parallel, checkpoint); keys are dotted on the command line
-(``--optim.lr=3e-4``). Unknown keys and values of the wrong type fail with a one-line ``ValueError`` naming the
-key and the valid choices. The resolved config is written into the run folder as ``train_config.yaml``.
+(``--optim.lr=3e-4``). The loader is :mod:`retnet.utils.config_loader`: unknown keys and values of the wrong type
+fail with a one-line ``ValueError`` naming the key and the valid choices. The resolved config is written into the
+run folder as ``train_config.yaml``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import types
-import typing
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from ..utils import config_loader
+from ..utils.config_loader import parse_overrides  # noqa: F401 (re-exported as retnet.training.parse_overrides)
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 PARAM_DTYPES = ("fp32", "bf16")
@@ -235,126 +237,27 @@ class TrainConfig:
             raise ValueError(f"config data.val_fraction={self.data.val_fraction!r} is invalid; it must be in (0, 1)")
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field as nested plain dicts (the layout of the YAML files)."""
+        return config_loader.to_dict(self)
 
     def save(self, path: str | Path) -> None:
         """Write the config as YAML."""
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
-def _field_types(cls) -> dict[str, typing.Any]:
-    return typing.get_type_hints(cls)
-
-
-def _coerce(key: str, value, typ):
-    """Convert ``value`` (from YAML or a command-line string) to ``typ``; raise ValueError on mismatch."""
-    origin = typing.get_origin(typ)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(typ) if a is not type(None)]
-        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
-            return None
-        return _coerce(key, value, args[0])
-    if isinstance(value, str) and typ in (int, float):
-        try:
-            return typ(value)
-        except ValueError:
-            pass
-    if isinstance(value, str) and typ is not str:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as err:
-            raise ValueError(f"config {key}: cannot parse {value!r}") from err
-    if typ is bool:
-        if isinstance(value, bool):
-            return value
-    elif typ is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-    elif typ is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif typ is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-    raise ValueError(f"config {key}={value!r} is invalid; expected {typ.__name__}")
-
-
-def _apply(obj, data: dict, prefix: str = "") -> None:
-    hints = _field_types(type(obj))
-    for key, value in data.items():
-        full = f"{prefix}{key}"
-        if key not in hints:
-            valid = ", ".join(f"{prefix}{k}" for k in hints)
-            raise ValueError(f"unknown config key {full!r}; valid keys: {valid}")
-        current = getattr(obj, key)
-        if dataclasses.is_dataclass(current):
-            if not isinstance(value, dict):
-                raise ValueError(f"config {full} must be a mapping of its keys, got {value!r}")
-            _apply(current, value, f"{full}.")
-        else:
-            setattr(obj, key, _coerce(full, value, hints[key]))
-
-
-def parse_overrides(args: list[str]) -> dict:
-    """``["--optim.lr=3e-4", "--steps", "10"]`` -> ``{"optim": {"lr": "3e-4"}, "steps": "10"}``.
-
-    Raises:
-        ValueError: an argument that is not ``--key=value`` or ``--key value``.
-    """
-    out: dict = {}
-    i = 0
-    while i < len(args):
-        arg = args[i]
-        if not arg.startswith("--") or len(arg) <= 2:
-            raise ValueError(f"unexpected argument {arg!r}; overrides look like --key=value (e.g. --optim.lr=3e-4)")
-        if "=" in arg:
-            key, value = arg[2:].split("=", 1)
-        elif i + 1 < len(args) and not args[i + 1].startswith("--"):
-            key, value = arg[2:], args[i + 1]
-            i += 1
-        else:
-            raise ValueError(f"override {arg!r} has no value; write --key=value")
-        node = out
-        *parents, leaf = key.replace("-", "_").split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-        i += 1
-    return out
-
-
-def load_config(paths: list[str | Path] = (), overrides: dict | None = None) -> TrainConfig:
+def load_config(paths: Sequence[str | Path] = (), overrides: dict | None = None) -> TrainConfig:
     """Build a :class:`TrainConfig` from YAML files (later ones win) and then ``overrides``.
+
+    Values are converted and checked by field type (:mod:`retnet.utils.config_loader`), then by
+    :meth:`TrainConfig.validate`.
 
     Raises:
         FileNotFoundError: a missing YAML file.
         ValueError: unknown keys, bad values, or a YAML file that is not a mapping.
     """
-    cfg = TrainConfig()
-    for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ValueError(f"config file {path} must hold a mapping of keys")
-        _apply(cfg, data)
-    if overrides:
-        _apply(cfg, overrides)
-    cfg.validate()
-    return cfg
+    return config_loader.load(TrainConfig, paths, overrides)
 
 
-def describe_keys(obj=None, prefix: str = "") -> list[str]:
+def describe_keys() -> list[str]:
     """``key=default`` for every config key (dotted), for ``retnet train --help``."""
-    obj = TrainConfig() if obj is None else obj
-    out = []
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
-            out += describe_keys(value, f"{prefix}{f.name}.")
-        else:
-            out.append(f"{prefix}{f.name}={value!r}")
-    return out
+    return config_loader.describe_keys(TrainConfig())

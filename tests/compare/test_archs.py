@@ -1,11 +1,13 @@
 """Parameter matching of the comparison entries."""
 
+import dataclasses
+
 import pytest
 import torch
 
 from retnet import RetNetConfig, RetNetForCausalLM
-from retnet.baselines import MixerLM
-from retnet.compare.archs import ENTRIES, BaselineOptions, match_parameters
+from retnet.baselines import MixerLM, MixerLMConfig
+from retnet.compare.archs import ENTRIES, SHARED_FIELDS, BaselineSettings, match_parameters
 
 
 def base_config(**kw):
@@ -13,7 +15,7 @@ def base_config(**kw):
 
 
 def test_every_entry_matches_retnet_within_two_percent():
-    matched = match_parameters(ENTRIES, base_config(), BaselineOptions(attention_head_dim=16, ssm_state_size=8))
+    matched = match_parameters(ENTRIES, base_config(), BaselineSettings(num_heads=4, ssm_state_size=8))
     assert set(matched) == set(ENTRIES)
     target = matched["retnet"].parameters
     for name, m in matched.items():
@@ -45,3 +47,19 @@ def test_unmatchable_and_unknown_raise():
         match_parameters(("mamba",), base_config())
     with pytest.raises(ValueError, match="tolerance"):
         match_parameters(("transformer",), base_config(), ffn_multiple=512)
+
+
+def test_baseline_settings_are_the_mixer_fields_not_taken_from_retnet():
+    mixer = {f.name: f.default for f in dataclasses.fields(MixerLMConfig)}
+    own = {f.name: f.default for f in dataclasses.fields(BaselineSettings)}
+    assert set(own) == set(mixer) - set(SHARED_FIELDS) - {"arch", "vocab_size", "ffn_dim"}
+    assert {"num_heads", "h3_head_dim", "hyena_order"} <= set(own)
+    assert all(mixer[name] == default for name, default in own.items())
+    matched = match_parameters(
+        ("h3", "transformer", "retnet-small-head"), base_config(), BaselineSettings(num_heads=8, h3_head_dim=4),
+        small_head_factor=2,
+    )  # fmt: skip
+    h3, transformer = matched["h3"].config, matched["transformer"].config
+    assert h3.h3_head_dim == 4 and transformer.num_heads == 8
+    assert (h3.hidden_size, h3.num_hidden_layers, h3.norm, h3.ffn_glu, h3.vocab_size) == (64, 2, "layernorm", False, 97)
+    assert matched["retnet-small-head"].config.num_heads == 4  # 2 heads × 2

@@ -35,21 +35,23 @@ def corpora(tmp_path):
 
 def tiny_overrides(tmp_path, corpora, archs):
     return [
-        f"out_dir={tmp_path / 'run'}",
-        f"archs=[{','.join(archs)}]",
-        f"data.in_domain={corpora['in']}",
-        f"data.out_of_domain=[{','.join(corpora['ood'])}]",
-        "data.fetch=false",
-        "data.eval_tokens=512",
-        "model.hidden_size=32",
-        "model.num_hidden_layers=1",
-        "baseline.attention_head_dim=16",
-        "baseline.ssm_state_size=8",
-        "train.seq_len=32",
-        "train.batch_size=4",
-        "train.tokens=1280",
-        "train.log_every=2",
-        "train.checkpoint_every=5",
+        f"--compare.out_dir={tmp_path / 'run'}",
+        f"--compare.archs=[{','.join(archs)}]",
+        f"--data.corpus={corpora['in']}",
+        f"--compare.out_of_domain=[{','.join(corpora['ood'])}]",
+        "--data.fetch=false",
+        "--compare.eval_tokens=512",
+        "--model.hidden_size=32",
+        "--model.num_hidden_layers=1",
+        "--model.value_dim=64",
+        "--model.ffn_dim=64",
+        "--baseline.num_heads=2",
+        "--baseline.ssm_state_size=8",
+        "--data.seq_len=32",
+        "--batch_size=4",
+        "--steps=10",
+        "--log_every=2",
+        "--checkpoint.every=5",
     ]
 
 
@@ -98,21 +100,34 @@ def test_compare_end_to_end_and_resume(tmp_path, corpora, monkeypatch):
 def test_cli_and_changed_config_rejected(tmp_path, corpora, capsys):
     parser = argparse.ArgumentParser()
     compare_cli.register(parser.add_subparsers())
-    common = [*tiny_overrides(tmp_path, corpora, ENTRIES)[2:], f"out_dir={tmp_path / 'run'}"]
-    args = parser.parse_args(["compare", "--preset", "tiny", "--archs", "transformer,retnet", *common])
+    common = [*tiny_overrides(tmp_path, corpora, ENTRIES)[2:], "--out", str(tmp_path / "run")]
+    args, overrides = parser.parse_known_args(["compare", "--preset", "tiny", "--archs", "transformer,retnet", *common])
+    args.overrides = overrides
     assert args.func(args) == 0
     data = json.loads((tmp_path / "run" / "results.json").read_text())
     assert set(data["results"]) == {"transformer", "retnet"}
     from retnet.cli.__main__ import main
 
-    assert main(["compare", "--archs", "retnet", *common, "--train.lr=0.1"]) == 1  # the top-level entry point
+    assert main(["compare", "--archs", "retnet", *common, "--optim.lr=0.1"]) == 1  # the top-level entry point
     assert "different config" in capsys.readouterr().err
 
 
 def test_bad_overrides():
-    with pytest.raises(ValueError, match="unknown compare preset"):
+    with pytest.raises(ValueError, match="unknown compare preset 'huge'; valid presets: tiny, small, 200m"):
         load_compare_config("huge")
     with pytest.raises(ValueError, match="unknown architecture"):
-        load_compare_config("tiny", None, ["archs=[mamba]"])
-    with pytest.raises(ValueError, match="section.field=value"):
-        load_compare_config("tiny", None, ["train.lr"])
+        load_compare_config("tiny", None, ["--compare.archs=[mamba]"])
+    with pytest.raises(ValueError, match="overrides look like --key=value"):
+        load_compare_config("tiny", None, ["train.lr=1"])  # the old section.field=value syntax
+    with pytest.raises(ValueError, match="unknown config key 'compare.in_domain'; valid keys: compare.preset"):
+        load_compare_config("tiny", None, ["--compare.in_domain=sotu"])
+    with pytest.raises(ValueError, match="unknown config key 'baseline.hidden_size'; valid keys: baseline.num_heads"):
+        load_compare_config("tiny", None, ["--baseline.hidden_size=64"])  # taken from the RetNet row
+    with pytest.raises(ValueError, match="precision='fp16' is invalid for a comparison"):
+        load_compare_config("tiny", None, ["--precision=fp16"])
+    with pytest.raises(ValueError, match="reset_at_boundaries=True is invalid for a comparison"):
+        load_compare_config("tiny", None, ["--data.reset_at_boundaries=true"])
+    with pytest.raises(ValueError, match="set per entry"):
+        load_compare_config("tiny", None, ["--data.dataset=/tmp/x"])
+    with pytest.raises(ValueError, match="config baseline.num_heads='two' is invalid; expected int"):
+        load_compare_config("tiny", None, ["--baseline.num_heads=two"])
