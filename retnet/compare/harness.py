@@ -17,7 +17,6 @@ import logging
 import time
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .config import CompareConfig
