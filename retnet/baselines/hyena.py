@@ -92,10 +92,14 @@ class HyenaFilter(nn.Module):
         the meta device (the verified checkpoint loader) needs nothing but its state dict.
         """
         key = (device, dtype)
-        if key not in self._deltas:
+        cached = self._deltas.get(key)
+        if cached is None:
             rates = torch.linspace(*self.decay_range, self.hidden_size, dtype=torch.float32, device="cpu").abs()
-            self._deltas[key] = rates.to(device=device, dtype=dtype)
-        return self._deltas[key]
+            cached = rates.to(device=device, dtype=dtype)
+            # Filled by eager calls only: activation checkpointing cannot replay a traced write to module state.
+            if not torch.compiler.is_compiling():
+                self._deltas[key] = cached
+        return cached
 
     def reset_parameters(self) -> None:
         """PyTorch's default ``nn.Linear`` initialisation for the filter network (as in the Hyena code)."""

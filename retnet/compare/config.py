@@ -63,8 +63,13 @@ class CompareSection:
 
 @dataclass
 class CompareConfig(TrainConfig):
-    """A full comparison: the shared :class:`~retnet.training.TrainConfig` plus ``compare`` and ``baseline``."""
+    """A full comparison: the shared :class:`~retnet.training.TrainConfig` plus ``compare`` and ``baseline``.
 
+    Unlike ``retnet train``, a comparison does not compile by default: every architecture runs the same eager
+    code path unless ``--compile=true`` asks for compiled blocks for all of them.
+    """
+
+    compile: bool | None = False
     compare: CompareSection = field(default_factory=CompareSection)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
 
