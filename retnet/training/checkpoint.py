@@ -187,10 +187,10 @@ def _no_space(err: BaseException) -> OSError | None:
     if isinstance(err, OSError) and err.errno == errno.ENOSPC:
         return err
     if isinstance(err, CheckpointException):
-        for failure in err.failures.values():
-            inner = getattr(failure, "exc", failure)
+        for failure in err.failures.values():  # (exception, stack summary) per failed rank
+            inner = failure[0] if isinstance(failure, tuple) else failure
             if isinstance(inner, BaseException) and _no_space(inner) is not None:
-                return inner
+                return _no_space(inner)
     cause = err.__cause__ or err.__context__
     return _no_space(cause) if cause is not None else None
 

@@ -44,6 +44,7 @@ from .evaluate import EvalResult, evaluate
 from .flops import matmul_params, peak_flops, train_flops_per_token
 from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
+from .run_lock import lock_run_dir
 from .schedule import lr_at
 
 logger = logging.getLogger(__name__)
@@ -305,6 +306,10 @@ class _Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        with lock_run_dir(self.run_dir, self.info):  # one writer per run folder
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
