@@ -161,8 +161,8 @@ def resolve_checkpoint(path: str | Path, *, allow_unverified: bool = False) -> P
     if (path / "trainer.json").is_file() and (path / "state").is_dir():
         if not allow_unverified:
             raise ValueError(
-                f"checkpoint {path} has no {MANIFEST}, so its files cannot be verified; "
-                "pass --allow-unverified (allow_unverified=True) to load it anyway"
+                f"checkpoint {path} has no {MANIFEST}, so its files cannot be verified; to load it anyway pass "
+                "--allow-unverified to eval or generate (allow_unverified=True)"
             )
         logger.warning("loading unverified checkpoint %s (no %s)", path, MANIFEST)
         return path

@@ -6,11 +6,15 @@ import errno
 import json
 import os
 import pickle
+import shutil
 import signal
 import time
 
 import pytest
+import torch
+import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
 from retnet.training import checkpoint as ckpt_io
 from retnet.training import load_config, safe_storage, train
@@ -88,6 +92,24 @@ def test_pickled_dcp_checkpoint_is_refused_unless_trusted(trained_run, tmp_path)
     assert marker.exists()
 
 
+def test_trusted_pickled_checkpoint_still_loads(trained_run, tmp_path):
+    """Checkpoints of DCP's own format (older runs) load with trust_checkpoint: the opt-in is not a dead end."""
+    ckpt = tmp_path / "old"
+    shutil.copytree(ckpt_io.latest_checkpoint(trained_run), ckpt)
+    expected = load_trained(ckpt).model
+    shutil.rmtree(ckpt / "state")
+    (ckpt / ckpt_io.STATE_JSON).unlink()
+    dcp.save({"model": get_model_state_dict(expected)}, checkpoint_id=str(ckpt / "state"))  # the pickled format
+    files = {
+        str(p.relative_to(ckpt)): sha256_file(p) for p in ckpt.rglob("*") if p.is_file() and p.name != "checkpoint.json"
+    }
+    (ckpt / ckpt_io.MANIFEST).write_text(json.dumps({"files": files}))
+    with pytest.raises(ValueError, match="--trust-checkpoint"):
+        load_trained(ckpt)
+    loaded = load_trained(ckpt, trust_checkpoint=True).model
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), expected.state_dict().values()))
+
+
 def test_missing_manifest_or_checksum_is_an_error(dataset, tmp_path):
     run = tmp_path / "run"
     _run(dataset, run, steps=6)
@@ -98,7 +120,7 @@ def test_missing_manifest_or_checksum_is_an_error(dataset, tmp_path):
     with pytest.raises(ValueError, match="no checksum for state/__0.safetensors"):
         ckpt_io.verify_checkpoint(ckpt)
     (ckpt / ckpt_io.MANIFEST).unlink()
-    with pytest.raises(ValueError, match="no checkpoint.json.*--allow-unverified"):
+    with pytest.raises(ValueError, match="no checkpoint.json.*--allow-unverified to eval or generate"):
         load_trained(ckpt)
     assert load_trained(ckpt, allow_unverified=True).source == ckpt
     (run / "model" / "checksums.json").unlink()
