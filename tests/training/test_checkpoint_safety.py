@@ -174,22 +174,24 @@ def test_second_writer_is_refused_and_sigkill_leaves_no_stale_lock(dataset, tmp_
     run = tmp_path / "run"
     args = ["train", *to_argv(fast_overrides(dataset, run, steps=5000, **{"checkpoint.every": 0}))]
     first = run_cli(args)
-    deadline = time.time() + 120
-    while not (run / "metrics.jsonl").is_file():
-        assert first.poll() is None, first.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.05)
-    second = run_cli(args)
-    out, _ = second.communicate(timeout=240)
-    assert second.returncode == 1, out
-    lines = [line for line in out.splitlines() if "error" in line]
-    assert lines == [
-        f"retnet train: error: run folder {run} is in use by process {first.pid} (lock {run / '.lock'}); "
-        "wait for it to finish or pick another run folder"
-    ], out
-    assert first.poll() is None  # the first run is untouched
-    first.send_signal(signal.SIGKILL)
-    first.wait()
+    try:
+        deadline = time.time() + 120
+        while not (run / "metrics.jsonl").is_file():
+            assert first.poll() is None, first.stdout.read()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        second = run_cli(args)
+        out, _ = second.communicate(timeout=240)
+        assert second.returncode == 1, out
+        lines = [line for line in out.splitlines() if "error" in line]
+        assert lines == [
+            f"retnet train: error: run folder {run} is in use by process {first.pid} (lock {run / '.lock'}); "
+            "wait for it to finish or pick another run folder"
+        ], out
+        assert first.poll() is None  # the first run is untouched
+    finally:
+        first.send_signal(signal.SIGKILL)  # the holder dies without releasing anything itself
+        first.wait()
     RunLock(run).release()  # the kernel released the dead process's lock: nothing stale
 
 
