@@ -86,7 +86,7 @@ def _check_state_and_offset_types(initial_state, offset, T: int) -> None:
         raise TypeError(
             f"initial_state must be a RetentionState (S, z, position) or None, got {type(initial_state).__name__}"
         )
-    if offset is None or isinstance(offset, torch.Tensor):
+    if offset is None or isinstance(offset, (torch.Tensor, torch.SymInt)):  # a SymInt while torch.compile traces
         return
     if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
         raise TypeError(f"offset must be an int or an integer tensor of shape (B,), got {offset!r}")
@@ -104,7 +104,7 @@ def _resolve_state(initial_state, offset, q, v) -> RetentionState:
             if off.shape not in ((), (B,)) or off.dtype.is_floating_point:
                 raise ValueError(f"offset must be an int or an integer tensor of shape (B,) = ({B},)")
             off = off.to(device=q.device, dtype=torch.long)
-        else:
+        elif not isinstance(off, torch.SymInt):
             off = int(off)
         return RetentionState.zeros(B, H, K, V, dtype=dt, device=q.device, position=off, broadcast=True)
     if not isinstance(initial_state, RetentionState):
