@@ -2,7 +2,8 @@
 
 Each subcommand module exposes ``register(subparsers)``, which adds its parser and sets ``func`` (a callable
 taking the parsed namespace and returning an exit code). Library errors (``ValueError``, ``FileNotFoundError``,
-...) are reported as one line on stderr with a non-zero exit code.
+malformed YAML, ...) are reported as one line on stderr with exit code 1; Ctrl-C ends a command with one line and
+exit code 130, without a traceback.
 """
 
 from __future__ import annotations
@@ -38,11 +39,22 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    import yaml
+
     try:
         return int(args.func(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, OSError) as err:
-        print(f"retnet {args.command}: error: {err}", file=sys.stderr)
+    except (ValueError, TypeError, FileNotFoundError, KeyError, RuntimeError, OSError, yaml.YAMLError) as err:
+        what = "malformed YAML: " if isinstance(err, yaml.YAMLError) else ""
+        print(f"retnet {args.command}: error: {what}{one_line(err)}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"\nretnet {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def one_line(err: BaseException) -> str:
+    """An error's message on one line (YAML and some torch errors span several)."""
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

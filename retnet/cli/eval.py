@@ -18,6 +18,13 @@ def register(subparsers) -> None:
     p.add_argument("--max-windows", type=int, default=0, help="evaluate at most this many windows (0: all)")
     p.add_argument("--no-reset", action="store_true", help="do not reset the state at document boundaries")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also read checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; trusted "
+        "sources only, see docs/security.md)",
+    )
+    p.add_argument("--allow-unverified", action="store_true", help="load weights that have no checksums")
     p.set_defaults(func=run)
 
 
@@ -36,6 +43,8 @@ def run(args) -> int:
         max_windows=args.max_windows,
         reset_at_boundaries=not args.no_reset,
         device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+        allow_unverified=args.allow_unverified,
     )
     print(
         f"loss {result.loss:.4f}  perplexity {result.perplexity:.3f}  bits/byte {result.bits_per_byte:.4f}  "

@@ -19,13 +19,22 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--interactive", "-i", action="store_true", help="read prompts line by line until EOF")
     p.add_argument("--device", default="cpu")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also read checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; trusted "
+        "sources only, see docs/security.md)",
+    )
+    p.add_argument("--allow-unverified", action="store_true", help="load weights that have no checksums")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from ..training.artifacts import load_trained, stream_text
 
-    trained = load_trained(args.model, device=args.device)
+    trained = load_trained(
+        args.model, device=args.device, trust_checkpoint=args.trust_checkpoint, allow_unverified=args.allow_unverified
+    )
     options = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,

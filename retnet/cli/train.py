@@ -25,6 +25,12 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("--resume", metavar="RUN", help="continue a run folder (or a checkpoint folder)")
+    parser.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="also resume from checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; "
+        "trusted sources only, see docs/security.md)",
+    )
     parser.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
@@ -37,12 +43,17 @@ def run(args) -> int:
 
     paths = list(args.config)
     if args.resume:
-        run_config = Path(args.resume) / "train_config.yaml"
+        resume = Path(args.resume)
+        if not resume.is_dir():
+            raise FileNotFoundError(f"--resume {resume}: no such run or checkpoint folder")
+        run_config = resume / "train_config.yaml"
         if not run_config.is_file():
-            run_config = Path(args.resume).parent.parent / "train_config.yaml"
+            run_config = resume.parent.parent / "train_config.yaml"
+        if not run_config.is_file():
+            raise FileNotFoundError(f"--resume {resume}: no train_config.yaml there (not a run or checkpoint folder)")
         paths.insert(0, run_config)
     cfg = load_config(paths, parse_overrides(args.overrides))
-    result = train(cfg, resume=args.resume)
+    result = train(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
     if result.rank != 0:
         return 0
     if result.val is not None:

@@ -296,10 +296,33 @@ def list_files(path: Path) -> list[Path]:
     return files
 
 
-def iter_documents(path: str | Path, text_key: str = "text") -> Iterator[tuple[str, str]]:
+def read_text_document(file: Path, *, warn: bool = True) -> str:
+    """A text file's content; bytes that are not UTF-8 become U+FFFD, with a warning (a binary file?)."""
+    data = file.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        text = data.decode("utf-8", errors="replace")
+        if warn:
+            logger.warning(
+                "%s is not valid UTF-8 text (%d replacement characters in %d bytes); is it a binary file?",
+                file, text.count("\ufffd"), len(data),
+            )  # fmt: skip
+        return text
+    if warn and "\x00" in text:
+        logger.warning("%s holds NUL bytes (%d); is it a binary file?", file, text.count("\x00"))
+    return text
+
+
+def iter_documents(path: str | Path, text_key: str = "text", *, warn: bool = True) -> Iterator[tuple[str, str]]:
     """Yield ``(doc_id, text)`` for each document under ``path``.
 
     A text file is one document; each line of a ``.jsonl`` file is one (its ``text_key`` field).
+
+    Args:
+        path: a file or folder of documents.
+        text_key: the text field of JSONL records.
+        warn: warn about files that do not look like text (invalid UTF-8, NUL bytes).
 
     Raises:
         ValueError: a JSONL line without ``text_key``.
@@ -317,4 +340,4 @@ def iter_documents(path: str | Path, text_key: str = "text") -> Iterator[tuple[s
                         raise ValueError(f"{file}:{i + 1}: JSONL record has no {text_key!r} field")
                     yield f"{rel}:{i}", record[text_key]
         else:
-            yield rel, file.read_text(encoding="utf-8", errors="replace")
+            yield rel, read_text_document(file, warn=warn)

@@ -83,6 +83,7 @@ def prepare_dataset(
     workers: int = 1,
     bpe_train_bytes: int = 200_000_000,
     source_name: str | None = None,
+    cache_key: dict | None = None,
 ) -> Path:
     """Tokenise the documents under ``source`` into ``out_dir``; returns ``out_dir``.
 
@@ -97,6 +98,8 @@ def prepare_dataset(
         workers: tokenisation processes.
         bpe_train_bytes: at most this many bytes of training text are used to train BPE.
         source_name: name recorded in the manifest (defaults to the path).
+        cache_key: what the dataset is made from (:mod:`retnet.data.fingerprint`), recorded in the manifest so
+            that a cached copy is reused only while it still matches.
 
     Raises:
         ValueError: bad fraction or an empty corpus.
@@ -111,7 +114,7 @@ def prepare_dataset(
     source = sources[0] if len(sources) == 1 else sources
     out_dir = Path(out_dir)
     start = time.time()
-    doc_ids = [doc_id for doc_id, _ in _documents(sources)]
+    doc_ids = [doc_id for doc_id, _ in _documents(sources, warn=True)]
     if not doc_ids:
         raise ValueError(f"no documents under {source}")
     in_val = [is_validation(d, val_fraction, seed) for d in doc_ids]
@@ -176,6 +179,8 @@ def prepare_dataset(
         "seed": seed,
         "splits": counts,
     }
+    if cache_key is not None:
+        manifest["cache_key"] = cache_key
     (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
     shutil.rmtree(out_dir, ignore_errors=True)
     os.replace(tmp, out_dir)
@@ -190,10 +195,10 @@ def prepare_dataset(
     return out_dir
 
 
-def _documents(sources: list[Path]) -> Iterator[tuple[str, str]]:
+def _documents(sources: list[Path], warn: bool = False) -> Iterator[tuple[str, str]]:
     """Documents of every source in order; ids carry the source's name when there are several."""
     for path in sources:
-        for doc_id, text in iter_documents(path):
+        for doc_id, text in iter_documents(path, warn=warn):
             yield (f"{path.name}/{doc_id}" if len(sources) > 1 else doc_id), text
 
 

@@ -7,6 +7,7 @@ positions contribute nothing, so a padded batch gives the same tokens as each pr
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 
 import torch
@@ -25,12 +26,17 @@ def left_pad(prompts: torch.Tensor | Sequence, pad_token_id: int, device) -> tup
             prompts = prompts[None]
         if prompts.dim() != 2 or prompts.numel() == 0:
             raise ValueError(f"prompt ids must be a non-empty (B, T) tensor, got shape {tuple(prompts.shape)}")
+        if prompts.dtype.is_floating_point or prompts.dtype.is_complex or prompts.dtype == torch.bool:
+            raise TypeError(f"prompt ids must be integers, got a {prompts.dtype} tensor")  # never truncate 1.7 to 1
         return prompts.to(device=device, dtype=torch.long), None
-    rows = [torch.as_tensor(p, dtype=torch.long).flatten() for p in prompts]
+    rows = [torch.as_tensor(p).flatten() for p in prompts]
     if not rows:
         raise ValueError("no prompts given")
     if any(r.numel() == 0 for r in rows):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    if any(r.dtype.is_floating_point or r.dtype.is_complex or r.dtype == torch.bool for r in rows):
+        raise TypeError("prompt ids must be integers, got non-integer values")  # never truncate 1.7 to 1
+    rows = [r.long() for r in rows]
     T = max(r.numel() for r in rows)
     ids = torch.full((len(rows), T), pad_token_id, dtype=torch.long)
     mask = torch.zeros(len(rows), T, dtype=torch.long)
@@ -41,6 +47,20 @@ def left_pad(prompts: torch.Tensor | Sequence, pad_token_id: int, device) -> tup
     return ids.to(device), (mask.to(device) if padded else None)
 
 
+def _checked_on_call(gen_fn):
+    """Run a generator function up to its first ``yield`` at call time, so its argument checks raise there and
+    not at the first ``next()``; the priming value is swallowed."""
+
+    @functools.wraps(gen_fn)
+    def call(*args, **kwargs):
+        gen = gen_fn(*args, **kwargs)
+        next(gen)
+        return gen
+
+    return call
+
+
+@_checked_on_call
 @torch.no_grad()
 def stream_generate(
     model,
@@ -89,6 +109,8 @@ def stream_generate(
         raise ValueError(f"unknown prefill_form {prefill_form!r}")
     eos = eos_token_id if eos_token_id is not None else cfg.eos_token_id
     eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if any(not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < cfg.vocab_size for e in eos_ids):
+        raise ValueError(f"eos_token_id must be ids in [0, {cfg.vocab_size}), got {eos!r}")
     if pad_token_id is None:
         pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
     device = next(model.parameters()).device
@@ -99,6 +121,7 @@ def stream_generate(
         mask = attention_mask.to(device)
     if seed is not None:
         generator = torch.Generator(device=device).manual_seed(seed)
+    yield None  # the checks above ran at call time (see _checked_on_call)
     if max_new_tokens == 0:
         model._check_input_ids(ids)
         return

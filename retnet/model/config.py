@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..layers.ffn import ACTIVATIONS
@@ -10,6 +11,13 @@ from ..utils.config_io import JsonConfig, require_positive_ints, require_special
 from .presets import PRESETS
 
 FLAVOURS = ("torchscale", "paper")
+
+
+def _is_number(value) -> bool:
+    """An int or float, not a bool (True would pass as 1)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 # What each flavour sets when the field is left as None (SPEC §7).
 FLAVOUR_DEFAULTS = {
     "torchscale": dict(
@@ -109,11 +117,19 @@ class RetNetConfig(JsonConfig):
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("ffn_glu", "scale_embedding", "use_gate", "tie_word_embeddings"):
+            if not isinstance(getattr(self, name), bool):  # "no" or 3 would be truthy and silently mean True
+                raise ValueError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for name in ("norm_eps", "group_norm_eps"):
-            if not (isinstance(self.__dict__[name], (int, float)) and self.__dict__[name] > 0):
-                raise ValueError(f"{name} must be a positive number, got {self.__dict__[name]!r}")
-        if not (0.0 <= self.dropout < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+            value = getattr(self, name)
+            if not (_is_number(value) and math.isfinite(value) and value > 0):
+                raise ValueError(f"{name} must be a finite positive number, got {value!r}")
+        if not (_is_number(self.dropout) and 0.0 <= self.dropout < 1.0):
+            raise ValueError(f"dropout must be a number in [0, 1), got {self.dropout!r}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be an int or None, got {value!r}")
         require_special_ids_in_vocab(self)
 
     @property

@@ -362,14 +362,19 @@ class CausalLM(nn.Module):
         save_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, directory, *, device=None, dtype=None):
+    def from_pretrained(cls, directory, *, device=None, dtype=None, allow_unverified: bool = False):
         """Load a model written by :meth:`save_pretrained` (verified: checksum, names, shapes).
+
+        Args:
+            directory: the folder holding ``config.json``, ``model.safetensors`` and ``checksums.json``.
+            device, dtype: where and in which dtype to put the weights.
+            allow_unverified: load weights that have no checksum (a warning is logged); off by default.
 
         Raises:
             FileNotFoundError: a missing directory, config or weights file.
-            ValueError: a corrupt checkpoint or weights that do not fit the config.
+            ValueError: a corrupt or unverifiable checkpoint, or weights that do not fit the config.
         """
-        return load_pretrained(cls, directory, device=device, dtype=dtype)
+        return load_pretrained(cls, directory, device=device, dtype=dtype, allow_unverified=allow_unverified)
 
 
 def _rows(state, i: int):

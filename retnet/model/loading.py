@@ -54,8 +54,15 @@ def load_torchscale_checkpoint(
         args = _find_official_args(ckpt)
         if args is None:
             raise ValueError(f"{path} carries no model config; pass the official config keys as JSON (--config)")
-    if "vocab_size" not in args or args.get("vocab_size", -1) < 1:
-        args = dict(
-            args, vocab_size=int(state_dict[next(k for k in state_dict if k.endswith("embed_tokens.weight"))].shape[0])
-        )
+    if not isinstance(args, dict):
+        raise ValueError(f"the model config must be a JSON object of official keys, got {type(args).__name__}")
+    vocab = args.get("vocab_size")
+    if not isinstance(vocab, int) or isinstance(vocab, bool) or vocab < 1:
+        embedding = next((k for k in state_dict if k.endswith("embed_tokens.weight")), None)
+        if embedding is None:
+            raise ValueError(
+                f"the config gives no vocab_size and {path} has no embed_tokens.weight to read it from; "
+                "add vocab_size to the --config JSON"
+            )
+        args = dict(args, vocab_size=int(state_dict[embedding].shape[0]))
     return RetNetForCausalLM.from_torchscale(state_dict, RetNetConfig.from_torchscale(args))

@@ -34,22 +34,38 @@ def save_pretrained(model, directory) -> None:
     atomic_write(directory / CONFIG_NAME, lambda p: model.config.save(p))
 
 
-def load_pretrained(cls, directory, *, device=None, dtype=None):
+def load_pretrained(cls, directory, *, device=None, dtype=None, allow_unverified: bool = False):
     """Load and verify a checkpoint written by :func:`save_pretrained`.
+
+    Args:
+        cls: the model class.
+        directory: the folder.
+        device, dtype: optional placement of the loaded model.
+        allow_unverified: load weights that have no checksum (no ``checksums.json``, or no entry in it).
 
     Raises:
         FileNotFoundError: a missing directory, config or weights file.
-        ValueError: a corrupt or truncated file, a checksum mismatch, or weights that do not fit the config.
+        ValueError: a corrupt or truncated file, a checksum mismatch, a missing checksum (unless
+            ``allow_unverified``), or weights that do not fit the config.
     """
     directory = Path(directory)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (directory / name).is_file():
             raise FileNotFoundError(f"{directory / name} not found (not a retnet checkpoint directory?)")
     config = cls.config_class.load(directory / CONFIG_NAME)
+    expected = None
     if (directory / CHECKSUM_NAME).is_file():
-        expected = json.loads((directory / CHECKSUM_NAME).read_text()).get(WEIGHTS_NAME)
-        if expected is not None and sha256_file(directory / WEIGHTS_NAME) != expected:
-            raise ValueError(f"{directory / WEIGHTS_NAME} does not match its checksum (corrupt or truncated)")
+        try:
+            expected = json.loads((directory / CHECKSUM_NAME).read_text()).get(WEIGHTS_NAME)
+        except (ValueError, AttributeError):
+            raise ValueError(f"{directory / CHECKSUM_NAME} is not a checksum file") from None
+    if expected is None and not allow_unverified:
+        raise ValueError(
+            f"{directory / WEIGHTS_NAME} has no checksum in {directory / CHECKSUM_NAME}, so it cannot be verified; "
+            "pass --allow-unverified (allow_unverified=True) to load it anyway"
+        )
+    if expected is not None and sha256_file(directory / WEIGHTS_NAME) != expected:
+        raise ValueError(f"{directory / WEIGHTS_NAME} does not match its checksum (corrupt or truncated)")
     try:
         state = load_file(str(directory / WEIGHTS_NAME))
     except (SafetensorError, OSError, ValueError) as err:

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import json
-import warnings
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from torch.distributed.checkpoint.state_dict import get_model_state_dict, set_model_state_dict
 
 from ..data import StreamDecoder, Tokenizer, load_tokenizer
 from ..generation import RetNetForCausalLM
 from ..model import RetNetConfig
+from ..model.serialization import WEIGHTS_NAME, load_pretrained
 from . import checkpoint as ckpt_io
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,38 +29,52 @@ class Trained:
     source: Path
 
 
-def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Trained:
-    """Load a model for evaluation or generation.
+def load_trained(
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    *,
+    trust_checkpoint: bool = False,
+    allow_unverified: bool = False,
+) -> Trained:
+    """Load a model for evaluation or generation (safetensors and JSON only, unless ``trust_checkpoint``).
 
     Args:
         path: a run folder (its latest valid checkpoint, else its exported ``model/``), a checkpoint folder, or
             a ``save_pretrained`` folder with a ``tokenizer/`` inside or beside it.
         device: where to put the model.
+        trust_checkpoint: also read checkpoints in torch.distributed.checkpoint's pickled format (code in such
+            files runs; ``docs/security.md``).
+        allow_unverified: accept weights without checksums (no ``checksums.json`` / ``checkpoint.json``).
 
     Raises:
         FileNotFoundError: nothing loadable at ``path``.
-        ValueError: a corrupt checkpoint.
+        ValueError: a corrupt, unverifiable or (without ``trust_checkpoint``) pickled checkpoint.
     """
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such run, checkpoint or model folder: {path}")
-    if (path / "model.safetensors").is_file():
-        model = RetNetForCausalLM.from_pretrained(path)
+    if (path / WEIGHTS_NAME).is_file():
+        model = load_pretrained(RetNetForCausalLM, path, allow_unverified=allow_unverified)
         tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path.parent / "tokenizer"
         source = path
     else:
-        if (path / ckpt_io.MANIFEST).is_file() or ckpt_io.list_checkpoints(path):
-            ckpt = ckpt_io.resolve_checkpoint(path)
-        elif (path / "model" / "model.safetensors").is_file():
-            return load_trained(path / "model", device)
+        exported = path / "model" / WEIGHTS_NAME
+        if (path / ckpt_io.MANIFEST).is_file() or (path / "trainer.json").is_file():
+            ckpt = ckpt_io.resolve_checkpoint(path, allow_unverified=allow_unverified)
+        elif ckpt_io.list_checkpoints(path):
+            ckpt = ckpt_io.latest_checkpoint(path)
+            if ckpt is None:
+                if not exported.is_file():
+                    raise FileNotFoundError(f"no complete checkpoint in {path} and no exported model")
+                logger.warning("every checkpoint in %s is corrupt; using the exported model %s", path, path / "model")
+                return load_trained(path / "model", device, allow_unverified=allow_unverified)
+        elif exported.is_file():
+            return load_trained(path / "model", device, allow_unverified=allow_unverified)
         else:
             raise FileNotFoundError(f"{path} holds no checkpoint and no exported model")
         config = RetNetConfig.from_dict(json.loads((ckpt / "config.json").read_text()))
         model = RetNetForCausalLM(config)
-        state = {"model": get_model_state_dict(model)}
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*assuming the intent is to")
-            dcp.load(state, checkpoint_id=str(ckpt / "state"))
+        state = ckpt_io.load_state(ckpt, {"model": get_model_state_dict(model)}, trust_checkpoint=trust_checkpoint)
         set_model_state_dict(model, state["model"])
         tok_dir, source = ckpt / "tokenizer", ckpt
     tokenizer = load_tokenizer(tok_dir)

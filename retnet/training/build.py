@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 from pathlib import Path
 
 import torch
 
-from ..data import CORPORA, prepare_dataset, resolve_source
+from ..data import CORPORA, prepare_dataset, read_manifest, resolve_source
+from ..data.fingerprint import corpus_key, key_change
+from ..data.prepare import FORMAT_VERSION, MANIFEST
 from ..model import RetNetConfig
+from ..utils.files import atomic_write
 from .config import DataSection, ModelSection, TrainConfig
 from .distributed import DistInfo, barrier
 
@@ -54,8 +58,41 @@ def corpus_names(cfg: DataSection) -> list[str]:
     return names
 
 
+def cache_key(cfg: DataSection, seed: int, recorded: dict | None = None) -> dict:
+    """What the cached dataset of ``cfg`` is made from: each corpus (a local one by its files' sizes, times and
+    hashes, a registered one by its pinned version), the tokenizer settings, the split seed and fraction.
+
+    Args:
+        cfg: the data settings.
+        seed: the split seed.
+        recorded: the key stored with the cached dataset; files whose size and time still match it are not
+            hashed again (:mod:`retnet.data.fingerprint`).
+    """
+    before = (recorded or {}).get("corpora", [])
+    corpora = []
+    for i, name in enumerate(corpus_names(cfg)):
+        local = Path(name).expanduser()
+        if not local.exists() and name in CORPORA:  # the order of resolve_source: an existing path wins
+            corpora.append({"name": name, "version": CORPORA[name].version})
+        else:
+            prev = before[i] if i < len(before) else None
+            corpora.append({"name": name, **corpus_key(local, prev)})
+    tokenizer = {"kind": cfg.tokenizer, **({"vocab_size": cfg.vocab_size} if cfg.tokenizer == "bpe" else {})}
+    return {
+        "format_version": FORMAT_VERSION,
+        "corpora": corpora,
+        "tokenizer": tokenizer,
+        "seed": seed,
+        "val_fraction": cfg.val_fraction,
+    }
+
+
 def ensure_dataset(cfg: DataSection, info: DistInfo, seed: int = 0) -> Path:
-    """Prepare the dataset on rank 0 if it is missing; every rank returns its folder.
+    """Prepare the dataset on rank 0 if it is missing or stale; every rank returns its folder.
+
+    A cached dataset is stale when its cache key (:func:`cache_key`) no longer matches: an edited, added or
+    removed corpus file, another tokenizer setting, split seed or fraction. It is then re-prepared, with one
+    log line saying why.
 
     Raises:
         FileNotFoundError: missing corpus, or a missing explicit dataset folder.
@@ -65,19 +102,30 @@ def ensure_dataset(cfg: DataSection, info: DistInfo, seed: int = 0) -> Path:
         if not (path / "manifest.json").is_file():
             raise FileNotFoundError(f"prepared dataset not found: {path} (run 'retnet data prepare')")
         return path
-    if info.is_main and not (path / "manifest.json").is_file():
-        source = [resolve_source(name, cfg.cache_dir, fetch=cfg.fetch) for name in corpus_names(cfg)]
-        logger.info("preparing %s with the %s tokenizer into %s", cfg.corpus, cfg.tokenizer, path)
-        prepare_dataset(
-            source,
-            path,
-            tokenizer=cfg.tokenizer,
-            vocab_size=cfg.vocab_size,
-            val_fraction=cfg.val_fraction,
-            seed=seed,
-            workers=cfg.workers,
-            source_name=cfg.corpus,
-        )
+    if info.is_main:
+        cached = (path / MANIFEST).is_file()
+        recorded = read_manifest(path).get("cache_key") if cached else None
+        key = cache_key(cfg, seed, recorded)
+        reason = key_change(recorded, key) if cached else None
+        if reason is not None:
+            logger.info("re-preparing %s: %s", path, reason)
+        if not cached or reason is not None:
+            source = [resolve_source(name, cfg.cache_dir, fetch=cfg.fetch) for name in corpus_names(cfg)]
+            logger.info("preparing %s with the %s tokenizer into %s", cfg.corpus, cfg.tokenizer, path)
+            prepare_dataset(
+                source,
+                path,
+                tokenizer=cfg.tokenizer,
+                vocab_size=cfg.vocab_size,
+                val_fraction=cfg.val_fraction,
+                seed=seed,
+                workers=cfg.workers,
+                source_name=cfg.corpus,
+                cache_key=key,
+            )
+        elif key != recorded:  # same content, newer times: record them so the next check hashes nothing
+            manifest = dict(read_manifest(path), cache_key=key)
+            atomic_write(path / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1) + "\n"))
     barrier()
     return path
 

@@ -118,6 +118,8 @@ def evaluate_source(
     max_windows: int = 0,
     reset_at_boundaries: bool = True,
     device: str = "cpu",
+    trust_checkpoint: bool = False,
+    allow_unverified: bool = False,
 ) -> EvalResult:
     """``retnet eval``: evaluate a trained model on a prepared dataset, text files, or its run's dataset.
 
@@ -133,6 +135,7 @@ def evaluate_source(
         max_windows: at most this many windows (0: all).
         reset_at_boundaries: reset the state after each document separator.
         device: "cpu" or "cuda".
+        trust_checkpoint, allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
 
     Raises:
         FileNotFoundError / ValueError: missing inputs or a tokenizer mismatch.
@@ -145,7 +148,9 @@ def evaluate_source(
     from .build import dataset_dir
     from .config import load_config
 
-    trained = load_trained(model_path, device=device)
+    trained = load_trained(
+        model_path, device=device, trust_checkpoint=trust_checkpoint, allow_unverified=allow_unverified
+    )
     run_cfg = None
     for candidate in (trained.source / "train_config.yaml", trained.source.parent / "train_config.yaml"):
         if candidate.is_file():

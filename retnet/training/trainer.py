@@ -44,6 +44,7 @@ from .flops import matmul_params, peak_flops, train_flops_per_token
 from .loss import lm_loss_sum
 from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
+from .run_lock import lock_run_dir
 from .schedule import lr_at
 
 logger = logging.getLogger(__name__)
@@ -123,7 +124,9 @@ def resolve_run_dir(cfg: TrainConfig, resume: str | None, info: DistInfo) -> Pat
     return Path("runs") / f"{cfg.name}-{stamp}"
 
 
-def train(cfg: TrainConfig, *, resume: str | None = None, model_factory=None) -> TrainResult:
+def train(
+    cfg: TrainConfig, *, resume: str | None = None, model_factory=None, trust_checkpoint: bool = False
+) -> TrainResult:
     """Run training as described by ``cfg`` (every rank of a ``torchrun`` job calls this).
 
     Args:
@@ -132,6 +135,7 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model_factory=None) ->
         model_factory: optional ``f(vocab_size) -> model`` replacing the RetNet built from ``cfg.model``; the
             model must follow RetNet's forward contract and carry a ``config`` with ``to_dict``/``save`` (the
             architecture comparison, :mod:`retnet.compare`, trains its baselines through this hook).
+        trust_checkpoint: resume from a checkpoint in DCP's pickled format too (``docs/security.md``).
 
     Raises:
         NonFiniteLossError: a NaN/inf loss with ``nan_policy="stop"`` (or too many skipped steps).
@@ -140,14 +144,14 @@ def train(cfg: TrainConfig, *, resume: str | None = None, model_factory=None) ->
     device_type = "cuda" if cfg.device != "cpu" and torch.cuda.is_available() else "cpu"
     info = init_distributed(cfg.parallel.backend, device_type)
     try:
-        return _Trainer(cfg, info, resume, model_factory).run()
+        return _Trainer(cfg, info, resume, model_factory, trust_checkpoint).run()
     finally:
         teardown()
 
 
 class _Trainer:
-    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: str | None, model_factory=None) -> None:
-        self.cfg, self.info = cfg, info
+    def __init__(self, cfg: TrainConfig, info: DistInfo, resume: str | None, model_factory=None, trust=False) -> None:
+        self.cfg, self.info, self.trust_checkpoint = cfg, info, trust
         self.device = pick_device(cfg, info)
         self.run_dir = resolve_run_dir(cfg, resume, info)
         self.resume_from = ckpt_io.resolve_checkpoint(resume) if resume else None
@@ -219,7 +223,14 @@ class _Trainer:
         )
 
     def _load(self, path: Path) -> None:
-        state = ckpt_io.load_checkpoint(path, self.model, self.optimizer, info=self.info, model_config=self.model_cfg)
+        state = ckpt_io.load_checkpoint(
+            path,
+            self.model,
+            self.optimizer,
+            info=self.info,
+            model_config=self.model_cfg,
+            trust_checkpoint=self.trust_checkpoint,
+        )
         if state.get("tokenizer_hash") != self.tokenizer.fingerprint():
             raise ValueError(f"checkpoint {path} was trained with another tokenizer than dataset {self.data.path}")
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
@@ -307,6 +318,10 @@ class _Trainer:
 
     # ---- loop --------------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        with lock_run_dir(self.run_dir, self.info):  # one writer per run folder
+            return self._run()
+
+    def _run(self) -> TrainResult:
         cfg, info = self.cfg, self.info
         if info.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)

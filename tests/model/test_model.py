@@ -7,6 +7,7 @@ import torch
 
 from retnet import PRESETS, RetNetConfig, RetNetForCausalLM
 from retnet.model.presets import PAPER_SIZES
+from retnet.model.serialization import load_pretrained
 from retnet.model.torchscale import config_to_torchscale, state_dict_to_torchscale
 from tests.model.official_forward import official_logits
 from tests.utils import assert_close
@@ -144,8 +145,10 @@ def test_corrupt_checkpoints_give_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="checksum"):
         RetNetForCausalLM.from_pretrained(tmp_path)
     (tmp_path / "checksums.json").unlink()
-    with pytest.raises(ValueError, match="cannot read"):
+    with pytest.raises(ValueError, match="no checksum .* --allow-unverified"):
         RetNetForCausalLM.from_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="cannot read"):
+        load_pretrained(RetNetForCausalLM, tmp_path, allow_unverified=True)
     model.save_pretrained(tmp_path)
     cfg = json.loads((tmp_path / "config.json").read_text())
     cfg["hidden_size"] = 128

@@ -136,7 +136,7 @@ def test_nan_skip_policy(dataset, tmp_path, monkeypatch):
 def test_corrupt_checkpoint_falls_back(dataset, tmp_path):
     _run(dataset, tmp_path / "c", steps=12)
     newest = ckpt_io.list_checkpoints(tmp_path / "c")[-1]
-    shard = next((newest / "state").glob("*.distcp"))
+    shard = next((newest / "state").glob("*.safetensors"))
     shard.write_bytes(shard.read_bytes()[:-10] + b"0123456789")
     assert ckpt_io.latest_checkpoint(tmp_path / "c").name == "step_00000006"
     with pytest.raises(ValueError, match="does not match its checksum"):

@@ -88,10 +88,21 @@ def decay_powers(log_decay: torch.Tensor, exponents: torch.Tensor) -> torch.Tens
     return torch.exp(log_decay.view(-1, *([1] * e.dim())) * e)
 
 
+def causal_mask(length: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """``(T, T)`` bool, True where m ≤ n: the pairs a causal form may combine.
+
+    Apply it with ``torch.where``, never by multiplying with 0: 0 · inf is NaN, so a multiplied mask lets a
+    non-finite future value reach earlier rows.
+    """
+    idx = torch.arange(length, device=device)
+    return idx[:, None] >= idx[None, :]
+
+
 def decay_mask(log_decay: torch.Tensor, length: int) -> torch.Tensor:
     """The causal decay matrix D[n, m] = γ^(n−m) for m ≤ n, else 0 (paper Eq. 5).
 
-    Causality comes from an index mask, never from γ^∞.
+    Causality comes from an index mask, never from γ^∞. Scores must still be masked with
+    :func:`causal_mask` (``torch.where``) rather than by multiplying with D's zeros (see there).
 
     Args:
         log_decay: ``(H,)`` log γ.

@@ -8,6 +8,7 @@ branches on ``form`` and ``backend``.
 from __future__ import annotations
 
 import logging
+import numbers
 import weakref
 
 import torch
@@ -76,6 +77,23 @@ def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
         raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
 
 
+def _check_state_and_offset_types(initial_state, offset, T: int) -> None:
+    """Types first, so that a wrong one fails with its name rather than deep inside (a dict cannot be sliced)."""
+    if initial_state is not None and not (
+        isinstance(initial_state, RetentionState)
+        or (isinstance(initial_state, (tuple, list)) and len(initial_state) == 3)
+    ):
+        raise TypeError(
+            f"initial_state must be a RetentionState (S, z, position) or None, got {type(initial_state).__name__}"
+        )
+    if offset is None or isinstance(offset, (torch.Tensor, torch.SymInt)):  # a SymInt while torch.compile traces
+        return
+    if isinstance(offset, bool) or not isinstance(offset, numbers.Integral):
+        raise TypeError(f"offset must be an int or an integer tensor of shape (B,), got {offset!r}")
+    if not (-(2**63) <= int(offset) and int(offset) + T <= 2**63 - 1):
+        raise ValueError(f"offset {offset} is out of range: the positions offset .. offset + T - 1 must fit in int64")
+
+
 def _resolve_state(initial_state, offset, q, v) -> RetentionState:
     B, _, H, K = q.shape
     V = v.shape[-1]
@@ -86,6 +104,8 @@ def _resolve_state(initial_state, offset, q, v) -> RetentionState:
             if off.shape not in ((), (B,)) or off.dtype.is_floating_point:
                 raise ValueError(f"offset must be an int or an integer tensor of shape (B,) = ({B},)")
             off = off.to(device=q.device, dtype=torch.long)
+        elif not isinstance(off, torch.SymInt):
+            off = int(off)
         return RetentionState.zeros(B, H, K, V, dtype=dt, device=q.device, position=off, broadcast=True)
     if not isinstance(initial_state, RetentionState):
         if isinstance(initial_state, (tuple, list)) and len(initial_state) == 3:
@@ -254,6 +274,7 @@ def retention(
             (``triton_dispatch.triton_limitation``); ``"auto"`` falls back to PyTorch there.
     """
     _check_inputs(q, k, v, log_decay, form, chunk_size, backend)
+    _check_state_and_offset_types(initial_state, offset, q.shape[1])
     needs_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (q, k, v, *(initial_state[:1] if initial_state is not None else ()))
     )

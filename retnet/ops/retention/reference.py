@@ -18,14 +18,71 @@ Conventions shared by all three functions below:
     None here; the dispatcher builds the empty one). Tokens at negative absolute positions are left padding:
     they contribute nothing and their outputs are 0. Everything is computed in float32 (float64 for float64
     inputs); the output takes v's dtype. The returned state always describes the end of the segment.
+
+Non-finite inputs stay causal: a NaN or inf in q, k or v at position m reaches outputs at n ≥ m only, in every
+form, as in the recurrence. Masks are applied with ``torch.where`` (0 · inf is NaN), and a product of masked
+scores with v keeps a non-finite value of v out of earlier rows (:func:`masked_scores_times_values`); where
+such a value appears the forms may differ in which non-finite value they give (NaN or ±inf), not in where.
+A float16 output that overflows to inf where the float32 result was finite is logged once.
 """
 
 from __future__ import annotations
 
+import logging
+
 import torch
 
-from .decay import compute_dtype, decay_mask, decay_powers, decay_row_norm
+from ...utils.checks import values_checkable
+from .decay import causal_mask, compute_dtype, decay_mask, decay_powers, decay_row_norm
 from .state import RetentionState
+
+logger = logging.getLogger(__name__)
+_fp16_overflow_logged = False
+
+
+def causal_scores(q: torch.Tensor, k: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """``(q kᵀ) ⊙ D`` with the entries above the diagonal set to 0 by ``torch.where``, not by D's zeros.
+
+    Args:
+        q, k: ``(..., T, K)``.
+        D: ``(..., T, T)`` decay mask broadcastable to the scores.
+
+    Returns:
+        ``(..., T, T)`` scores; a non-finite key at m leaves rows n < m finite.
+    """
+    T = q.shape[-2]
+    return torch.where(causal_mask(T, q.device), (q @ k.transpose(-1, -2)) * D, 0.0)
+
+
+def masked_scores_times_values(scores: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """``scores @ v`` for causally masked scores, with non-finite values of v reaching later rows only.
+
+    A matrix product multiplies the masked zeros with every value (0 · inf = NaN in rows before the value), so
+    non-finite values are left out of the product, and the rows at or after one (per channel) are set to NaN:
+    what the recurrence gives there is non-finite too.
+
+    Args:
+        scores: ``(..., T, T)`` with zeros above the diagonal.
+        v: ``(..., T, V)``.
+
+    Returns:
+        ``(..., T, V)``.
+    """
+    finite = torch.isfinite(v)
+    o = scores @ torch.where(finite, v, 0.0)
+    reached = (~finite).cumsum(-2) > 0  # (..., T, V): a non-finite value at or before this row
+    return torch.where(reached, torch.full((), float("nan"), dtype=o.dtype, device=o.device), o)
+
+
+def _warn_fp16_overflow(o: torch.Tensor, o_lp: torch.Tensor) -> None:
+    global _fp16_overflow_logged  # log once per process, like the backend fallback in dispatch.py
+    if _fp16_overflow_logged or o_lp.dtype != torch.float16 or not values_checkable():
+        return
+    if bool((torch.isinf(o_lp) & torch.isfinite(o)).any()):
+        logger.warning(
+            "retention: float16 output overflowed to inf (|o| > 65504); use bfloat16 or float32, or keep normalize=True"
+        )
+        _fp16_overflow_logged = True
 
 
 def normalize_rows(
@@ -65,7 +122,9 @@ def _finish(o_BHTV, s_BHT, positions, valid, log_decay, normalize, v_dtype, S, z
     if normalize:
         o_BHTV = normalize_rows(o_BHTV, s_BHT, positions, log_decay)
     o_BHTV = torch.where(valid, o_BHTV, 0.0)
-    o = o_BHTV.transpose(1, 2).to(v_dtype)  # (B, H, T, V) -> (B, T, H, V)
+    o_BTHV = o_BHTV.transpose(1, 2)  # (B, H, T, V) -> (B, T, H, V)
+    o = o_BTHV.to(v_dtype)
+    _warn_fp16_overflow(o_BTHV, o)
     return o, RetentionState(S, z, state.position + T)
 
 
@@ -81,10 +140,10 @@ def parallel_ref(
     q_BHTK, k_BHTK, v_BHTV, lg, S0, z0, positions, valid = _prepare(q, k, v, log_decay, state)
     T = q.shape[1]
     D_HTT = decay_mask(lg, T)
-    scores_BHTT = (q_BHTK @ k_BHTK.transpose(-1, -2)) * D_HTT  # (B, H, T, T)
+    scores_BHTT = causal_scores(q_BHTK, k_BHTK, D_HTT)  # (B, H, T, T)
     xi_HT = decay_powers(lg, torch.arange(1, T + 1, device=q.device))  # γ^(n+1): decay of the initial state
     q_xi = q_BHTK * xi_HT[None, :, :, None]
-    o_BHTV = scores_BHTT @ v_BHTV + q_xi @ S0  # (B, H, T, V)
+    o_BHTV = masked_scores_times_values(scores_BHTT, v_BHTV) + q_xi @ S0  # (B, H, T, V)
     s_BHT = scores_BHTT.sum(-1) + (q_xi @ z0[..., None]).squeeze(-1)
     # Final state: S_T = γ^T S_0 + Σ_m γ^(T−1−m) k_mᵀ v_m.
     zeta_HT = decay_powers(lg, torch.arange(T - 1, -1, -1, device=q.device))
@@ -155,8 +214,8 @@ def chunkwise_ref(
     xi_HC = decay_powers(lg, j + 1)  # ξ_j = γ^(j+1)
     D_HCC = decay_mask(lg, C)
 
-    scores = (q_c @ k_c.transpose(-1, -2)) * D_HCC[None, :, None]  # (B, H, N, C, C)
-    o_inner = scores @ v_c  # (B, H, N, C, V)
+    scores = causal_scores(q_c, k_c, D_HCC[None, :, None])  # (B, H, N, C, C)
+    o_inner = masked_scores_times_values(scores, v_c)  # (B, H, N, C, V)
     s_inner = scores.sum(-1)  # (B, H, N, C)
     k_zeta = k_c * zeta_HNC[None, :, :, :, None]  # (B, H, N, C, K)
     chunk_kv = k_zeta.transpose(-1, -2) @ v_c  # (B, H, N, K, V)
