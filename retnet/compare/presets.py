@@ -27,7 +27,7 @@ RECIPE: dict = dict(
 
 COMPARE_PRESETS: dict[str, dict] = {
     "tiny": dict(
-        steps=250, batch_size=8,  # 512,000 tokens of 256-token windows
+        steps=250, batch_size=8, precision="fp32",  # 512,000 tokens of 256-token windows
         model=dict(preset="tiny", hidden_size=128, num_hidden_layers=2, num_heads=2, value_dim=256, ffn_dim=256,
                    flavour="paper"),
         data=dict(tokenizer="byte", vocab_size=256, seq_len=256),

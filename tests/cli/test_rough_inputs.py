@@ -28,7 +28,7 @@ def test_malformed_yaml_is_one_line(tmp_path, capsys):
     bad.write_text("steps: 10\n  optim: [unclosed\n")
     assert main(["train", "--config", str(bad)]) == 1
     line = _one_error_line(capsys)
-    assert line.startswith("retnet train: error: malformed YAML:") and "line" in line
+    assert line.startswith(f"retnet train: error: config file {bad} is not valid YAML:") and "line 2" in line
 
 
 def test_resume_of_a_missing_run(tmp_path, capsys):
