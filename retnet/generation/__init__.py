@@ -1,6 +1,22 @@
-"""Generation: prefill then O(1)-per-token recurrent decoding, with sampling and streaming."""
+"""Generation: prefill then O(1)-per-token recurrent decoding, with sampling and streaming.
 
+:class:`DecodeEngine` is the fast loop (static state, on-device sampling, a CUDA graph per token);
+:func:`generate` / :func:`stream_generate` use it on CUDA and the eager loop elsewhere.
+"""
+
+from .engine import DecodeEngine
 from .generate import generate, left_pad, stream_generate
-from .sampling import SamplingConfig, filter_logits, next_token
+from .sampling import SamplingConfig, choose_tokens, filter_logits, gumbel_noise, next_token, sampling_key
 
-__all__ = ["SamplingConfig", "filter_logits", "generate", "left_pad", "next_token", "stream_generate"]
+__all__ = [
+    "DecodeEngine",
+    "SamplingConfig",
+    "choose_tokens",
+    "filter_logits",
+    "generate",
+    "gumbel_noise",
+    "left_pad",
+    "next_token",
+    "sampling_key",
+    "stream_generate",
+]
