@@ -139,7 +139,7 @@ def decode_row(model, B: int, context: int, args, device, *, short: bool = False
     _free(device)
     engine = DecodeEngine(
         model, max_batch=B, max_len=context + args.warmup + args.steps, cuda_graph=False if args.no_graph else None,
-        prefill_chunk=args.prefill_chunk,
+        prefill_chunk=args.prefill_chunk, compile=args.compile,
     )  # fmt: skip
     fill(engine, B, context, "short" if short else args.fill, args.prefill_batch, model.config.vocab_size)
     for _ in range(args.warmup):
@@ -410,6 +410,9 @@ def parse_args(argv):
     p.add_argument("--sdpa-backends", nargs="+", choices=SDPA_BACKENDS, default=["auto", "efficient", "cudnn"])
     p.add_argument("--references", nargs="*", choices=REFERENCES, default=list(REFERENCES))
     p.add_argument("--no-graph", action="store_true", help="run the engine's step eagerly (no CUDA graph)")
+    p.add_argument(
+        "--compile", action="store_true", help="compile the engine's step with inductor (once per batch size)"
+    )
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 
@@ -417,6 +420,17 @@ def parse_args(argv):
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results dict (also written to ``--out``)."""
     args = parse_args(argv)
+    limit = torch._dynamo.config.cache_size_limit
+    if args.compile:  # one compiled step per (model, batch size, max_len): more than dynamo's default 8
+        torch._dynamo.config.cache_size_limit = max(limit, 256)
+    try:
+        return run(args, argv)
+    finally:
+        torch._dynamo.config.cache_size_limit = limit
+
+
+def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
+    """The measurements of :func:`main` for parsed arguments."""
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -472,8 +486,8 @@ def main(argv: list[str] | None = None) -> dict:
                 save()
             rows = results["prefill"][name] = []
             for T in args.prefill_lengths:
-                run = functools.partial(prefill_row, model, T, args, device)
-                rows.append(bench_model.fits_in_memory(run, {"T": T}, device))
+                timed = functools.partial(prefill_row, model, T, args, device)
+                rows.append(bench_model.fits_in_memory(timed, {"T": T}, device))
                 save()
         del model
         _free(device)

@@ -87,8 +87,9 @@ class CausalSelfAttention(TokenMixer):
     def allocate_decode_state(
         self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
     ) -> StaticKVCache:
-        """A zeroed :class:`StaticKVCache` of ``batch_size`` rows and ``max_len`` positions in ``dtype``."""
-        shape = (batch_size, self.num_heads, max_len, self.head_dim)
+        """A zeroed :class:`StaticKVCache` of ``batch_size`` rows and at least ``max_len`` positions in ``dtype``
+        (rounded up to a multiple of 16: the memory-efficient SDPA kernel wants the mask's rows aligned)."""
+        shape = (batch_size, self.num_heads, -(-max_len // 16) * 16, self.head_dim)
         k = torch.zeros(shape, device=device, dtype=dtype)
         v = torch.zeros(shape, device=device, dtype=dtype)
         return StaticKVCache(k, v, torch.zeros(batch_size, device=device, dtype=torch.long))

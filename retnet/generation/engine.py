@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 
@@ -33,6 +34,51 @@ from .sampling import SamplingConfig, choose_tokens, sampling_key
 logger = logging.getLogger(__name__)
 
 _WARMUP_STEPS = 2
+
+
+class StepBuffers(NamedTuple):
+    """The engine's per-slot device buffers that a step reads and writes (fixed addresses, for the CUDA graph).
+
+    Attributes:
+        logits: ``(B, vocab)`` next-token logits of each slot.
+        tokens: ``(B,)`` the last step's tokens.
+        finished: ``(B,)`` bool: the slot produced a stop token, ran out of budget, or is free.
+        keys: ``(B,)`` int64 noise keys of the slots' requests.
+        counts: ``(B,)`` int64 tokens drawn per request.
+        seen: ``(B, vocab)`` bool tokens in each sequence (repetition penalty), or None.
+        eos: ``(E,)`` int64 stop tokens (E may be 0).
+    """
+
+    logits: torch.Tensor
+    tokens: torch.Tensor
+    finished: torch.Tensor
+    keys: torch.Tensor
+    counts: torch.Tensor
+    seen: torch.Tensor | None
+    eos: torch.Tensor
+
+
+def _engine_step(
+    parts: DecoderParts, states: list, buffers: StepBuffers, sampling: SamplingConfig, pad_token_id: int
+) -> None:
+    """One step for every slot: pick tokens from the logits buffer, then run all layers on them, in place.
+
+    A free function of its buffers (not a method) so that ``torch.compile`` guards on their shapes, not on the
+    engine object, and engines of one shape share the compiled code.
+    """
+    token = choose_tokens(buffers.logits, sampling, buffers.seen, buffers.keys, buffers.counts)  # (B,)
+    token = torch.where(buffers.finished, pad_token_id, token)
+    buffers.tokens.copy_(token)
+    buffers.counts.add_(1)
+    if buffers.seen is not None:
+        buffers.seen.scatter_(1, token[:, None], True)
+    if buffers.eos.numel():
+        buffers.finished.logical_or_((token[:, None] == buffers.eos[None, :]).any(-1))
+    x = parts.embed(token)  # (B, D)
+    for block, state in zip(parts.blocks, states):
+        h = x + block.mixer.decode_step_(block.mixer_norm(x), state)
+        x = h + block.ffn(block.ffn_norm(h))
+    buffers.logits.copy_(parts.head(x))  # (B, vocab)
 
 
 def _int_arg(name: str, value, minimum: int) -> int:
@@ -58,6 +104,9 @@ class DecodeEngine:
         prefill_chunk: prefill prompts in pieces of at most this many tokens, each continuing from the state
             (None: one piece).
         cuda_graph: capture the step in a CUDA graph (default: True on CUDA; must be False off CUDA).
+        compile: also compile the step with ``torch.compile`` (True: inductor, which fuses the per-token
+            elementwise work into few kernels; or the name of a ``torch.compile`` backend). The compiled step is
+            then captured like the eager one.
 
     Raises:
         ValueError: on bad sizes, or ``cuda_graph=True`` off CUDA.
@@ -77,6 +126,7 @@ class DecodeEngine:
         chunk_size: int | None = None,
         prefill_chunk: int | None = None,
         cuda_graph: bool | None = None,
+        compile: bool | str = False,
     ):
         self.max_batch = _int_arg("max_batch", max_batch, 1)
         self.max_len = _int_arg("max_len", max_len, 1)
@@ -119,6 +169,14 @@ class DecodeEngine:
         self._eos = torch.tensor(eos, device=dev, dtype=torch.long)
         # Host bookkeeping (never read from the device): per slot, None if free, else [tokens held, budget left].
         self._slots: list[list[int] | None] = [None] * B
+        self._buffers = StepBuffers(
+            self.logits, self.tokens, self.finished, self.keys, self.counts, self.seen, self._eos
+        )
+        self._step_fn = self._step_body
+        if compile:
+            backend = "inductor" if compile is True else compile
+            step = torch.compile(_engine_step, backend=backend, fullgraph=True, dynamic=False)
+            self._step_fn = lambda: step(self.parts, self.states, self._buffers, self.sampling, self.pad_token_id)
         self._graph = self._capture() if cuda_graph else None
 
     # ---- public API ----------------------------------------------------------------------------------------
@@ -180,9 +238,9 @@ class DecodeEngine:
         self.finished.index_fill_(0, index, False)
         for slot, r, budget in zip(slots, rows, budgets):
             self._slots[slot] = [len(r), budget]
-        spent = [slot for slot, budget in zip(slots, budgets) if budget == 0]
-        if spent:
-            self.finished.index_fill_(0, torch.tensor(spent, device=self.device), True)
+        for slot, budget in zip(slots, budgets):
+            if budget == 0:
+                self.finished[slot].fill_(True)
         return slots
 
     @torch.no_grad()
@@ -196,7 +254,7 @@ class DecodeEngine:
         if self._graph is not None:
             self._graph.replay()
         else:
-            self._step_body()
+            self._step_fn()
         exhausted = []
         for slot, s in enumerate(self._slots):
             if s is not None and s[1] > 0:
@@ -204,8 +262,8 @@ class DecodeEngine:
                 s[1] -= 1
                 if s[1] == 0:
                     exhausted.append(slot)
-        if exhausted:  # out of budget: later steps emit the pad id there
-            self.finished.index_fill_(0, torch.tensor(exhausted, device=self.device), True)
+        for slot in exhausted:  # out of budget: later steps emit the pad id there (a fill, no host-to-device copy)
+            self.finished[slot].fill_(True)
         return self.tokens
 
     def poll(self) -> list[bool]:
@@ -223,8 +281,7 @@ class DecodeEngine:
             raise ValueError(f"slots must be ints in [0, {self.max_batch}), got {slots}")
         for s in slots:
             self._slots[s] = None
-        if slots:
-            self.finished.index_fill_(0, torch.tensor(slots, device=self.device), True)
+            self.finished[s].fill_(True)
 
     def state_bytes(self) -> int:
         """Bytes of all layers' decoding state (retention states or KV caches) for the ``max_batch`` slots."""
@@ -281,20 +338,7 @@ class DecodeEngine:
             self.seen[index] = self.seen[index].scatter(1, ids, True)
 
     def _step_body(self) -> None:
-        """The captured step: sample from the logits buffer, then run all layers on the new tokens."""
-        token = choose_tokens(self.logits, self.sampling, self.seen, self.keys, self.counts)  # (B,)
-        token = torch.where(self.finished, self.pad_token_id, token)
-        self.tokens.copy_(token)
-        self.counts.add_(1)
-        if self.seen is not None:
-            self.seen.scatter_(1, token[:, None], True)
-        if self.eos_token_ids:
-            self.finished.logical_or_((token[:, None] == self._eos[None, :]).any(-1))
-        x = self.parts.embed(token)  # (B, D)
-        for block, state in zip(self.parts.blocks, self.states):
-            h = x + block.mixer.decode_step_(block.mixer_norm(x), state)
-            x = h + block.ffn(block.ffn_norm(h))
-        self.logits.copy_(self.parts.head(x))  # (B, vocab)
+        _engine_step(self.parts, self.states, self._buffers, self.sampling, self.pad_token_id)
 
     @torch.no_grad()
     def _capture(self) -> torch.cuda.CUDAGraph:
@@ -305,11 +349,11 @@ class DecodeEngine:
         side.wait_stream(current)
         with torch.cuda.stream(side):
             for _ in range(_WARMUP_STEPS):
-                self._step_body()
+                self._step_fn()
         current.wait_stream(side)
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
-            self._step_body()
+            self._step_fn()
         for buffer in (*(t for state in self.states for t in state), self.logits, self.tokens, self.counts):
             buffer.zero_()
         self.finished.fill_(True)

@@ -169,7 +169,9 @@ class MultiScaleRetention(nn.Module):
         """
         del max_len
         H, K, V = self.num_heads, self.key_dim, self.head_value_dim
-        return RetentionState.zeros(batch_size, H, K, V, dtype=compute_dtype(dtype), device=device)
+        state = RetentionState.zeros(batch_size, H, K, V, dtype=compute_dtype(dtype), device=device)
+        self._decode_on_triton = self._step_on_triton(torch.device(device), dtype)  # decided once, not per token
+        return state
 
     def prefill_decode_state_(
         self, x: torch.Tensor, state: RetentionState, rows: torch.Tensor, start: int, *, chunk_size: int = 64
@@ -217,7 +219,10 @@ class MultiScaleRetention(nn.Module):
         k = apply_rotation((self.k_proj(x) * self.scaling).view(B, 1, H, K), positions)
         v = self.v_proj(x).view(B, 1, H, V)
         log_decay = self.log_decay(x.device, v.dtype)
-        if self._step_on_triton(v, state):
+        on_triton = getattr(self, "_decode_on_triton", None)
+        if on_triton is None:
+            on_triton = self._step_on_triton(v.device, v.dtype)
+        if on_triton and state.S.dtype == torch.float32:
             from ..ops.retention.recurrent import retention_step
 
             o = retention_step(q, k, v, log_decay, state)  # (B, 1, H, V)
@@ -228,14 +233,15 @@ class MultiScaleRetention(nn.Module):
             o = nn.functional.silu(self.g_proj(x)) * o
         return self.out_proj(o)[:, 0]  # (B, 1, D) -> (B, D)
 
-    def _step_on_triton(self, v: torch.Tensor, state: RetentionState) -> bool:
-        if self.backend == "torch" or state.S.dtype != torch.float32 or v.dtype == torch.float64:
+    def _step_on_triton(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether :meth:`decode_step_` runs the fused Triton step for inputs of ``dtype`` on ``device``."""
+        if self.backend == "torch" or dtype == torch.float64:
             return False
-        if self.backend == "auto" and not v.is_cuda:
+        if self.backend == "auto" and device.type != "cuda":
             return False
         from ..ops.triton_utils import triton_runtime_available
 
-        return triton_runtime_available(v.device)
+        return triton_runtime_available(device)
 
 
 def _recurrent_step_(
