@@ -13,7 +13,7 @@ static decoding protocol:
 - ``decode_step_(x_t, state) -> y_t``: one token ``(B, D)`` for every row, in place, with no host
   synchronisation (so it can be captured in a CUDA graph).
 
-Dropout is not applied: the engine computes the model's evaluation-mode function.
+The engine computes the evaluation-mode model (it refuses a model in training mode with dropout).
 """
 
 from __future__ import annotations

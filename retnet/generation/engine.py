@@ -109,7 +109,8 @@ class DecodeEngine:
             then captured like the eager one.
 
     Raises:
-        ValueError: on bad sizes, or ``cuda_graph=True`` off CUDA.
+        ValueError: on bad sizes, ids or dtype, ``cuda_graph=True`` off CUDA, or a model in training mode with
+            dropout.
         TypeError: if the model has no static decoding protocol.
     """
 
@@ -134,10 +135,12 @@ class DecodeEngine:
         if not isinstance(self.sampling, SamplingConfig):
             raise TypeError(f"sampling must be a SamplingConfig, got {type(self.sampling).__name__}")
         self.parts: DecoderParts = decoder_parts(model)
-        if dtype is not None:
-            model.to(dtype)
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise ValueError(f"dtype must be a floating torch.dtype, got {dtype!r}")
+        if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+            raise ValueError("the model is in training mode with dropout: call model.eval() before decoding")
         param = next(model.parameters())
-        self.model, self.device, self.dtype = model, param.device, param.dtype
+        self.model, self.device = model, param.device
         default_chunk = getattr(model.config, "chunk_size", 64)
         self.chunk_size = _int_arg("chunk_size", default_chunk if chunk_size is None else chunk_size, 1)
         self.prefill_chunk = None if prefill_chunk is None else _int_arg("prefill_chunk", prefill_chunk, 1)
@@ -152,6 +155,9 @@ class DecodeEngine:
                 raise ValueError(f"{name} must be token ids in [0, {vocab}), got {ids}")
         self.eos_token_ids = eos
         self.pad_token_id = pad_token_id if pad_token_id is not None else (eos[0] if eos else 0)
+        if dtype is not None:
+            model.to(dtype)  # the one explicit cast, after every argument has been checked
+        self.dtype = next(model.parameters()).dtype
 
         B, dev = self.max_batch, self.device
         self.states = [

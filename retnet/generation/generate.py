@@ -160,6 +160,9 @@ def stream_generate(
 
 
 def _engine_supported(model) -> bool:
+    """Whether every mixer has static decoding state and no dropout is active (the eager loop applies it)."""
+    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return False
     try:
         decoder_parts(model)
     except TypeError:

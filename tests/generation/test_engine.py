@@ -202,6 +202,14 @@ def test_bad_input_is_refused_before_any_kernel_runs(retnet64):
         DecodeEngine(retnet64, max_batch=1, max_len=8, cuda_graph=True)
     with pytest.raises(ValueError, match="max_batch"):
         DecodeEngine(retnet64, max_batch=0, max_len=8)
+    with pytest.raises(ValueError, match="dtype"):
+        DecodeEngine(retnet64, max_batch=1, max_len=8, dtype=torch.int8)
+    with pytest.raises(ValueError, match="eos_token_id"):
+        DecodeEngine(retnet64, max_batch=1, max_len=8, eos_token_id=VOCAB)
+    assert next(retnet64.parameters()).dtype == torch.float64  # nothing was cast by the refused engines
+    dropout = RetNetForCausalLM(RetNetConfig.from_preset("debug", dropout=0.1))  # training mode
+    with pytest.raises(ValueError, match="model.eval"):
+        DecodeEngine(dropout, max_batch=1, max_len=8)
     with pytest.raises(ValueError, match="input_ids|0, 256"):
         retnet64.generate(torch.tensor([[300]]), use_engine=True)
 
