@@ -285,6 +285,31 @@ def reference_row(name: str, config, B: int, context: int, args, device) -> dict
     return {"B": B, "context": context, "tokens_per_s": B * args.steps / (long - short)}
 
 
+def _spread(rows: list[dict], key: str) -> float | None:
+    """Largest value of ``key`` over the measured rows divided by the first one (1.0: flat)."""
+    values = [r[key] for r in rows if not r.get("oom") and r.get(key) is not None]
+    return max(values) / values[0] if values and values[0] > 0 else None
+
+
+def summarize(results: dict) -> dict:
+    """The issue's goals as numbers: flatness in the context, and the ratios at the Transformer's largest batch."""
+    summary = {"flat_in_context": {}}
+    for name, rows in results["context_sweep"].items():
+        summary["flat_in_context"][name] = {
+            "memory_max_over_first": _spread(rows, "memory_gib"),
+            "latency_max_over_first": _spread(rows, "latency_ms"),
+        }
+    at = results.get("at_transformer_batch", {})
+    r, t = at.get("retnet"), at.get("transformer")
+    if r and t and not r.get("oom") and not t.get("oom"):
+        summary["at_transformer_batch"] = {
+            "B": t["B"],
+            "throughput_ratio": r["tokens_per_s"] / t["tokens_per_s"],
+            "memory_saving": None if t["memory_gib"] is None else 1 - r["memory_gib"] / t["memory_gib"],
+        }
+    return summary
+
+
 def _fmt(row: dict, key: str, spec: str) -> str:
     if row.get("oom"):
         return "out of memory"
@@ -331,6 +356,20 @@ def write_report(results: dict, out: Path) -> str:
                 f"| {name} | {r['B']} | {r['context']} | {_fmt(r, 'tokens_per_s', ',.1f')} | "
                 f"{_fmt(r, 'memory_gib', '.2f')} |"
             )
+        lines.append("")
+    ratio = results.get("summary", {}).get("at_transformer_batch")
+    if ratio:
+        saving = "–" if ratio["memory_saving"] is None else f"{ratio['memory_saving']:.0%}"
+        lines += [f"At B = {ratio['B']}: RetNet {ratio['throughput_ratio']:.2f}× the Transformer's tokens/s, "
+                  f"{saving} less memory.", ""]  # fmt: skip
+    flat = results.get("summary", {}).get("flat_in_context", {})
+    for name, f in flat.items():
+        if f["latency_max_over_first"] is not None:
+            memory = "–" if f["memory_max_over_first"] is None else f"{f['memory_max_over_first']:.3f}"
+            lines.append(
+                f"- {name}: largest / first context: latency {f['latency_max_over_first']:.3f}, memory {memory}"
+            )
+    if flat:
         lines.append("")
     if results.get("prefill"):
         lines += ["## Prefill (batch 1)", "", "| model | T | tokens/s | peak GiB |", "|---|---|---|---|"]
@@ -508,6 +547,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         else:
             results["references"][name] = reference_row(name, source, ref_B, ref_L, args, device)
         save()
+    results["summary"] = summarize(results)
     print(write_report(results, out))
     save()
     return results

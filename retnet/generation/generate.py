@@ -124,11 +124,11 @@ def stream_generate(
         model._check_input_ids(ids)
         return
     if use_engine:
-        if seed is None:
+        if seed is None and do_sample:  # the engine's noise is keyed by a seed: draw one from the generator
             source = generator.device if generator is not None else "cpu"
             seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=source))
         yield from _engine_stream(
-            model, _unpadded_rows(ids, mask), max_new_tokens, sampling, eos_ids, pad_token_id, seed,
+            model, _unpadded_rows(ids, mask), max_new_tokens, sampling, eos_ids, pad_token_id, seed or 0,
             chunk_size=chunk_size, prefill_chunk=prefill_chunk, sync_every=sync_every, cuda_graph=cuda_graph,
         )  # fmt: skip
         return

@@ -42,6 +42,10 @@ def test_decode_benchmark_smoke(tmp_path, monkeypatch):
     assert retnet[0]["state_gib"] == retnet[1]["state_gib"] > 0
     assert transformer[1]["state_gib"] > transformer[0]["state_gib"] > 0
     assert all("skipped" in r for r in results["references"].values())  # CUDA only
+    at = results["summary"]["at_transformer_batch"]
+    r, t = results["at_transformer_batch"]["retnet"], results["at_transformer_batch"]["transformer"]
+    assert at["B"] == 4 and at["throughput_ratio"] == pytest.approx(r["tokens_per_s"] / t["tokens_per_s"])
+    assert results["summary"]["flat_in_context"]["retnet"]["latency_max_over_first"] >= 1
     report = (tmp_path / "results.md").read_text()
     assert report.startswith("# Decoding, preset debug") and "| retnet | 3 | 24 |" in report
     assert (tmp_path / "figure6.png").is_file()
