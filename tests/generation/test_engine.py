@@ -232,6 +232,22 @@ def test_dtype_cast_is_explicit():
     assert 0 <= int(engine.step()[0]) < VOCAB
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_the_in_place_torch_step_is_the_recurrent_reference_bit_for_bit(dtype):
+    from retnet.layers.retention import _recurrent_step_
+    from retnet.ops.retention import RetentionState, recurrent_ref
+
+    B, H, K, V = 3, 2, 8, 16
+    S, z, position = torch.randn(B, H, K, V, dtype=dtype), torch.randn(B, H, K, dtype=dtype), torch.tensor([5, -1, 0])
+    q, k, v = (torch.randn(B, 1, H, d, dtype=dtype) for d in (K, K, V))
+    log_decay = torch.tensor([0.9, 0.999], dtype=dtype).log()
+    o_ref, s_ref = recurrent_ref(q, k, v, log_decay, RetentionState(S.clone(), z.clone(), position.clone()))
+    state = RetentionState(S, z, position)
+    o = _recurrent_step_(q[:, 0], k[:, 0], v[:, 0], log_decay, state)
+    assert torch.equal(o, o_ref[:, 0]) and torch.equal(o[1], torch.zeros_like(o[1]))  # row 1 is left padding
+    assert all(torch.equal(a, b) for a, b in zip(state, s_ref))
+
+
 def test_triton_step_equals_the_torch_step():
     """The fused step kernel (Triton's interpreter on CPU) against the in-place PyTorch step, float32."""
     from retnet.layers.retention import MultiScaleRetention
