@@ -314,3 +314,30 @@ def test_graph_step_equals_the_eager_step(arch):
     # After one step both saw the same tokens (sampled from the same prefill logits); later tokens may differ.
     assert torch.equal(compiled[0][0], eager[0][0])
     assert_close(compiled[1][0].float(), eager[1][0].float(), 2e-2, name="compiled step's logits")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("arch", ["retnet", "transformer"])
+@pytest.mark.parametrize("graph", [False, True])
+def test_steps_never_synchronise_with_the_host(arch, graph):
+    """Eager or replayed, a step (sampling, stop tokens, budgets included) makes no host synchronisation."""
+    torch.manual_seed(0)
+    if arch == "retnet":
+        model = RetNetForCausalLM(RetNetConfig.from_preset("debug"))
+    else:
+        model = MixerLM(MixerLMConfig(arch="transformer", vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2))
+    sampling = SamplingConfig(do_sample=True, top_k=30, top_p=0.9, repetition_penalty=1.2)
+    engine = DecodeEngine(
+        model.cuda().eval(), max_batch=3, max_len=32, sampling=sampling, eos_token_id=[5, 6], cuda_graph=graph,
+        dtype=torch.bfloat16,
+    )  # fmt: skip
+    engine.add([[1, 2, 3], [4]], max_new_tokens=[8, 3])
+    engine.step()  # first eager call: lazy initialisations may synchronise once
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):
+            engine.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert engine.poll()[1]  # its budget of 3 tokens is spent
