@@ -70,6 +70,19 @@ def test_generate_with_the_engine_equals_the_eager_loop(retnet64):
     assert torch.equal(retnet64.generate(masked, attention_mask=mask, max_new_tokens=4, use_engine=True), eager)
 
 
+def test_seeded_sampling_through_generate(retnet64):
+    ids = torch.randint(0, VOCAB, (2, 5))
+    options = dict(max_new_tokens=8, do_sample=True, temperature=0.9, top_p=0.95, use_engine=True)
+    a, b = retnet64.generate(ids, seed=7, **options), retnet64.generate(ids, seed=7, **options)
+    assert torch.equal(a, b) and not torch.equal(a, retnet64.generate(ids, seed=8, **options))
+    twins = retnet64.generate(ids[:1].expand(2, 5), seed=7, **options)
+    assert not torch.equal(twins[0], twins[1])  # each row draws its own noise
+    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(retnet64.generate(ids, generator=g1, **options), retnet64.generate(ids, generator=g2, **options))
+    top1 = retnet64.generate(ids, seed=1, **{**options, "top_k": 1})
+    assert torch.equal(top1, retnet64.generate(ids, max_new_tokens=8, use_engine=False))  # top-1 sampling is greedy
+
+
 def test_stop_tokens_match_the_eager_loop(retnet64):
     ids = torch.randint(0, VOCAB, (2, 4))
     free = retnet64.generate(ids, max_new_tokens=8, use_engine=False)
