@@ -209,8 +209,10 @@ def largest_batch(model, context: int, args, device) -> dict:
 
 
 def _quick(args):
+    """Arguments for the short probes (batch search, SDPA backend choice): two steps, never compiled (one
+    compilation per probed shape would take longer than the whole run)."""
     quick = argparse.Namespace(**vars(args))
-    quick.steps, quick.warmup = 2, 1
+    quick.steps, quick.warmup, quick.compile = 2, 1, False
     return quick
 
 
