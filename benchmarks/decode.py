@@ -19,7 +19,8 @@ Measured, per model:
 The context is prefilled with random tokens (``--fill prompt``), or with one token (``--fill short``): the
 engine's step cost and memory do not depend on how much of the static state is filled (the Transformer's step
 attends to all ``max_len`` positions with the unwritten ones masked), only the prefill time does. The batch
-search always uses one-token prompts for that reason.
+search always uses one-token prompts for that reason, and the uncompiled step. ``--compile`` compiles the
+measured steps with inductor (one compilation per batch size and ``max_len``: limit the rows).
 
 Optional outside references, timed when they import (skipped with a note otherwise): transformers'
 ``LlamaForCausalLM`` of the Transformer's size with ``cache_implementation="static"`` and a compiled forward, and
