@@ -70,6 +70,15 @@ def test_generate_with_the_engine_equals_the_eager_loop(retnet64):
     assert torch.equal(retnet64.generate(masked, attention_mask=mask, max_new_tokens=4, use_engine=True), eager)
 
 
+def test_the_paper_flavour_with_tied_embeddings():
+    torch.manual_seed(0)
+    config = RetNetConfig.from_preset("debug", flavour="paper", tie_word_embeddings=True)
+    model = RetNetForCausalLM(config).double().eval()  # LayerNorm, GroupNorm head norm, gelu FFN
+    ids = torch.randint(0, VOCAB, (2, 6))
+    eager = model.generate(ids, max_new_tokens=8, use_engine=False)
+    assert torch.equal(model.generate(ids, max_new_tokens=8, use_engine=True, prefill_chunk=4), eager)
+
+
 def test_seeded_sampling_through_generate(retnet64):
     ids = torch.randint(0, VOCAB, (2, 5))
     options = dict(max_new_tokens=8, do_sample=True, temperature=0.9, top_p=0.95, use_engine=True)
