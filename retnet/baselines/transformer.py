@@ -25,6 +25,15 @@ class KVCache(NamedTuple):
     position: torch.Tensor
 
 
+class StaticKVCache(NamedTuple):
+    """Preallocated cache for :meth:`CausalSelfAttention.decode_step_`: keys and values ``(B, H, max_len, K)``
+    written in place at each row's position, and the positions ``(B,)`` (each row's number of cached tokens)."""
+
+    k: torch.Tensor
+    v: torch.Tensor
+    position: torch.Tensor
+
+
 class CausalSelfAttention(RecurrentMixer):
     """Multi-head causal self-attention.
 
@@ -73,3 +82,79 @@ class CausalSelfAttention(RecurrentMixer):
         """An empty cache."""
         empty = torch.zeros(batch_size, self.num_heads, 0, self.head_dim, device=device, dtype=dtype)
         return KVCache(empty, empty, torch.zeros(batch_size, device=device, dtype=torch.long))
+
+    # ---- static decoding state (retnet.generation.engine) ----------------------------------------------------
+    def allocate_decode_state(
+        self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> StaticKVCache:
+        """A zeroed :class:`StaticKVCache` of ``batch_size`` rows and at least ``max_len`` positions in ``dtype``
+        (rounded up to a multiple of 16: the memory-efficient SDPA kernel wants the mask's rows aligned)."""
+        shape = (batch_size, self.num_heads, -(-max_len // 16) * 16, self.head_dim)
+        k = torch.zeros(shape, device=device, dtype=dtype)
+        v = torch.zeros(shape, device=device, dtype=dtype)
+        return StaticKVCache(k, v, torch.zeros(batch_size, device=device, dtype=torch.long))
+
+    def prefill_decode_state_(
+        self, x: torch.Tensor, state: StaticKVCache, rows: torch.Tensor, start: int, *, chunk_size: int = 64
+    ) -> torch.Tensor:
+        """Attend a segment of rows ``rows`` to their cache and itself; write its keys and values in place.
+
+        Args:
+            x: ``(n, T, D)`` normalised block input.
+            state: buffers from :meth:`allocate_decode_state`.
+            rows: ``(n,)`` int64 slot indices.
+            start: the rows' common number of cached tokens (0: a new sequence).
+            chunk_size: unused (attention has no chunked form here); accepted for the mixer protocol.
+
+        Returns:
+            ``(n, T, D)`` layer output.
+
+        Raises:
+            ValueError: if the segment would run past the cache's ``max_len``.
+        """
+        del chunk_size
+        n, T, D = x.shape
+        end = start + T
+        if end > state.k.shape[2]:
+            raise ValueError(f"segment ends at position {end}, past the cache's max_len {state.k.shape[2]}")
+        positions = torch.arange(start, end, device=x.device).expand(n, T)  # (n, T)
+        q, k, v = self._qkv(x, positions)  # each (n, H, T, K)
+        state.k[rows, :, start:end] = k.to(state.k.dtype)
+        state.v[rows, :, start:end] = v.to(state.v.dtype)
+        if start == 0:
+            o = nn.functional.scaled_dot_product_attention(q, k, v, is_causal=True)  # (n, H, T, K)
+        else:
+            keys, values = state.k[rows, :, :end].to(q.dtype), state.v[rows, :, :end].to(q.dtype)  # (n, H, end, K)
+            mask = torch.arange(end, device=x.device)[None, :] <= positions[0, :, None]  # (T, end)
+            o = nn.functional.scaled_dot_product_attention(q, keys, values, attn_mask=mask)
+        state.position.index_fill_(0, rows, end)
+        return self.out_proj(o.transpose(1, 2).reshape(n, T, D))
+
+    def decode_step_(self, x_t: torch.Tensor, state: StaticKVCache) -> torch.Tensor:
+        """One token for every row: its key and value are written at the row's position (read on the device),
+        then it attends to the cache with the unwritten positions masked. No host synchronisation, no
+        allocation that depends on the position, so the step can be captured in a CUDA graph.
+
+        Rows whose cache is full (position = max_len) write over the last position; the caller stops rows
+        before that.
+
+        Args:
+            x_t: ``(B, D)`` normalised block input.
+            state: buffers from :meth:`allocate_decode_state`.
+
+        Returns:
+            ``(B, D)`` layer output.
+        """
+        B, D = x_t.shape
+        L = state.k.shape[2]
+        position = state.position  # (B,)
+        q, k, v = self._qkv(x_t[:, None], position[:, None])  # each (B, H, 1, K)
+        slot = position.clamp(max=L - 1)[:, None, None, None].expand_as(k)  # (B, H, 1, K)
+        state.k.scatter_(2, slot, k.to(state.k.dtype))
+        state.v.scatter_(2, slot, v.to(state.v.dtype))
+        mask = torch.arange(L, device=x_t.device)[None, :] <= position[:, None]  # (B, L)
+        o = nn.functional.scaled_dot_product_attention(
+            q, state.k.to(q.dtype), state.v.to(q.dtype), attn_mask=mask[:, None, None, :]
+        )  # (B, H, 1, K)
+        position.add_(1).clamp_(max=L)
+        return self.out_proj(o.reshape(B, D))

@@ -1,8 +1,14 @@
-"""Generation: prefill the prompt (parallel or chunkwise form), then decode with the recurrent form (SPEC §5).
+"""Generation: prefill the prompt (parallel or chunkwise form), then decode with the recurrent form (docs/spec.md §5).
 
 The state per sequence is constant-size (per layer: S ``(B, H, K, V)``, z ``(B, H, K)``, position ``(B,)``),
 so each new token costs O(1) in the context length. Prompts of different lengths are left-padded; padded
 positions contribute nothing, so a padded batch gives the same tokens as each prompt alone.
+
+Two loops produce the tokens. On CUDA the default is the :class:`~.engine.DecodeEngine` (static state, sampling
+on the device, one CUDA graph per token, the host reading tokens back every ``sync_every`` steps); elsewhere, and
+with ``use_engine=False``, the eager loop below calls the model's forward per token. Greedy decoding gives the
+same tokens in both; sampling draws different (equally distributed) random numbers: the eager loop uses a
+``torch.Generator``, the engine a counter-based hash of the seed (see :mod:`.sampling`).
 """
 
 from __future__ import annotations
@@ -12,7 +18,8 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from .sampling import SamplingConfig, next_token
+from .decoder_parts import decoder_parts
+from .sampling import SamplingConfig, next_token, sampling_key
 
 
 def left_pad(prompts: torch.Tensor | Sequence, pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -79,6 +86,10 @@ def stream_generate(
     seed: int | None = None,
     prefill_form: str = "chunkwise",
     chunk_size: int | None = None,
+    use_engine: bool | None = None,
+    prefill_chunk: int | None = None,
+    sync_every: int = 8,
+    cuda_graph: bool | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield the ``(B,)`` tokens of each decoding step.
 
@@ -93,11 +104,19 @@ def stream_generate(
         pad_token_id: filler for padding and finished rows (default: config's pad id, else eos, else 0).
         attention_mask: ``(B, T)`` 1/0 left-padding mask for a tensor prompt.
         generator: random generator for sampling; ``seed`` makes one.
-        prefill_form: ``"chunkwise"`` or ``"parallel"`` for the prompt.
+        prefill_form: ``"chunkwise"`` or ``"parallel"`` for the prompt (the engine always prefills chunkwise:
+            the same function).
         chunk_size: chunk size of the chunkwise prefill.
+        use_engine: decode with :class:`~.engine.DecodeEngine` (True), with the eager loop (False), or the
+            engine on CUDA when every mixer supports it and the eager loop otherwise (None).
+        prefill_chunk: with the engine, prefill long prompts in pieces of this many tokens.
+        sync_every: with the engine, read the tokens back to the host (and check for stop tokens there) every
+            this many steps; tokens are yielded after each read-back.
+        cuda_graph: with the engine, capture its step in a CUDA graph (default: on CUDA).
 
     Raises:
         ValueError: on bad arguments (empty prompt, ids outside the vocabulary, bad sampling values).
+        TypeError: ``use_engine=True`` for a model whose mixers have no static decoding state.
     """
     cfg = model.config
     sampling = SamplingConfig(
@@ -119,12 +138,25 @@ def stream_generate(
         if mask is not None:
             raise ValueError("attention_mask is only for a tensor prompt; lists are padded automatically")
         mask = attention_mask.to(device)
-    if seed is not None:
-        generator = torch.Generator(device=device).manual_seed(seed)
+    if not isinstance(sync_every, int) or sync_every < 1:
+        raise ValueError(f"sync_every must be an int >= 1, got {sync_every!r}")
+    if use_engine is None:
+        use_engine = device.type == "cuda" and _engine_supported(model)
     yield None  # the checks above ran at call time (see _checked_on_call)
     if max_new_tokens == 0:
         model._check_input_ids(ids)
         return
+    if use_engine:
+        if seed is None and do_sample:  # the engine's noise is keyed by a seed: draw one from the generator
+            source = generator.device if generator is not None else "cpu"
+            seed = int(torch.randint(0, 2**62, (1,), generator=generator, device=source))
+        yield from _engine_stream(
+            model, _unpadded_rows(ids, mask), max_new_tokens, sampling, eos_ids, pad_token_id, seed or 0,
+            chunk_size=chunk_size, prefill_chunk=prefill_chunk, sync_every=sync_every, cuda_graph=cuda_graph,
+        )  # fmt: skip
+        return
+    if seed is not None:
+        generator = torch.Generator(device=device).manual_seed(seed)
     out = model(ids, form=prefill_form, chunk_size=chunk_size, attention_mask=mask, output_states=True)
     logits, states = out.logits[:, -1], out.states
     B = ids.shape[0]
@@ -148,6 +180,60 @@ def stream_generate(
             seen.scatter_(1, token[:, None], True)
         out = model(token[:, None], form="recurrent", states=states, output_states=True)
         logits, states = out.logits[:, -1], out.states
+
+
+def _engine_supported(model) -> bool:
+    """Whether every mixer has static decoding state and no dropout is active (the eager loop applies it)."""
+    if model.training and any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return False
+    try:
+        decoder_parts(model)
+    except TypeError:
+        return False
+    return True
+
+
+def _unpadded_rows(ids: torch.Tensor, mask: torch.Tensor | None) -> list[list[int]]:
+    """Each row's real tokens (left padding removed), read to the host once before decoding."""
+    if mask is None:
+        return ids.tolist()
+    if mask.shape != ids.shape:
+        raise ValueError(f"attention_mask must have the shape of input_ids {tuple(ids.shape)}")
+    rows = []
+    for row, m in zip(ids.tolist(), mask.long().tolist()):
+        first = m.index(1) if 1 in m else len(m)
+        if any(v not in (0, 1) for v in m) or any(v != 1 for v in m[first:]) or first == len(m):
+            raise ValueError("attention_mask must be 0/1 left padding with at least one real token per row")
+        rows.append(row[first:])
+    return rows
+
+
+def _engine_stream(
+    model, rows, max_new_tokens, sampling, eos_ids, pad_token_id, seed, *, chunk_size, prefill_chunk, sync_every,
+    cuda_graph,
+) -> Iterator[torch.Tensor]:  # fmt: skip
+    """The engine's tokens with the eager loop's stopping rule (stop once every row produced a stop token)."""
+    from .engine import DecodeEngine
+
+    B = len(rows)
+    engine = DecodeEngine(
+        model, max_batch=B, max_len=max(len(r) for r in rows) + max_new_tokens, sampling=sampling,
+        eos_token_id=eos_ids, pad_token_id=pad_token_id, chunk_size=chunk_size, prefill_chunk=prefill_chunk,
+        cuda_graph=cuda_graph,
+    )  # fmt: skip
+    engine.add(rows, seeds=[sampling_key(seed, i) for i in range(B)], max_new_tokens=max_new_tokens)
+    eos = set(eos_ids)
+    done = [False] * B
+    emitted = 0
+    while emitted < max_new_tokens:
+        block = [engine.step().clone() for _ in range(min(sync_every, max_new_tokens - emitted))]
+        values = torch.stack(block).tolist()  # (n, B): the host's one read per block
+        for token, row_values in zip(block, values):
+            yield token
+            done = [d or v in eos for d, v in zip(done, row_values)]
+            if eos and all(done):
+                return
+        emitted += len(block)
 
 
 def generate(model, input_ids, **kwargs) -> torch.Tensor:

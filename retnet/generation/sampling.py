@@ -1,4 +1,12 @@
-"""Choosing the next token from logits: greedy, temperature, top-k, top-p and repetition penalty."""
+"""Choosing the next token from logits: greedy, temperature, top-k, top-p and repetition penalty.
+
+:func:`next_token` draws from a ``torch.Generator`` (the eager generation loop). :func:`choose_tokens` is the
+decoding engine's version: the same filters, but the randomness is a counter-based hash of (request key, token
+index, token id) computed with integer tensor ops, so it needs no generator state, no host synchronisation and
+no data-dependent branch, can be captured in a CUDA graph, gives the same numbers on every device, and makes a
+request's tokens independent of the slot and batch it runs in. A token is drawn by the Gumbel-max rule
+``argmax(logits / temperature + g)``, g = −log(−log u), which picks token i with probability softmax(...)_i.
+"""
 
 from __future__ import annotations
 
@@ -71,3 +79,67 @@ def next_token(
         return logits.argmax(-1)
     logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+_MASK32 = 0xFFFFFFFF
+_MIX = 0x45D9F3B  # < 2^27, so a 32-bit value times it stays below 2^59: exact in int64
+
+
+def _mix32(x):
+    """A 32-bit integer hash (two multiply-xorshift rounds) of Python ints or int64 tensors in ``[0, 2^32)``."""
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _MASK32
+    x = x ^ (x >> 16)
+    x = (x * _MIX) & _MASK32
+    return x ^ (x >> 16)
+
+
+def sampling_key(seed: int, stream: int = 0) -> int:
+    """The 32-bit noise key of request ``stream`` under ``seed`` (Python ints; any sign or size)."""
+    return _mix32(_mix32(seed & _MASK32) ^ ((seed >> 32) & _MASK32) ^ _mix32(stream & _MASK32))
+
+
+def gumbel_noise(keys: torch.Tensor, counts: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """Standard Gumbel noise ``(B, vocab)`` float32 for token ``counts[b]`` of the request with key ``keys[b]``.
+
+    Args:
+        keys: ``(B,)`` int64 keys from :func:`sampling_key`.
+        counts: ``(B,)`` int64 index of the token being drawn in each request (0 for its first token).
+        vocab_size: number of token ids.
+
+    Returns:
+        ``(B, vocab)`` float32: −log(−log u) with u = (h + ½) / 2^24 from 24 bits of the hash h.
+    """
+    row = _mix32(keys ^ _mix32(counts & _MASK32))  # (B,)
+    cols = torch.arange(vocab_size, device=keys.device, dtype=torch.long)
+    h = _mix32(row[:, None] ^ cols[None, :])  # (B, vocab)
+    u = ((h >> 8).to(torch.float32) + 0.5) * 2.0**-24
+    return -torch.log(-torch.log(u))
+
+
+def choose_tokens(
+    logits: torch.Tensor,
+    config: SamplingConfig,
+    seen: torch.Tensor | None,
+    keys: torch.Tensor,
+    counts: torch.Tensor,
+) -> torch.Tensor:
+    """``(B, vocab)`` logits → ``(B,)`` token ids, without host synchronisation (CUDA-graph safe).
+
+    Args:
+        logits: ``(B, vocab)``; computed on in float32 like :func:`next_token`.
+        config: the sampling settings (fixed: the Python branches below depend only on them).
+        seen: ``(B, vocab)`` bool tokens already in each sequence (for the repetition penalty), or None.
+        keys: ``(B,)`` int64 request keys (:func:`sampling_key`); unused when greedy.
+        counts: ``(B,)`` int64 index of the token being drawn per request; unused when greedy.
+
+    Returns:
+        ``(B,)`` int64 token ids.
+    """
+    logits = logits.float()
+    if seen is not None:
+        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    if not config.do_sample:
+        return logits.argmax(-1)
+    logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+    return (logits + gumbel_noise(keys, counts, logits.shape[-1])).argmax(-1)

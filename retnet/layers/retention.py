@@ -12,6 +12,7 @@ from torch import nn
 
 from ..ops.retention import RetentionState, log_decay_schedule, retention
 from ..ops.retention.decay import compute_dtype
+from ..ops.retention.reference import normalize_rows
 from .norm import HeadNorm
 from .position import apply_rotation
 
@@ -155,3 +156,124 @@ class MultiScaleRetention(nn.Module):
         if self.g_proj is not None:
             o = nn.functional.silu(self.g_proj(x)) * o
         return self.out_proj(o), new_state
+
+    # ---- static decoding state (retnet.generation.engine) ----------------------------------------------------
+    def allocate_decode_state(
+        self, batch_size: int, max_len: int, device: torch.device, dtype: torch.dtype
+    ) -> RetentionState:
+        """Preallocated state of ``batch_size`` rows for :meth:`decode_step_` (constant in ``max_len``).
+
+        Args:
+            batch_size: B, number of slots.
+            max_len: longest sequence the caller will decode (unused: the state does not grow).
+            device: where the buffers live.
+            dtype: the model's dtype; the state is float32 (float64 for float64 models), docs/spec.md §3.
+
+        Returns:
+            :class:`RetentionState` with S ``(B, H, K, V)``, z ``(B, H, K)`` and position ``(B,)``, all zero.
+        """
+        del max_len
+        H, K, V = self.num_heads, self.key_dim, self.head_value_dim
+        state = RetentionState.zeros(batch_size, H, K, V, dtype=compute_dtype(dtype), device=device)
+        self._decode_on_triton = self._step_on_triton(torch.device(device), dtype)  # decided once, not per token
+        return state
+
+    def prefill_decode_state_(
+        self, x: torch.Tensor, state: RetentionState, rows: torch.Tensor, start: int, *, chunk_size: int = 64
+    ) -> torch.Tensor:
+        """Run a segment for rows ``rows`` of a static state, continuing them, and write their new state in place.
+
+        Args:
+            x: ``(n, T, D)`` normalised block input of the segment.
+            state: buffers from :meth:`allocate_decode_state`.
+            rows: ``(n,)`` int64 slot indices on the state's device.
+            start: the rows' common position before the segment (0: a new sequence; the rows' old state is
+                ignored).
+            chunk_size: chunk size of the chunkwise form.
+
+        Returns:
+            ``(n, T, D)`` layer output.
+        """
+        initial = None if start == 0 else RetentionState(state.S[rows], state.z[rows], state.position[rows])
+        y, new = self.forward(x, form="chunkwise", chunk_size=chunk_size, state=initial, output_state=True)
+        state.S.index_copy_(0, rows, new.S.to(state.S.dtype))
+        state.z.index_copy_(0, rows, new.z.to(state.z.dtype))
+        state.position.index_copy_(0, rows, new.position)
+        return y
+
+    def decode_step_(self, x_t: torch.Tensor, state: RetentionState) -> torch.Tensor:
+        """One token for every row, updating ``state`` in place (recurrent form, paper Eq. 6).
+
+        Each row is rotated at its own position, read from ``state.position`` on the device, so the step has
+        no host synchronisation and can be captured in a CUDA graph. On CUDA (and with ``backend="triton"``)
+        the fused Triton step runs; otherwise an in-place PyTorch step that performs the recurrent reference's
+        operations in the same order (bit-identical to it).
+
+        Args:
+            x_t: ``(B, D)`` normalised block input, one token per row.
+            state: buffers from :meth:`allocate_decode_state` (B rows).
+
+        Returns:
+            ``(B, D)`` layer output.
+        """
+        B, _ = x_t.shape
+        H, K, V = self.num_heads, self.key_dim, self.head_value_dim
+        x = x_t[:, None]  # (B, D) -> (B, 1, D)
+        positions = state.position[:, None]  # (B, 1), read before the step advances it
+        q = apply_rotation(self.q_proj(x).view(B, 1, H, K), positions)
+        k = apply_rotation((self.k_proj(x) * self.scaling).view(B, 1, H, K), positions)
+        v = self.v_proj(x).view(B, 1, H, V)
+        log_decay = self.log_decay(x.device, v.dtype)
+        on_triton = getattr(self, "_decode_on_triton", None)
+        if on_triton is None:
+            on_triton = self._step_on_triton(v.device, v.dtype)
+        if on_triton and state.S.dtype == torch.float32:
+            from ..ops.retention.recurrent import retention_step
+
+            o = retention_step(q, k, v, log_decay, state)  # (B, 1, H, V)
+        else:
+            o = _recurrent_step_(q[:, 0], k[:, 0], v[:, 0], log_decay, state)[:, None]  # (B, 1, H, V)
+        o = self.group_norm(o) if self.group_norm is not None else o.flatten(-2)  # (B, 1, H·V)
+        if self.g_proj is not None:
+            o = nn.functional.silu(self.g_proj(x)) * o
+        return self.out_proj(o)[:, 0]  # (B, 1, D) -> (B, D)
+
+    def _step_on_triton(self, device: torch.device, dtype: torch.dtype) -> bool:
+        """Whether :meth:`decode_step_` runs the fused Triton step for inputs of ``dtype`` on ``device``."""
+        if self.backend == "torch" or dtype == torch.float64:
+            return False
+        if self.backend == "auto" and device.type != "cuda":
+            return False
+        from ..ops.triton_utils import triton_runtime_available
+
+        return triton_runtime_available(device)
+
+
+def _recurrent_step_(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, log_decay: torch.Tensor, state: RetentionState
+) -> torch.Tensor:
+    """In-place PyTorch retention step: the operations of ``recurrent_ref`` for one token, on static buffers.
+
+    Args:
+        q, k: ``(B, H, K)`` rotated (k scaled by K^−½).
+        v: ``(B, H, V)``.
+        log_decay: ``(H,)`` log γ in the state's dtype.
+        state: S ``(B, H, K, V)``, z ``(B, H, K)`` in the compute dtype, position ``(B,)``; advanced in place.
+
+    Returns:
+        ``(B, H, V)`` normalised output in v's dtype (0 for rows at negative positions, which are left padding).
+    """
+    S, z, position = state
+    dt, out_dtype = S.dtype, v.dtype
+    valid = (position >= 0)[:, None, None]  # (B, 1, 1)
+    q, k, v = q.to(dt), torch.where(valid, k.to(dt), 0.0), torch.where(valid, v.to(dt), 0.0)
+    lg = log_decay.to(dt)
+    gamma = lg.exp()
+    S.mul_(gamma[None, :, None, None]).add_(k[..., None] * v[..., None, :])  # (B, H, K, V)
+    z.mul_(gamma[None, :, None]).add_(k)  # (B, H, K)
+    o = (q[..., None, :] @ S).squeeze(-2)  # (B, H, 1, K) @ (B, H, K, V) -> (B, H, V)
+    s = (q * z).sum(-1)  # (B, H)
+    o = normalize_rows(o[:, :, None], s[:, :, None], position[:, None], lg)[:, :, 0]  # (B, H, V)
+    o = torch.where(valid, o, 0.0)
+    position.add_(1)
+    return o.to(out_dtype)
