@@ -6,6 +6,7 @@ import torch
 from retnet import RetNetConfig, RetNetForCausalLM
 from retnet.baselines import MixerLM, MixerLMConfig
 from retnet.generation import DecodeEngine, SamplingConfig, choose_tokens, filter_logits, gumbel_noise, sampling_key
+from retnet.generation.decoder_parts import decoder_parts
 from tests.utils import assert_close
 
 VOCAB = 256
@@ -292,14 +293,21 @@ def test_triton_step_equals_the_torch_step():
 
 @pytest.mark.parametrize("arch", ["retnet", "transformer"])
 def test_a_compiled_step_traces_whole_and_gives_the_same_tokens(arch, retnet64, transformer64):
-    """``compile=`` traces the step as one graph (fullgraph) and changes nothing; ``aot_eager`` keeps CPU time low."""
+    """``compile=`` traces a layer's step as one graph (fullgraph) that serves every layer, and changes nothing;
+    ``aot_eager`` keeps CPU time low."""
+    from torch._dynamo.utils import counters
+
     model = retnet64 if arch == "retnet" else transformer64
+    assert len(decoder_parts(model).blocks) > 1
     sampling = SamplingConfig(do_sample=True, top_k=20, top_p=0.9, repetition_penalty=1.2)
     runs = []
+    torch._dynamo.reset()
+    counters.clear()
     for compile in (False, "aot_eager"):
         engine = DecodeEngine(model, max_batch=2, max_len=16, sampling=sampling, eos_token_id=7, compile=compile)
         engine.add([[1, 2, 3], [4, 5, 6, 7, 8]], seeds=[1, 2])
         runs.append((_run(engine, 6, [0, 1]), engine.logits.clone()))
+    assert counters["stats"]["unique_graphs"] == 1  # one compiled graph for all layers: no recompilation
     assert runs[0][0] == runs[1][0]
     assert_close(runs[1][1], runs[0][1], 1e-12, name="logits after the last step")
 
