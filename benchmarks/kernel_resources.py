@@ -31,7 +31,7 @@ from triton.compiler import ASTSource
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet.ops.retention.triton import backward, forward, step  # noqa: E402
-from retnet.ops.retention.triton.tuning import KernelTuning, chunk_len, chunk_plan, step_launch  # noqa: E402
+from retnet.ops.retention.triton.tuning import KernelTuning, chunk_len, chunk_plan  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128), "torchscale-1.3b": (8, 256, 432)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -87,10 +87,7 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
             backward.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None, None, plan)
         S = torch.zeros(B, H, K, V)
         z = torch.zeros(B, H, K)
-        tuning = KernelTuning()
-        step._step_op(
-            q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True, *step_launch(B, H, K, V, tuning), tuning.wide_from
-        )
+        step._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True, KernelTuning().to_ints())
     finally:
         for name, (module, attr) in KERNELS.items():
             setattr(module, attr, saved[name])

@@ -21,7 +21,6 @@ from retnet.ops.retention.triton import (  # noqa: E402
     BLOCK_TABLE,
     FP32_BLOCK,
     KERNELS,
-    ChunkPlan,
     KernelTuning,
     chunk_plan,
     current_tuning,
@@ -107,9 +106,11 @@ def test_chunk_plan_takes_the_table_the_overrides_and_round_trips():
     assert tuned.launch("dv_bwd").options == {"num_warps": 2, "num_stages": 1}
     assert tuned.launch("dqk_bwd").options == {"num_warps": FP32_BLOCK[2], "num_stages": FP32_BLOCK[3]}
     assert tuned.segment_chunks == 3 and not tuned.keep_states
-    assert ChunkPlan.from_ints(tuned.to_ints()) == tuned
+    for tuning in (KernelTuning(), KernelTuning(keep_states="never", segment_chunks=3, step_launch=(64, 8),
+                   blocks={"dv_bwd": (64, 64, 2, 1)}, wide_from=0)):  # fmt: skip
+        assert KernelTuning.from_ints(tuning.to_ints()) == tuning  # the form the custom ops take
     with pytest.raises(ValueError, match="ints"):
-        ChunkPlan.from_ints(tuned.to_ints()[:-1])
+        KernelTuning.from_ints(KernelTuning().to_ints()[:-1])
 
 
 def test_keep_states_policy():
@@ -190,8 +191,10 @@ def test_tuning_reaches_the_launches_and_the_backward_keeps_the_forwards_plan(mo
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
-def test_compiled_op_under_a_tuning_matches_eager():
-    """``torch.compile(fullgraph=True)`` traces the tuned op whole; forward and gradients equal eager bit for bit."""
+@pytest.mark.parametrize("dynamic", [False, True], ids=["static", "dynamic"])
+def test_compiled_op_under_a_tuning_matches_eager(dynamic):
+    """``torch.compile(fullgraph=True)`` traces the tuned op whole (the tuning is read without the shapes, so
+    dynamic shapes trace too); forward and gradients equal eager bit for bit."""
     inputs = _inputs(1, 100, 2, 16, 24, seed=1)
     lg = log_decay_schedule(2, device=DEVICE)
     tuning = {"segment_chunks": 1, "keep_states": "always"}
@@ -202,7 +205,7 @@ def test_compiled_op_under_a_tuning_matches_eager():
         return o, fs.S
 
     results = []
-    for fn in (run, torch.compile(run, fullgraph=True)):
+    for fn in (run, torch.compile(run, fullgraph=True, dynamic=dynamic)):
         xs = [x.clone().requires_grad_() for x in inputs[:4]]
         with retention_tuning(**tuning):
             o, S = fn(*xs, *inputs[4:])

@@ -31,9 +31,11 @@ from .tuning import (
     chunk_plan,
     current_tuning,
     keeps_states,
+    plan_from_ints,
     plan_segments,
     retention_tuning,
     step_launch,
+    tuning_ints,
 )
 
 __all__ = [
@@ -53,11 +55,13 @@ __all__ = [
     "chunk_retention",
     "current_tuning",
     "keeps_states",
+    "plan_from_ints",
     "plan_segments",
     "retention_step",
     "retention_tuning",
     "step_launch",
     "triton_limitation",
     "triton_retention",
+    "tuning_ints",
     "wide_offsets",
 ]

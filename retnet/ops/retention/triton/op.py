@@ -2,10 +2,10 @@
 
 The forward and backward launchers (``forward.py``, ``backward.py``) are registered as ``torch.library`` custom ops,
 so ``torch.compile`` keeps them whole (no graph breaks; fake implementations give the output shapes) and autograd
-joins them. :func:`chunk_retention` fixes the call's :class:`~.tuning.ChunkPlan` from the tuning in effect
-(``tuning.chunk_call_plan``) and passes it to both ops as a list of ints (the form a custom op's schema takes), so
-the backward launches what the forward planned even when it runs after the tuning's scope or on autograd's own
-thread.
+joins them. :func:`chunk_retention` reads the tuning in effect once (``tuning.tuning_ints``) and passes it, with
+the keep-states decision, to both ops as ints (the form a custom op's schema takes); each computes its
+:class:`~.tuning.ChunkPlan` from them, so the backward launches what the forward planned even when it runs after
+the tuning's scope or on autograd's own thread.
 """
 
 from typing import Optional
@@ -15,7 +15,7 @@ import triton
 
 from .backward import chunk_retention_bwd
 from .forward import chunk_retention_fwd
-from .tuning import MAX_K, ChunkPlan, chunk_call_plan, chunk_len
+from .tuning import KEEP_STATES_POLICIES, MAX_K, chunk_len, keeps_states, plan_from_ints, tuning_ints
 
 
 @torch.library.custom_op("retnet::chunk_retention_fwd", mutates_args=())
@@ -29,18 +29,18 @@ def _chunk_fwd_op(
     position: torch.Tensor,
     normalize: bool,
     store_final: bool,
-    plan: list[int],
+    tuning: list[int],
+    keep_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    plan = ChunkPlan.from_ints(plan)
+    plan = plan_from_ints(k.shape[-1], v.shape[-1], q.dtype, tuple(tuning), keep_states)
     return chunk_retention_fwd(q, k, v, log_decay, S0, z0, position, normalize, store_final, plan)
 
 
 @_chunk_fwd_op.register_fake
-def _(q, k, v, log_decay, S0, z0, position, normalize, store_final, plan):
+def _(q, k, v, log_decay, S0, z0, position, normalize, store_final, tuning, keep_states):
     B, T, H, K = q.shape
     V = v.shape[-1]
     rden = q.new_empty(B, H, T, dtype=torch.float32)
-    keep_states = ChunkPlan.from_ints(plan).keep_states
     h = k.new_empty(B, H, triton.cdiv(T, chunk_len(T)), K, V) if keep_states else k.new_empty(0)
     if not store_final:
         return torch.empty_like(v), rden, rden.new_empty(0), rden.new_empty(0), h
@@ -59,23 +59,25 @@ def _chunk_bwd_op(
     do: torch.Tensor,
     dS: Optional[torch.Tensor],  # noqa: UP045
     h: Optional[torch.Tensor],  # noqa: UP045
-    plan: list[int],
+    tuning: list[int],
+    keep_states: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunk_retention_bwd(q, k, v, log_decay, S0, position, rden, do, dS, h, ChunkPlan.from_ints(plan))
+    plan = plan_from_ints(k.shape[-1], v.shape[-1], q.dtype, tuple(tuning), keep_states)
+    return chunk_retention_bwd(q, k, v, log_decay, S0, position, rden, do, dS, h, plan)
 
 
 @_chunk_bwd_op.register_fake
-def _(q, k, v, log_decay, S0, position, rden, do, dS, h, plan):
+def _(q, k, v, log_decay, S0, position, rden, do, dS, h, tuning, keep_states):
     dS0 = torch.empty_like(S0) if S0 is not None else rden.new_empty(0)
     return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dS0
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, S0, z0, position, normalize, store_final, plan = inputs
+    q, k, v, log_decay, S0, z0, position, normalize, store_final, tuning, keep_states = inputs
     _, rden, _, _, h = output
     ctx.has_s0 = S0 is not None
-    ctx.plan = plan
-    ctx.keep_states = ChunkPlan.from_ints(plan).keep_states
+    ctx.tuning = tuning
+    ctx.keep_states = keep_states
     S0 = S0 if S0 is not None else rden.new_empty(0)
     ctx.save_for_backward(q, k, v, log_decay, S0, position, rden, h)
     ctx.mark_non_differentiable(rden, output[3], h)
@@ -88,8 +90,10 @@ def _backward(ctx, do, d_rden, dS, dz, dh):
     h = h if ctx.keep_states else None
     do = torch.zeros_like(v) if do is None else do  # only the final state's gradient flows
     dS = None if dS is None or dS.numel() == 0 else dS.float().contiguous()
-    dq, dk, dv, dS0 = _chunk_bwd_op(q, k, v, log_decay, S0, position, rden, do.contiguous(), dS, h, ctx.plan)
-    return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None, None
+    dq, dk, dv, dS0 = _chunk_bwd_op(
+        q, k, v, log_decay, S0, position, rden, do.contiguous(), dS, h, ctx.tuning, ctx.keep_states
+    )  # fmt: skip
+    return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None, None, None
 
 
 _chunk_fwd_op.register_autograd(_backward, setup_context=_setup_context)
@@ -136,9 +140,11 @@ def chunk_retention(
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *(() if S0 is None else (S0,))))
     B, T, H, K = q.shape
     V = v.shape[-1]
-    plan = chunk_call_plan(T if needs_grad else 0, K, V, q.dtype, q.element_size(), v.element_size(), needs_grad)
+    tuning = tuning_ints()
+    policy = KEEP_STATES_POLICIES[tuning[0]]
+    keep = needs_grad and keeps_states(policy, T, K, V, q.element_size(), v.element_size())
     o, _, S, z, _ = _chunk_fwd_op(
         q, k, v, log_decay.float().contiguous(), S0, z0, position.long().contiguous(), normalize,
-        output_final_state, plan,
+        output_final_state, tuning, keep,
     )  # fmt: skip
     return o, S, z

@@ -8,7 +8,7 @@ Each program owns one ``(K, BV)`` slice of one (batch, head) state and keeps it 
 tokens, so the state is read and written once per call: decoding is bound by the state's bytes. The kernel
 allocates nothing and synchronises with nothing, so :func:`retention_step` can be captured in a CUDA graph;
 a second, one-warp launch moves the new key sums into place and advances the positions. The launch (BV,
-num_warps) is chosen on the host by ``tuning.step_call_launch`` and passed to the custom op.
+num_warps) follows the tuning in effect, read on the host (``tuning.tuning_ints``) and passed to the custom op.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ import triton.language as tl
 from ...triton_utils import check_cuda_or_interpreter, next_power_of_2
 from ..state import RetentionState
 from .tiles import row_scale, state_ptr, wide_offsets, widen
-from .tuning import step_call_launch
+from .tuning import step_launch_from_ints, tuning_ints
 
 
 @triton.jit
@@ -85,14 +85,13 @@ def _step_op(
     z: torch.Tensor,
     position: torch.Tensor,
     normalize: bool,
-    block_v: int,
-    num_warps: int,
-    wide_from: int,
+    tuning: list[int],
 ) -> torch.Tensor:
     B, T, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty_like(v)
     z_new = torch.empty_like(z)
+    block_v, num_warps, wide_from = step_launch_from_ints(B, H, K, V, tuple(tuning))
     BK = max(16, next_power_of_2(K))
     wide = wide_offsets(q.numel(), v.numel(), S.numel(), wide_from=wide_from)
     _recurrent_step_kernel[(triton.cdiv(V, block_v), B * H)](
@@ -104,7 +103,7 @@ def _step_op(
 
 
 @_step_op.register_fake
-def _(q, k, v, log_decay, S, z, position, normalize, block_v, num_warps, wide_from):
+def _(q, k, v, log_decay, S, z, position, normalize, tuning):
     return torch.empty_like(v)
 
 
@@ -149,8 +148,6 @@ def retention_step(
     check_cuda_or_interpreter(q, S)
     if not position.is_contiguous():
         raise ValueError("state.position must be contiguous (updated in place)")
-    block_v, num_warps, wide_from = step_call_launch(B, H, K, V)
     return _step_op(
-        q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize,
-        block_v, num_warps, wide_from,
+        q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize, tuning_ints()
     )  # fmt: skip

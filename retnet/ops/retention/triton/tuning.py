@@ -7,16 +7,17 @@ value, never module state patched at run time:
 * :class:`KernelTuning` holds overrides of the measured table and rules below (none by default). It is scoped with
   :func:`retention_tuning`, a context manager over a ``contextvars.ContextVar`` (threads and asyncio tasks see only
   their own), and read with :func:`current_tuning`.
-* :func:`chunk_plan` turns the tuning, a call's head dims and dtype into a frozen :class:`ChunkPlan`, which the
-  chunkwise op fixes at the forward call and hands to the kernels' launchers as an argument. The backward pass
-  reuses the forward's plan: it may run after the ``with`` block has exited, and on another thread (autograd runs
-  CUDA backward passes on its own threads, which do not see the caller's context variables).
+* :func:`chunk_plan` turns the tuning, a call's head dims and dtype into a frozen :class:`ChunkPlan` (the launches of
+  every chunkwise kernel). The tuning is read once, at the forward call (``op.chunk_retention``), and travels to the
+  custom ops as ints (:meth:`KernelTuning.to_ints`); each op computes its plan from it, so the backward pass
+  launches what the forward planned even when it runs after the ``with`` block has exited, or on another thread
+  (autograd runs CUDA backward passes on its own threads, which do not see the caller's context variables).
 * :func:`step_launch` gives the decode kernel's (BV, num_warps); :func:`plan_segments` splits a state scan that
   has too few programs to fill the GPU.
 
-``torch.compile`` cannot trace a context variable, so the launchers' callers take their plans from
-:func:`chunk_call_plan` and :func:`step_call_launch`, which it runs while tracing and whose results the compiled
-graph keeps (like any Python constant it closes over); compile again to change the tuning of a compiled function.
+``torch.compile`` cannot trace a context variable: callers read the tuning through :func:`tuning_ints`, which it
+runs while tracing and whose result the compiled graph keeps (like any Python constant it closes over); compile
+again to change the tuning of a compiled function. Shapes never enter that read, so dynamic shapes still trace.
 """
 
 from __future__ import annotations
@@ -151,6 +152,34 @@ class KernelTuning:
             return override
         return FP32_BLOCK if dtype == torch.float32 else BLOCK_TABLE[kernel]
 
+    def to_ints(self) -> list[int]:
+        """The tuning as a flat list of ints, the argument form a custom op's schema takes (``from_ints`` inverts
+        it): keep-states policy index, segment chunks, step BV and warps (0: not set), ``wide_from``, then
+        (BK, BV, num_warps, num_stages) per name of ``KERNELS`` (zeros: not overridden)."""
+        rows = dict(self.blocks)
+        step = self.step_launch or (0, 0)
+        head = [KEEP_STATES_POLICIES.index(self.keep_states), self.segment_chunks or 0, *step, self.wide_from]
+        return head + [x for name in KERNELS for x in rows.get(name, (0, 0, 0, 0))]
+
+    @classmethod
+    def from_ints(cls, ints: Sequence[int]) -> KernelTuning:
+        """Rebuild a tuning from :meth:`to_ints`.
+
+        Raises:
+            ValueError: on a list of the wrong length or with values the kernels cannot launch with.
+        """
+        if len(ints) != 5 + 4 * len(KERNELS):
+            raise ValueError(f"a KernelTuning has {5 + 4 * len(KERNELS)} ints, got {len(ints)}")
+        policy, seg, step_bv, step_warps, wide_from = ints[:5]
+        rows = {name: tuple(ints[5 + 4 * i : 9 + 4 * i]) for i, name in enumerate(KERNELS)}
+        return cls(
+            keep_states=KEEP_STATES_POLICIES[policy],
+            segment_chunks=seg or None,
+            step_launch=(step_bv, step_warps) if step_bv else None,
+            blocks={name: row for name, row in rows.items() if any(row)},
+            wide_from=wide_from,
+        )
+
 
 DEFAULT_TUNING = KernelTuning()
 """No overrides: the measured table and rules."""
@@ -160,6 +189,12 @@ _TUNING = contextvars.ContextVar("retnet_retention_tuning", default=DEFAULT_TUNI
 def current_tuning() -> KernelTuning:
     """The :class:`KernelTuning` in effect in this thread or task (set by :func:`retention_tuning`)."""
     return _TUNING.get()
+
+
+@torch.compiler.assume_constant_result
+def tuning_ints() -> list[int]:
+    """:meth:`KernelTuning.to_ints` of :func:`current_tuning`; under ``torch.compile`` run once while tracing."""
+    return _TUNING.get().to_ints()
 
 
 @contextlib.contextmanager
@@ -215,7 +250,7 @@ class Launch:
 
 @dataclass(frozen=True)
 class ChunkPlan:
-    """How one chunkwise call launches its kernels; fixed at the forward call, reused by its backward.
+    """How one chunkwise call launches its kernels (from the table, the tuning and the head dims).
 
     Attributes:
         launches: one :class:`Launch` per name of ``KERNELS``, in that order.
@@ -232,20 +267,6 @@ class ChunkPlan:
     def launch(self, kernel: str) -> Launch:
         """The :class:`Launch` of ``kernel`` (a name of ``KERNELS``)."""
         return self.launches[KERNELS.index(kernel)]
-
-    def to_ints(self) -> list[int]:
-        """The plan as a flat list of ints: the argument form custom ops accept (``from_ints`` inverts it)."""
-        rows = [x for L in self.launches for x in (L.BK, L.BV, L.num_warps, L.num_stages)]
-        return [*rows, self.segment_chunks or 0, self.wide_from, int(self.keep_states)]
-
-    @classmethod
-    def from_ints(cls, ints: Sequence[int]) -> ChunkPlan:
-        """Rebuild a plan from :meth:`to_ints`."""
-        n = 4 * len(KERNELS)
-        if len(ints) != n + 3:
-            raise ValueError(f"a ChunkPlan has {n + 3} ints, got {len(ints)}")
-        launches = tuple(Launch(*ints[i : i + 4]) for i in range(0, n, 4))
-        return cls(launches, ints[n] or None, ints[n + 1], bool(ints[n + 2]))
 
 
 def chunk_len(T: int, cap: int | None = None) -> int:
@@ -304,18 +325,11 @@ def chunk_plan(
     return ChunkPlan(tuple(launches), tuning.segment_chunks, tuning.wide_from, keep_states)
 
 
-@torch.compiler.assume_constant_result
-def chunk_call_plan(
-    T: int, K: int, V: int, dtype: torch.dtype, k_size: int, v_size: int, needs_grad: bool
-) -> list[int]:
-    """The :class:`ChunkPlan` of one chunkwise call under the tuning in effect, as :meth:`ChunkPlan.to_ints`.
-
-    The forward keeps its per-chunk states only when gradients will flow (T is read only then). Under
-    ``torch.compile`` this runs once while tracing (module docstring).
-    """
-    tuning = current_tuning()
-    keep = needs_grad and keeps_states(tuning.keep_states, T, K, V, k_size, v_size)
-    return chunk_plan(K, V, dtype, tuning, keep_states=keep).to_ints()
+@functools.lru_cache(maxsize=256)
+def plan_from_ints(K: int, V: int, dtype: torch.dtype, tuning: tuple[int, ...], keep_states: bool) -> ChunkPlan:
+    """:func:`chunk_plan` for a tuning in its :meth:`KernelTuning.to_ints` form (as a tuple), cached: the custom
+    ops' way to their plan (one validation per distinct call shape, not per call)."""
+    return chunk_plan(K, V, dtype, KernelTuning.from_ints(tuning), keep_states=keep_states)
 
 
 @functools.cache
@@ -381,9 +395,9 @@ def step_launch(B: int, H: int, K: int, V: int, tuning: KernelTuning | None = No
     return min(bv, max(16, next_power_of_2(V))), warps
 
 
-@torch.compiler.assume_constant_result
-def step_call_launch(B: int, H: int, K: int, V: int) -> list[int]:
-    """``[BV, num_warps, wide_from]`` of one decode step under the tuning in effect (:func:`step_launch`). Under
-    ``torch.compile`` this runs once while tracing (module docstring)."""
-    tuning = current_tuning()
-    return [*step_launch(B, H, K, V, tuning), tuning.wide_from]
+@functools.lru_cache(maxsize=256)
+def step_launch_from_ints(B: int, H: int, K: int, V: int, tuning: tuple[int, ...]) -> tuple[int, int, int]:
+    """``(BV, num_warps, wide_from)`` of a decode step for a tuning in its :meth:`KernelTuning.to_ints` form (as a
+    tuple), cached: the step op's way to its launch."""
+    tuned = KernelTuning.from_ints(tuning)
+    return (*step_launch(B, H, K, V, tuned), tuned.wide_from)
