@@ -30,23 +30,22 @@ from triton.compiler import ASTSource
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retnet.ops.retention import chunkwise as ck  # noqa: E402
-from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
-from retnet.ops.retention import recurrent as rc  # noqa: E402
+from retnet.ops.retention.triton import backward, forward, step  # noqa: E402
+from retnet.ops.retention.triton.tuning import KernelTuning, chunk_len, chunk_plan  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128), "torchscale-1.3b": (8, 256, 432)}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 TRITON_TYPES = {torch.bfloat16: "bf16", torch.float16: "fp16", torch.float32: "fp32", torch.int64: "i64"}
 KERNELS = {
-    "state_fwd": (ckf, "_state_fwd_kernel"),
-    "segment_state": (ckf, "_segment_state_kernel"),
-    "output_fwd": (ckf, "_output_fwd_kernel"),
-    "state_bwd": (ck, "_state_bwd_kernel"),
-    "dstate_segment": (ck, "_dstate_segment_kernel"),
-    "dqk_bwd": (ck, "_dqk_bwd_kernel"),
-    "dv_bwd": (ck, "_dv_bwd_kernel"),
-    "decode_step": (rc, "_recurrent_step_kernel"),
-    "decode_finish": (rc, "_step_finish_kernel"),
+    "state_fwd": (forward, "_state_fwd_kernel"),
+    "segment_state": (forward, "_segment_state_kernel"),
+    "output_fwd": (forward, "_output_fwd_kernel"),
+    "state_bwd": (backward, "_state_bwd_kernel"),
+    "dstate_segment": (backward, "_dstate_segment_kernel"),
+    "dqk_bwd": (backward, "_dqk_bwd_kernel"),
+    "dv_bwd": (backward, "_dv_bwd_kernel"),
+    "decode_step": (step, "_recurrent_step_kernel"),
+    "decode_finish": (step, "_step_finish_kernel"),
 }
 SM90 = GPUTarget("cuda", 90, 32)
 
@@ -77,21 +76,19 @@ def _capture(cfg: str, dtype: torch.dtype, T: int = 1024) -> dict[str, tuple]:
         saved[name] = getattr(module, attr)
         recorders[name] = _LaunchRecorder(saved[name])
         setattr(module, attr, recorders[name])
-    forced = ckf.FORCE_SEGMENT_CHUNKS
     try:
-        for length, segment_chunks in ((T, None), (2 * T, T // ckf.chunk_len(T))):
-            ckf.FORCE_SEGMENT_CHUNKS = segment_chunks
+        for length, segment_chunks in ((T, None), (2 * T, T // chunk_len(T))):
+            plan = chunk_plan(K, V, dtype, KernelTuning(segment_chunks=segment_chunks))
             q, k = (torch.zeros(B, length, H, K, dtype=dtype) for _ in range(2))
             v = torch.zeros(B, length, H, V, dtype=dtype)
             lg = torch.full((H,), -0.01)
             pos = torch.zeros(B, dtype=torch.long)
-            o, rden, _, _, _ = ckf.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False)
-            ck.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None)
+            o, rden, _, _, _ = forward.chunk_retention_fwd(q, k, v, lg, None, None, pos, True, False, plan)
+            backward.chunk_retention_bwd(q, k, v, lg, None, pos, rden, o, None, None, plan)
         S = torch.zeros(B, H, K, V)
         z = torch.zeros(B, H, K)
-        rc._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True)
+        step._step_op(q[:, :1], k[:, :1], v[:, :1], lg, S, z, pos, True, KernelTuning().to_ints())
     finally:
-        ckf.FORCE_SEGMENT_CHUNKS = forced
         for name, (module, attr) in KERNELS.items():
             setattr(module, attr, saved[name])
     return {name: (rec.fn, rec.launches[0]) for name, rec in recorders.items() if rec.launches}

@@ -28,10 +28,14 @@ from triton.testing import do_bench
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
-from retnet.ops.retention import chunkwise as ck  # noqa: E402
-from retnet.ops.retention import chunkwise_forward as ckf  # noqa: E402
-from retnet.ops.retention import recurrent as rc  # noqa: E402
-from retnet.ops.retention.recurrent import retention_step  # noqa: E402
+from retnet.ops.retention.triton import (  # noqa: E402
+    BLOCK_TABLE,
+    KERNELS,
+    MIN_SEGMENT_CHUNKS,
+    current_tuning,
+    retention_step,
+    retention_tuning,
+)
 from retnet.utils.environment import environment_stamp  # noqa: E402
 
 CFGS = {"A": (8, 256, 512), "B": (16, 128, 128)}
@@ -239,9 +243,8 @@ def sweep_decode(bw, batches=(1, 16, 128), launches=((16, 4), (32, 4), (64, 4), 
     for B in batches:
         state, q, k, v = _decode_inputs(B, H, K, V)
         out[str(B)] = time_variants(
-            f"decode sweep B={B:4d} (BV, warps):", {str(c): c for c in launches},
-            partial(setattr, rc, "STEP_LAUNCH"), partial(_graphed_bw_frac, q, k, v, lg, state, bw), None,
-            higher_is_better=True, show="{:.1%}",
+            f"decode sweep B={B:4d} (BV, warps):", {str(c): {"step_launch": c} for c in launches},
+            partial(_graphed_bw_frac, q, k, v, lg, state, bw), higher_is_better=True, show="{:.1%}",
         )  # fmt: skip
     return out
 
@@ -277,7 +280,7 @@ def bench_decode(bw, batches=(1, 16, 128)):
 
 
 SWEEP_VARIANTS: dict[str, list[tuple[int, int, int, int]]] = {
-    # (BK, BV, num_warps, num_stages) per kernel; the set that chose BLOCK_TABLE (docs/benchmarks).
+    # (BK, BV, num_warps, num_stages) per kernel; the set that chose the kernels' BLOCK_TABLE (docs/benchmarks).
     "state_fwd": [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 4, 2), (128, 128, 8, 2),
                   (128, 128, 8, 3), (64, 256, 8, 2), (128, 64, 4, 3)],
     "output_fwd": [(64, 64, 4, 2), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (128, 64, 4, 2),
@@ -287,30 +290,28 @@ SWEEP_VARIANTS: dict[str, list[tuple[int, int, int, int]]] = {
                 (128, 128, 8, 2)],
     "dv_bwd": [(64, 64, 4, 3), (64, 128, 4, 2), (64, 128, 4, 3), (128, 128, 8, 2), (128, 64, 4, 3), (64, 256, 8, 2)],
 }  # fmt: skip
-SWEEP_KERNELS = tuple(ckf.BLOCK_TABLE)
+SWEEP_KERNELS = KERNELS
 
 
-def time_variants(label, variants, apply, measure, default, higher_is_better=False, show="{:.3f}"):
-    """Run ``measure()`` once per variant, each set by ``apply(variant)``, then ``apply(default)``; prints them
-    and returns ``{"results": {name: value or "n/a Error"}, "best": name}``.
+def time_variants(label, variants, measure, higher_is_better=False, show="{:.3f}"):
+    """Run ``measure()`` once per variant, each inside ``retention_tuning(**variant)``; prints them and returns
+    ``{"results": {name: value or "n/a Error"}, "best": name}``.
 
     Args:
-        variants: ``{name: variant}``; a variant whose launch fails (out of registers or shared memory) is
-            recorded as "n/a" and skipped.
+        variants: ``{name: overrides}``, each a dict of ``KernelTuning`` fields (``{}``: the library's choice); a
+            variant whose launch fails (out of registers or shared memory) is recorded as "n/a" and skipped.
         higher_is_better: pick the largest value (a bandwidth fraction) instead of the smallest (ms).
         show: format of each value in the printed line.
     """
     res = {}
-    try:
-        for name, variant in variants.items():
-            apply(variant)
-            try:
+    for name, overrides in variants.items():
+        try:
+            with retention_tuning(**overrides):
                 res[name] = measure()
-            except Exception as e:
-                res[name] = f"n/a {type(e).__name__}"
+        except Exception as e:
+            res[name] = f"n/a {type(e).__name__}"
+        if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    finally:
-        apply(default)
     ok = {k: v for k, v in res.items() if isinstance(v, float)}
     best = (max if higher_is_better else min)(ok, key=ok.get) if ok else None
     print(f"  {label} best {best}  " + "  ".join(
@@ -333,9 +334,8 @@ def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
         for kern in kernels:
             backward = kern not in ("state_fwd", "output_fwd")
             out[f"{cfg}/{kern}"] = time_variants(
-                f"sweep {cfg} {kern} (BK,BV,w,st)", {str(c): c for c in SWEEP_VARIANTS[kern]},
-                partial(ckf.BLOCK_TABLE.__setitem__, kern), partial(time_op, fn, *shape, backward),
-                ckf.BLOCK_TABLE[kern],
+                f"sweep {cfg} {kern} (BK,BV,w,st)", {str(c): {"blocks": {kern: c}} for c in SWEEP_VARIANTS[kern]},
+                partial(time_op, fn, *shape, backward),
             )  # fmt: skip
     return out
 
@@ -346,7 +346,7 @@ SEGMENT_SWEEP = {"A": (32768, 65536), "B": (8192, 32768, 65536)}
 
 def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
     """Time forward and forward+backward with the state scans cut into each of ``counts`` segments (both
-    directions; ``FORCE_SEGMENT_CHUNKS``) against the planner's own choice; returns every timing."""
+    directions; ``retention_tuning(segment_chunks=...)``) against the planner's own choice; returns every timing."""
     out = {}
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
@@ -355,12 +355,13 @@ def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
         for T in SEGMENT_SWEEP[cfg]:
             B, NT = TOKENS // T, triton.cdiv(T, CHUNK)
             for backward in (False, True):
-                chunks = {"planner": None}
-                chunks |= {str(n): triton.cdiv(NT, n) for n in counts if NT // n >= ckf.MIN_SEGMENT_CHUNKS}
+                chunks = {"planner": {}}
+                chunks |= {
+                    str(n): {"segment_chunks": triton.cdiv(NT, n)} for n in counts if NT // n >= MIN_SEGMENT_CHUNKS
+                }
                 label = f"{cfg} T={T} {'fwd+bwd' if backward else 'fwd'}"
                 out[label] = time_variants(
-                    f"segments {label}", chunks, partial(setattr, ckf, "FORCE_SEGMENT_CHUNKS"),
-                    partial(time_op, fn, B, T, H, K, V, backward), None,
+                    f"segments {label}", chunks, partial(time_op, fn, B, T, H, K, V, backward)
                 )  # fmt: skip
     return out
 
@@ -411,7 +412,9 @@ def env_stamp():
 
 
 def _tables():
-    return {"blocks": dict(ckf.BLOCK_TABLE), "keep_states": ck.KEEP_STATES}
+    """The kernels' launch table and keep-states policy in effect (``retention_tuning`` overrides included)."""
+    tuning = current_tuning()
+    return {"blocks": {**BLOCK_TABLE, **dict(tuning.blocks)}, "keep_states": tuning.keep_states}
 
 
 def print_table(rows, bw, mm):
@@ -524,11 +527,15 @@ def main(argv=None):
     )  # fmt: skip
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
-    if args.keep_states:
-        ck.KEEP_STATES = args.keep_states
     if args.from_json:
         replot(args.from_json, args.out)
         return
+    with retention_tuning(**({"keep_states": args.keep_states} if args.keep_states else {})):
+        run(args)
+
+
+def run(args):
+    """The GPU part of :func:`main`: ceilings, sweeps, profile, decode and chunkwise benchmarks, as ``args`` asks."""
     bw, mm = measure_ceilings()
     print(f"ceilings: copy {bw / 1e12:.2f} TB/s, bf16 matmul {mm / 1e12:.0f} TFLOP/s")
     result = {"env": env_stamp(), "copy_bw_Bps": bw, "matmul_flops": mm, "command": " ".join(sys.argv)}

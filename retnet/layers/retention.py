@@ -228,7 +228,7 @@ class MultiScaleRetention(nn.Module):
         if on_triton is None:
             on_triton = self._step_on_triton(v.device, v.dtype)
         if on_triton and state.S.dtype == torch.float32:
-            from ..ops.retention.recurrent import retention_step
+            from ..ops.retention.triton import retention_step
 
             o = retention_step(q, k, v, log_decay, state)  # (B, 1, H, V)
         else:

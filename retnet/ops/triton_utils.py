@@ -1,7 +1,7 @@
-"""Triton helpers shared by the retention kernels: capability checks, dot precision and block-size tables.
+"""Triton helpers shared by the retention kernels: capability checks, dot precision, interpreter detection.
 
-The kernels themselves live next to their op (``ops/retention/chunkwise.py``, ``recurrent.py``); this module
-holds what every kernel file needs and nothing op-specific.
+The kernels themselves live with their op (``ops/retention/triton/``, whose ``tuning.py`` holds their launch
+choices); this module holds what any Triton op needs and nothing op-specific.
 """
 
 from __future__ import annotations

@@ -42,19 +42,39 @@ def test_from_json_merges_runs_and_reports_ratios_and_memory(tmp_path, capsys):
     assert "cudnn" in line and "5.00" in cells  # best SDPA backend and its ratio to ours
 
 
-def test_time_variants_picks_the_best_skips_failures_and_restores_the_default(capsys):
-    current = {"value": "default"}
-    timings = {"a": 3.0, "b": 1.0, "c": 2.0}
+def test_time_variants_runs_each_under_its_tuning_skips_failures_and_restores_the_default(capsys):
+    from retnet.ops.retention.triton import KernelTuning, current_tuning
+
+    timings = {None: 3.0, 2: 1.0, 3: 2.0}
 
     def measure():
-        if current["value"] == "broken":
+        seg = current_tuning().segment_chunks
+        if seg == 9:
             raise RuntimeError("out of resources")
-        return timings[current["value"]]
+        return timings[seg]
 
-    apply = lambda v: current.__setitem__("value", v)  # noqa: E731
-    variants = {"a": "a", "b": "b", "broken": "broken", "c": "c"}
-    fastest = ops.time_variants("sweep x", variants, apply, measure, "default")
-    assert fastest == {"results": {"a": 3.0, "b": 1.0, "broken": "n/a RuntimeError", "c": 2.0}, "best": "b"}
-    assert current["value"] == "default"
-    widest = ops.time_variants("sweep y", variants, apply, measure, "default", higher_is_better=True, show="{:.1%}")
-    assert widest["best"] == "a" and "a:300.0%" in capsys.readouterr().out
+    variants = {
+        "planner": {},
+        "two": {"segment_chunks": 2},
+        "broken": {"segment_chunks": 9},
+        "three": {"segment_chunks": 3},
+    }
+    fastest = ops.time_variants("sweep x", variants, measure)
+    assert fastest == {
+        "results": {"planner": 3.0, "two": 1.0, "broken": "n/a RuntimeError", "three": 2.0},
+        "best": "two",
+    }
+    assert current_tuning() == KernelTuning()
+    widest = ops.time_variants("sweep y", variants, measure, higher_is_better=True, show="{:.1%}")
+    assert widest["best"] == "planner" and "planner:300.0%" in capsys.readouterr().out
+    assert current_tuning() == KernelTuning()
+
+
+def test_tables_report_the_tuning_in_effect():
+    from retnet.ops.retention.triton import BLOCK_TABLE, retention_tuning
+
+    assert ops._tables() == {"blocks": dict(BLOCK_TABLE), "keep_states": "auto"}
+    with retention_tuning(keep_states="never", blocks={"dv_bwd": (64, 64, 2, 1)}):
+        tables = ops._tables()
+    assert tables["keep_states"] == "never" and tables["blocks"]["dv_bwd"] == (64, 64, 2, 1)
+    assert tables["blocks"]["state_fwd"] == BLOCK_TABLE["state_fwd"]

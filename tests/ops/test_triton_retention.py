@@ -16,7 +16,15 @@ if not torch.cuda.is_available():
 triton = pytest.importorskip("triton")
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
-from retnet.ops.retention.recurrent import retention_step  # noqa: E402
+from retnet.ops.retention.triton import (  # noqa: E402
+    MAX_K,
+    MIN_SEGMENT_CHUNKS,
+    WIDE_FROM,
+    plan_segments,
+    retention_step,
+    retention_tuning,
+    wide_offsets,
+)
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 # Additive slack of the error check, per dtype: max|kernel − ref64| <= 2·max|ref_lp − ref64| + ATOL.
@@ -104,6 +112,8 @@ CPU_CASES = [
     (2, 130, 2, 60, 40, torch.float32, [-7, 3], True, True),
     (2, 100, 2, 32, 48, torch.float16, 0, True, True),
     (1, 70, 2, 32, 32, torch.float32, 5, True, False),
+    # 16-bit with a state far from position 0 (an early sm90 build got normaliser rows wrong in this case).
+    (2, 150, 2, 32, 48, torch.float16, [3000, 250_000], True, True),
 ]
 
 
@@ -127,49 +137,41 @@ def test_chunkwise_matches_reference(B, T, H, K, V, dtype, offset, with_state, n
 
 @pytest.mark.parametrize("seg_chunks", [1, 2], ids=["seg1", "seg2"])
 @pytest.mark.parametrize("with_state", [False, True], ids=["nostate", "state"])
-def test_segmented_scan_matches_reference(monkeypatch, seg_chunks, with_state):
+def test_segmented_scan_matches_reference(seg_chunks, with_state):
     """The state scan split into parallel segments (long T, small batch) computes the same function; the
     backward recomputes the states through the same segmented scan."""
-    from retnet.ops.retention import chunkwise, chunkwise_forward
-
-    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
-    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
-    _compare(2, 150, 2, 32, 40, torch.float32, [-20, 9], with_state, True)
+    with retention_tuning(segment_chunks=seg_chunks, keep_states="never"):
+        _compare(2, 150, 2, 32, 40, torch.float32, [-20, 9], with_state, True)
 
 
 @pytest.mark.parametrize("seg_chunks", [None, 1], ids=["whole", "seg1"])
-def test_int64_offsets_give_the_same_results(monkeypatch, seg_chunks):
+def test_int64_offsets_give_the_same_results(seg_chunks):
     """The kernels' int64-offset variant (taken past 2^31 elements) computes exactly what the int32 one does,
     forward and backward, chunkwise and decode step."""
-    from retnet.ops.retention import chunkwise, chunkwise_forward, kernel_common
-
-    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
-    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
     qkv, state, pos, w, wS = _inputs(2, 150, 2, 32, 40, torch.float32, [-20, 9], True)
     lg = log_decay_schedule(2, device=DEVICE)
     results = []
-    for wide_from in (kernel_common.WIDE_FROM, 0):
-        monkeypatch.setattr(kernel_common, "WIDE_FROM", wide_from)
-        outs, position, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
-        st = RetentionState(*(x.to(DEVICE).clone() for x in state))
-        step = retention_step(*(x[:, :1].to(DEVICE) for x in qkv), lg, st)
+    for wide_from in (WIDE_FROM, 0):
+        with retention_tuning(segment_chunks=seg_chunks, keep_states="never", wide_from=wide_from):
+            outs, position, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+            st = RetentionState(*(x.to(DEVICE).clone() for x in state))
+            step = retention_step(*(x[:, :1].to(DEVICE) for x in qkv), lg, st)
         results.append([*outs, position, *grads, step, st.S, st.z])
     for narrow, wide in zip(*results):
         assert torch.equal(narrow, wide)
 
 
 def test_wide_offsets_from_two_to_the_31():
-    from retnet.ops.retention.kernel_common import wide_offsets
-
     assert not wide_offsets(2**31 - 1, 5)
     assert wide_offsets(10, 2**31)
+    assert wide_offsets(10, wide_from=10) and not wide_offsets(9, wide_from=10)
 
 
 def test_segment_plan_fills_the_gpu_only_when_needed():
-    from retnet.ops.retention.chunkwise_forward import MIN_SEGMENT_CHUNKS, plan_segments
-
     cpu = torch.device("cpu")
     assert plan_segments(1024, 32, cpu) == (1024, 1)  # one program is enough off the GPU
+    assert plan_segments(10, 32, cpu, segment_chunks=4) == (4, 3)  # a fixed length: the last segment is shorter
+    assert plan_segments(10, 32, cpu, segment_chunks=50) == (10, 1)
     if torch.cuda.is_available():
         gpu = torch.device("cuda")
         seg_nt, nseg = plan_segments(1024, 32, gpu)
@@ -199,29 +201,27 @@ def test_gradients_through_one_output_only(use):
 
 def test_kept_states_give_the_recomputed_gradients(monkeypatch):
     """The backward reusing the forward's per-chunk states equals the one that recomputes them, bit for bit."""
-    from retnet.ops.retention import chunkwise
+    from retnet.ops.retention.triton import backward
 
     qkv, state, pos, w, wS = _inputs(2, 150, 2, 32, 40, torch.float32, [-9, 4], True)
     scans = []
-    real_scan = chunkwise.state_scan
-    monkeypatch.setattr(chunkwise, "state_scan", lambda *a, **kw: scans.append(1) or real_scan(*a, **kw))
+    real_scan = backward.state_scan
+    monkeypatch.setattr(backward, "state_scan", lambda *a, **kw: scans.append(1) or real_scan(*a, **kw))
     results = {}
     for policy in ("always", "never"):
-        monkeypatch.setattr(chunkwise, "KEEP_STATES", policy)
         scans.clear()
-        out, _, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+        with retention_tuning(keep_states=policy):
+            out, _, grads = _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
         results[policy] = (out + grads, len(scans))  # the backward's recomputations of the states
     assert results["always"][1] == 0 and results["never"][1] == 1
     for a, b in zip(results["always"][0], results["never"][0]):
         assert torch.equal(a, b)
-    monkeypatch.setattr(chunkwise, "KEEP_STATES", "sometimes")
-    with pytest.raises(ValueError, match="KEEP_STATES"):
-        _run(qkv, state, pos, w, wS, torch.float32, 2, "triton", True)
+    with pytest.raises(ValueError, match="keep_states"):
+        with retention_tuning(keep_states="sometimes"):
+            pass
 
 
 def test_head_dim_above_limit_is_refused():
-    from retnet.ops.retention.chunkwise_forward import MAX_K
-
     K = 2 * MAX_K
     q = torch.randn(1, 4, 1, K, device=DEVICE)
     lg = log_decay_schedule(1, device=DEVICE)
@@ -250,6 +250,30 @@ def test_continuation_equals_one_call():
     torch.testing.assert_close(s2.S, s_all.S, rtol=1e-5, atol=1e-5)
 
 
+def test_chunk_size_none_is_the_backends_choice(caplog):
+    """None: 64 on the PyTorch reference, the kernels' own chunks on Triton; an explicit chunk size, which the
+    kernels do not use, is logged once per value and changes nothing."""
+    qkv, _, _, _, _ = _inputs(1, 90, 2, 16, 24, torch.float32, 0, False)
+    q, k, v = (x.to(DEVICE) for x in qkv)
+    lg = log_decay_schedule(2, device=DEVICE)
+    o_none, _ = retention(q, k, v, lg, backend="torch")
+    o_64, _ = retention(q, k, v, lg, backend="torch", chunk_size=64)
+    o_16, _ = retention(q, k, v, lg, backend="torch", chunk_size=16)
+    assert torch.equal(o_none, o_64) and not torch.equal(o_16, o_64)  # the reference's default stays 64
+    logger = "retnet.ops.retention.triton.dispatch"
+    with caplog.at_level("INFO", logger=logger):
+        o_auto, _ = retention(q, k, v, lg, backend="triton")
+        assert not [r for r in caplog.records if r.name == logger]
+        o_23, _ = retention(q, k, v, lg, backend="triton", chunk_size=23)
+        retention(q, k, v, lg, backend="triton", chunk_size=23)
+    records = [r.getMessage() for r in caplog.records if r.name == logger]
+    assert len(records) == 1 and "chunk_size=23 is not used" in records[0]
+    assert torch.equal(o_23, o_auto)
+    torch.testing.assert_close(o_auto, o_64, rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        retention(q, k, v, lg, backend="triton", chunk_size=0)
+
+
 @pytest.mark.parametrize("T", [1, 3], ids=["T1", "T3"])
 def test_recurrent_step_matches_reference(T):
     B, H, K, V = 2, 2, 32, 24
@@ -273,21 +297,19 @@ def test_recurrent_step_matches_reference(T):
     assert torch.equal(st.position, fs.position)
 
 
-def test_decode_launch_choices_give_identical_steps(monkeypatch):
+def test_decode_launch_choices_give_identical_steps():
     """Every (BV, num_warps) the decode sweep may pick computes the same step: the state update bit for bit, the
     output up to the order of its sum over K (which the warp count changes on a GPU). Rows at a negative
     position (left padding) only decay."""
-    from retnet.ops.retention import recurrent
-
     B, H, K, V = 2, 2, 32, 40
     qkv, state, _, _, _ = _inputs(B, 1, H, K, V, torch.float32, [-1, 3], True)
     lg = log_decay_schedule(H, device=DEVICE)
     q, k, v = (x.to(DEVICE) for x in qkv)
     outs = []
     for launch in (None, (16, 4), (64, 8)):
-        monkeypatch.setattr(recurrent, "STEP_LAUNCH", launch)
         st = RetentionState(*(x.to(DEVICE).clone() for x in state))
-        outs.append((retention_step(q, k, v, lg, st), st.S, st.z, st.position))
+        with retention_tuning(step_launch=launch):
+            outs.append((retention_step(q, k, v, lg, st), st.S, st.z, st.position))
     for o, S, z, position in outs[1:]:
         torch.testing.assert_close(o, outs[0][0], rtol=1e-6, atol=1e-6)
         assert torch.equal(S, outs[0][1]) and torch.equal(z, outs[0][2]) and torch.equal(position, outs[0][3])
@@ -371,12 +393,9 @@ def test_chunkwise_matches_reference_gpu(B, T, H, K, V, dtype, offset, with_stat
     [(2, 300, 2, 64, 96, 2, True), (1, 1000, 2, 256, 512, 3, False)],
     ids=["K64-V96-seg2-state", "K256-V512-seg3"],
 )
-def test_segmented_scan_matches_reference_gpu(monkeypatch, B, T, H, K, V, seg_chunks, with_state, dtype):
-    from retnet.ops.retention import chunkwise, chunkwise_forward
-
-    monkeypatch.setattr(chunkwise_forward, "FORCE_SEGMENT_CHUNKS", seg_chunks)
-    monkeypatch.setattr(chunkwise, "KEEP_STATES", "never")
-    _compare(B, T, H, K, V, dtype, 0, with_state, True)
+def test_segmented_scan_matches_reference_gpu(B, T, H, K, V, seg_chunks, with_state, dtype):
+    with retention_tuning(segment_chunks=seg_chunks, keep_states="never"):
+        _compare(B, T, H, K, V, dtype, 0, with_state, True)
 
 
 @pytest.mark.gpu

@@ -1,4 +1,4 @@
-"""``retention(...)``: the one entry point for every form and backend (SPEC §3, STYLE "The op contract").
+"""``retention(...)``: the one entry point for every form and backend (docs/spec.md §3).
 
 This module validates inputs (so bad input fails here with a clear message, never inside a kernel), builds
 the initial state, splits packed documents, and picks the implementation. It is the only place that
@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 FORMS = ("parallel", "recurrent", "chunkwise")
 BACKENDS = ("auto", "torch", "triton")
+REFERENCE_CHUNK_SIZE = 64
+"""Chunk size of the PyTorch chunkwise form when the caller leaves ``chunk_size`` to the backend (None)."""
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _fallback_logged = False
 _checked_decays: dict[int, tuple[weakref.ref, int]] = {}
@@ -73,8 +75,8 @@ def _check_inputs(q, k, v, log_decay, form, chunk_size, backend):
         raise ValueError(f"unknown form {form!r}; expected one of {FORMS}")
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; expected one of {BACKENDS}")
-    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1:
-        raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be None or an int >= 1, got {chunk_size!r}")
 
 
 def _check_state_and_offset_types(initial_state, offset, T: int) -> None:
@@ -158,16 +160,16 @@ def _triton_available(q) -> bool:
     return triton_runtime_available(q.device)
 
 
-def _pick_backend(backend: str, q: torch.Tensor, form: str, has_initial_state: bool, needs_grad: bool) -> str:
+def _pick_backend(backend: str, q: torch.Tensor, form: str, needs_grad: bool) -> str:
     global _fallback_logged
     if backend == "torch":
         return "torch"
     available = _triton_available(q)
     limitation = None
     if available:
-        from .triton_dispatch import triton_limitation
+        from .triton import triton_limitation
 
-        limitation = triton_limitation(q, form, has_initial_state, needs_grad)
+        limitation = triton_limitation(q, form, needs_grad)
     if backend == "triton":
         if not available:
             raise RuntimeError(
@@ -188,7 +190,7 @@ def _pick_backend(backend: str, q: torch.Tensor, form: str, has_initial_state: b
 
 def _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, backend, fresh_state=False, need_final=True):
     if backend == "triton":
-        from .triton_dispatch import triton_retention
+        from .triton import triton_retention
 
         return triton_retention(
             q, k, v, log_decay, state, form=form, chunk_size=chunk_size, normalize=normalize,
@@ -196,7 +198,7 @@ def _run_one(q, k, v, log_decay, state, form, chunk_size, normalize, backend, fr
         )  # fmt: skip
     fn = REFERENCE_FORMS[form]
     if form == "chunkwise":
-        return fn(q, k, v, log_decay, state, normalize, chunk_size)
+        return fn(q, k, v, log_decay, state, normalize, REFERENCE_CHUNK_SIZE if chunk_size is None else chunk_size)
     return fn(q, k, v, log_decay, state, normalize)
 
 
@@ -237,7 +239,7 @@ def retention(
     form: str = "chunkwise",
     initial_state: RetentionState | None = None,
     output_final_state: bool = False,
-    chunk_size: int = 64,
+    chunk_size: int | None = None,
     offset: int | torch.Tensor | None = None,
     normalize: bool = True,
     backend: str = "auto",
@@ -246,18 +248,20 @@ def retention(
     """Multi-scale retention (paper §2.1) in any of its three forms; all forms compute the same function.
 
     Args:
-        q: ``(B, T, H, K)`` queries, already rotated (SPEC §2).
+        q: ``(B, T, H, K)`` queries, already rotated (docs/spec.md §2).
         k: ``(B, T, H, K)`` keys, already rotated and scaled by K^−½.
         v: ``(B, T, H, V)`` values. q, k, v share a dtype (fp16, bf16, fp32 or fp64) and a device.
         log_decay: ``(H,)`` float32/float64 log γ per head (≤ 0).
         form: ``"parallel"``, ``"recurrent"`` or ``"chunkwise"``.
         initial_state: state returned by an earlier call (its position fixes where this segment starts).
         output_final_state: also return the state after the last token.
-        chunk_size: C for the chunkwise form (≥ 1; the last chunk may be shorter).
+        chunk_size: C for the chunkwise form (≥ 1; the last chunk may be shorter), or None for the backend's choice:
+            ``REFERENCE_CHUNK_SIZE`` (64) on PyTorch; the Triton kernels pick their own chunk length and do not use
+            an explicit one (logged once per value; the result does not depend on C).
         offset: absolute position of the first token when no state is given: an int or ``(B,)`` integer
             tensor. Tokens at negative positions are left padding (they contribute nothing; output 0).
             Defaults to 0; with a state it must be unset or equal to the state's position.
-        normalize: apply normalisation factors 2 and 3 (SPEC §3); False returns the raw output.
+        normalize: apply normalisation factors 2 and 3 (docs/spec.md §3); False returns the raw output.
         backend: ``"auto"`` (Triton on CUDA when available, else PyTorch), ``"torch"`` or ``"triton"``.
         cu_seqlens: ``(N + 1,)`` document boundaries of one packed row (B = 1): the state resets and
             positions restart at 0 at each boundary; ``initial_state`` then has N rows and so does the
@@ -271,14 +275,14 @@ def retention(
         ValueError / TypeError: on bad shapes, dtypes, devices, form, backend, chunk size, offset or state.
         RuntimeError: ``backend="triton"`` when the kernels cannot run.
         NotImplementedError: ``backend="triton"`` for a case the kernels do not cover yet
-            (``triton_dispatch.triton_limitation``); ``"auto"`` falls back to PyTorch there.
+            (``triton.dispatch.triton_limitation``); ``"auto"`` falls back to PyTorch there.
     """
     _check_inputs(q, k, v, log_decay, form, chunk_size, backend)
     _check_state_and_offset_types(initial_state, offset, q.shape[1])
     needs_grad = torch.is_grad_enabled() and any(
         x.requires_grad for x in (q, k, v, *(initial_state[:1] if initial_state is not None else ()))
     )
-    impl = _pick_backend(backend, q, form, initial_state is not None, needs_grad)
+    impl = _pick_backend(backend, q, form, needs_grad)
     if cu_seqlens is not None:
         bounds = _check_cu_seqlens(cu_seqlens, q, initial_state, offset)
         run = _packed_one_call_per_document if initial_state is not None else _packed_by_length

@@ -1,4 +1,4 @@
-"""Device helpers shared by the retention kernels (SPEC §3): decays, masks and the normaliser.
+"""Device helpers shared by the retention kernels (docs/spec.md §3): tiles, decays, masks and the normaliser.
 
 Every kernel takes its per-chunk decays from :func:`chunk_decays` and its row factor from :func:`row_scale`,
 so the forward, backward and decode kernels agree on the arithmetic. Decays are exp of non-positive float32
@@ -21,9 +21,10 @@ a batch of 64 sequences of 8,192 tokens at V = 512 has 2^31 values, and its per-
 Below it they keep int32 offsets, which are faster (17 % in the forward at K = 256, V = 512 on the H200)."""
 
 
-def wide_offsets(*numels: int) -> bool:
-    """Whether a launch over tensors of these element counts needs int64 offsets (``WIDE``)."""
-    return max(numels) >= WIDE_FROM
+def wide_offsets(*numels: int, wide_from: int = WIDE_FROM) -> bool:
+    """Whether a launch over tensors of these element counts needs int64 offsets (``WIDE``), which it does from
+    ``wide_from`` elements (``KernelTuning.wide_from``; tests lower it to run the int64 variant at small shapes)."""
+    return max(numels) >= wide_from
 
 
 @triton.jit

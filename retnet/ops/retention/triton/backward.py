@@ -1,8 +1,8 @@
-"""Chunkwise retention in Triton: the backward pass and the differentiable op (paper §2.1, Eq. 7; SPEC §3).
+"""Chunkwise retention backward in Triton (paper §2.1, Eq. 7; docs/spec.md §3): kernels and their launcher.
 
-The forward pass is in ``chunkwise_forward.py``. The backward takes the per-chunk states S_i kept by the forward
-or recomputes them with the forward's state scan (``KEEP_STATES``), then (with dS_i = dL/dS_i, the normaliser's
-row factors r detached, so dO is scaled by r):
+The forward pass is in ``forward.py`` and the differentiable op that joins the two in ``op.py``. The backward takes
+the per-chunk states S_i kept by the forward or recomputes them with the forward's state scan (the plan's
+``keep_states``), then (with dS_i = dL/dS_i, the normaliser's row factors r detached, so dO is scaled by r):
 
     dS_{i−1} = γ^L dS_i + (Q_i ⊙ ξ ⊙ r)ᵀ dO_i,
     dQ_i = ((dO_i V_iᵀ) ⊙ D ⊙ r) K_i + (ξ ⊙ r) ⊙ dO_i S_{i−1}ᵀ,
@@ -15,23 +15,15 @@ own contributions ``_dstate_segment_kernel`` sums first), ``_dqk_bwd_kernel`` an
 fully parallel). All accumulation is float32.
 """
 
-from typing import Optional
+from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_precision
-from .chunkwise_forward import (
-    MAX_K,
-    chunk_len,
-    chunk_retention_fwd,
-    launch_cfg,
-    plan_segments,
-    state_bytes,
-    state_scan,
-)
-from .kernel_common import (
+from ...triton_utils import dot_precision
+from .forward import state_scan
+from .tiles import (
     chunk_decays,
     decay_mask_t,
     dstate_tile_step,
@@ -41,6 +33,7 @@ from .kernel_common import (
     token_block_t,
     wide_offsets,
 )
+from .tuning import ChunkPlan, chunk_len, plan_segments
 
 
 @triton.jit
@@ -208,7 +201,7 @@ def _dv_bwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Host wrapper of the backward
+# Launcher (blocks, warps, stages and segments come from the forward call's ``ChunkPlan``)
 # ---------------------------------------------------------------------------------------------------------
 
 
@@ -222,17 +215,19 @@ def chunk_retention_bwd(
     rden: torch.Tensor,
     do: torch.Tensor,
     dS: torch.Tensor | None,
-    h: torch.Tensor | None = None,
+    h: torch.Tensor | None,
+    plan: ChunkPlan,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunkwise retention backward: gradients of q, k, v and the initial state S (the normaliser is detached).
 
     Args:
-        q, k, v, log_decay, position: as for :func:`chunk_retention_fwd`.
+        q, k, v, log_decay, position: as for :func:`~.forward.chunk_retention_fwd`.
         S0: ``(B, H, K, V)`` float32 initial state, or None (zero, and no gradient wanted).
         rden: ``(B, H, T)`` row factors saved by the forward pass.
         do: ``(B, T, H, V)`` gradient of the output.
         dS: ``(B, H, K, V)`` gradient of the final state S, or None.
         h: the per-chunk states kept by the forward pass, or None to recompute them.
+        plan: the forward call's launches.
 
     Returns:
         ``(dq, dk, dv, dS0)`` with the dtypes and shapes of q, k, v and S0 (dS0 empty when S0 is None).
@@ -245,13 +240,14 @@ def chunk_retention_bwd(
     has_s0 = S0 is not None
     if h is None:
         z0 = S0.new_zeros(B, H, K) if has_s0 else None
-        h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, store_z=False, store_final=False, ip=ip)
+        h, _, _, _ = state_scan(k, v, S0, z0, position, log_decay, BT, plan, store_z=False, store_final=False, ip=ip)
     dh = torch.empty_like(h)
-    wide = wide_offsets(q.numel(), v.numel(), h.numel())
+    wide = wide_offsets(q.numel(), v.numel(), h.numel(), wide_from=plan.wide_from)
     dS0 = torch.empty_like(S0) if has_s0 else rden.new_empty(0)
-    BK, BV, cfg = launch_cfg("state_bwd", K, V, q.dtype)
+    launch = plan.launch("state_bwd")
+    BK, BV, cfg = launch.BK, launch.BV, launch.options
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, q.device)
+    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, q.device, plan.segment_chunks)
     G = dh  # unread without segments
     if nseg > 1:
         G = torch.empty(nseg - 1, B * H, K, V, device=q.device, dtype=torch.float32)
@@ -264,152 +260,16 @@ def chunk_retention_bwd(
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_DSF=dS is not None, STORE_DS0=has_s0, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
-    BK, BV, cfg = launch_cfg("dqk_bwd", K, V, q.dtype)
+    launch = plan.launch("dqk_bwd")
+    BK, BV, cfg = launch.BK, launch.BV, launch.options
     _dqk_bwd_kernel[(triton.cdiv(K, BK), NT, B * H)](
         q, k, v, h, dh, do, rden, position, log_decay, dq, dk, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
-    BK, BV, cfg = launch_cfg("dv_bwd", K, V, q.dtype)
+    launch = plan.launch("dv_bwd")
+    BK, BV, cfg = launch.BK, launch.BV, launch.options
     _dv_bwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, dh, do, rden, position, log_decay, dv, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     return dq, dk, dv, dS0
-
-
-# ---------------------------------------------------------------------------------------------------------
-# torch.library custom ops (so torch.compile traces through without graph breaks) and autograd
-# ---------------------------------------------------------------------------------------------------------
-
-
-@torch.library.custom_op("retnet::chunk_retention_fwd", mutates_args=())
-def _chunk_fwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor,
-    S0: Optional[torch.Tensor],  # noqa: UP045 (custom_op schema inference)
-    z0: Optional[torch.Tensor],  # noqa: UP045
-    position: torch.Tensor,
-    normalize: bool,
-    store_final: bool,
-    keep_states: bool,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunk_retention_fwd(q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states)
-
-
-@_chunk_fwd_op.register_fake
-def _(q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states):
-    B, T, H, K = q.shape
-    V = v.shape[-1]
-    rden = q.new_empty(B, H, T, dtype=torch.float32)
-    h = k.new_empty(B, H, triton.cdiv(T, chunk_len(T)), K, V) if keep_states else k.new_empty(0)
-    if not store_final:
-        return torch.empty_like(v), rden, rden.new_empty(0), rden.new_empty(0), h
-    return torch.empty_like(v), rden, rden.new_empty(B, H, K, V), rden.new_empty(B, H, K), h
-
-
-@torch.library.custom_op("retnet::chunk_retention_bwd", mutates_args=())
-def _chunk_bwd_op(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor,
-    S0: Optional[torch.Tensor],  # noqa: UP045
-    position: torch.Tensor,
-    rden: torch.Tensor,
-    do: torch.Tensor,
-    dS: Optional[torch.Tensor],  # noqa: UP045
-    h: Optional[torch.Tensor],  # noqa: UP045
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    return chunk_retention_bwd(q, k, v, log_decay, S0, position, rden, do, dS, h)
-
-
-@_chunk_bwd_op.register_fake
-def _(q, k, v, log_decay, S0, position, rden, do, dS, h):
-    dS0 = torch.empty_like(S0) if S0 is not None else rden.new_empty(0)
-    return torch.empty_like(q), torch.empty_like(k), torch.empty_like(v), dS0
-
-
-def _setup_context(ctx, inputs, output):
-    q, k, v, log_decay, S0, z0, position, normalize, store_final, keep_states = inputs
-    _, rden, _, _, h = output
-    ctx.has_s0 = S0 is not None
-    ctx.keep_states = keep_states
-    S0 = S0 if S0 is not None else rden.new_empty(0)
-    ctx.save_for_backward(q, k, v, log_decay, S0, position, rden, h)
-    ctx.mark_non_differentiable(rden, output[3], h)
-    ctx.set_materialize_grads(False)  # unused outputs (h above all) get None, not a zero-filled gradient
-
-
-def _backward(ctx, do, d_rden, dS, dz, dh):
-    q, k, v, log_decay, S0, position, rden, h = ctx.saved_tensors
-    S0 = S0 if ctx.has_s0 else None
-    h = h if ctx.keep_states else None
-    do = torch.zeros_like(v) if do is None else do  # only the final state's gradient flows
-    dS = None if dS is None or dS.numel() == 0 else dS.float().contiguous()
-    dq, dk, dv, dS0 = _chunk_bwd_op(q, k, v, log_decay, S0, position, rden, do.contiguous(), dS, h)
-    return dq, dk, dv, None, (dS0 if ctx.has_s0 else None), None, None, None, None, None
-
-
-_chunk_fwd_op.register_autograd(_backward, setup_context=_setup_context)
-
-
-KEEP_STATES = "auto"
-"""Whether the forward pass keeps its per-chunk states for the backward pass instead of the backward
-recomputing them: ``"always"``, ``"never"``, or ``"auto"`` (keep them when they take no more memory than k and v,
-as with K = V = 128; at K = 256, V = 512 they take 2.7 times as much, so they are recomputed)."""
-
-
-def _keep_states(T: int, K: int, V: int, k_size: int, v_size: int) -> bool:
-    if KEEP_STATES not in ("auto", "always", "never"):
-        raise ValueError(f"KEEP_STATES must be 'auto', 'always' or 'never', got {KEEP_STATES!r}")
-    if KEEP_STATES != "auto":
-        return KEEP_STATES == "always"
-    return state_bytes(T, K, V, k_size) <= T * (K * k_size + V * v_size)
-
-
-def chunk_retention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    log_decay: torch.Tensor,
-    S0: torch.Tensor | None,
-    z0: torch.Tensor | None,
-    position: torch.Tensor,
-    normalize: bool = True,
-    output_final_state: bool = True,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Differentiable chunkwise retention on Triton (the kernels' version of ``chunkwise_ref``'s arithmetic).
-
-    Args:
-        q, k: ``(B, T, H, K)`` fp16/bf16/fp32 (k already scaled by K^−½), K <= ``MAX_K``.
-        v: ``(B, T, H, V)`` same dtype.
-        log_decay: ``(H,)`` float32 log γ.
-        S0: ``(B, H, K, V)`` float32 initial state (gradients flow to it), or None for an empty state.
-        z0: ``(B, H, K)`` float32 initial key sum (no gradient: the normaliser is detached); None with S0 None.
-        position: ``(B,)`` int64 absolute position of the first token; negative positions are left padding.
-        normalize: apply SPEC §3 factors 2 and 3.
-        output_final_state: compute the final state (else S and z come back as empty tensors).
-
-    Returns:
-        ``(o, S, z)``: o ``(B, T, H, V)`` in v's dtype; final state S and z in float32.
-
-    Raises:
-        ValueError: K > ``MAX_K``.
-    """
-    if q.shape[-1] > MAX_K:
-        raise ValueError(f"the Triton chunkwise kernels support K <= {MAX_K}, got K = {q.shape[-1]}")
-    if (S0 is None) != (z0 is None):
-        raise ValueError("S0 and z0 must both be given or both be None")
-    q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    if S0 is not None:
-        S0, z0 = S0.float().contiguous(), z0.float().contiguous()
-    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (q, k, v, *(() if S0 is None else (S0,))))
-    B, T, H, K = q.shape
-    keep = needs_grad and _keep_states(T, K, v.shape[-1], q.element_size(), v.element_size())
-    o, _, S, z, _ = _chunk_fwd_op(
-        q, k, v, log_decay.float().contiguous(), S0, z0, position.long().contiguous(), normalize,
-        output_final_state, keep,
-    )  # fmt: skip
-    return o, S, z

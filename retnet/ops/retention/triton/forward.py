@@ -1,4 +1,4 @@
-"""Chunkwise retention forward in Triton: a state scan, then a fully parallel output pass (paper Eq. 7; SPEC §3).
+"""Chunkwise retention forward in Triton: a state scan, then a parallel output pass (paper Eq. 7; docs/spec.md §3).
 
 Sequences are cut into chunks of ``BT`` tokens (the last may be shorter). With S_i the state after chunk i
 (S_{−1} the initial state), ξ_j = γ^(j+1), ζ_j = γ^(L_i−1−j) and D the intra-chunk decay mask:
@@ -6,7 +6,7 @@ Sequences are cut into chunks of ``BT`` tokens (the last may be shorter). With S
     O_i = (Q_i K_iᵀ ⊙ D) V_i + (Q_i ⊙ ξ) S_{i−1},      S_i = γ^(L_i) S_{i−1} + (K_i ⊙ ζ)ᵀ V_i,
     s_i = rowsum(Q_i K_iᵀ ⊙ D) + ξ ⊙ (Q_i z_{i−1}),    z_i = γ^(L_i) z_{i−1} + (K_i ⊙ ζ)ᵀ 1,
 
-and each output row is scaled by r = 1 / max(|s|, √c) (SPEC §3 factors 2 and 3), which is stored for the
+and each output row is scaled by r = 1 / max(|s|, √c) (docs/spec.md §3 factors 2 and 3), which is stored for the
 backward pass. Kernels:
 
 * ``_state_fwd_kernel``: the sequential scan over chunks, one program per (K block, V block, segment,
@@ -21,14 +21,12 @@ backward pass. Kernels:
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import dot_precision, interpreter_active, next_power_of_2
-from .kernel_common import (
+from ...triton_utils import dot_precision
+from .tiles import (
     chunk_decays,
     row_scale,
     state_block,
@@ -37,6 +35,7 @@ from .kernel_common import (
     token_block_t,
     wide_offsets,
 )
+from .tuning import ChunkPlan, chunk_len, plan_segments
 
 
 @triton.jit
@@ -160,104 +159,14 @@ def _output_fwd_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------
-# Launch configuration
+# Launchers (blocks, warps, stages and segments come from the call's ``ChunkPlan``: ``tuning.py``)
 # ---------------------------------------------------------------------------------------------------------
 
-MAX_K = 256
-"""Largest key dim the kernels are tested for (the paper's head size); larger K runs the PyTorch reference."""
-MIN_BLOCK = 64
-"""Smallest K or V block on the GPU. On sm90 (Triton 3.6) dots with an operand loaded transposed miscompiled
-(illegal shared-memory reads, wrong sums) at 32-wide blocks, so smaller head dims are padded up to 64. (128-wide
-blocks failed in an earlier, fused design; these kernels pass every GPU test with the 128-wide blocks of
-``BLOCK_TABLE``.)"""
 
-# Per kernel: (BK, BV, num_warps, num_stages), measured on an H200 (bf16, T = 8192): `benchmarks/ops.py --sweep`
-# over 5-8 variants per kernel at H 8, K 256, V 512 and H 16, K = V = 128; each entry is the fastest or within
-# 3.5 % of it at both geometries (docs/benchmarks/h200-2026-11-28c/sweep-T8192.json). Blocks wider than a head
-# dim are cut to it (``block_size``).
-BLOCK_TABLE: dict[str, tuple[int, int, int, int]] = {
-    "state_fwd": (64, 128, 4, 2),
-    "output_fwd": (64, 128, 4, 2),
-    "state_bwd": (64, 128, 4, 3),
-    "dqk_bwd": (128, 64, 8, 3),
-    "dv_bwd": (64, 128, 4, 3),
-}
-FP32_BLOCK = (64, 64, 8, 2)
-"""Every kernel's (BK, BV, num_warps, num_stages) for float32 inputs, whose tiles are twice as large: the wide
-16-bit entries above would overflow shared memory or spill kilobytes per thread (kernel_resources.py; float32
-is the exactness path and is not timed)."""
-
-
-CHUNK = 64
-"""Longest chunk of the kernels (16-bit and float32 alike). Longer chunks store fewer per-chunk states (the
-kernels' main memory traffic at large head dims) but make the intra-chunk tiles quadratically larger."""
-
-
-def chunk_len(T: int, cap: int | None = None) -> int:
-    """Chunk length of the kernels for a sequence of T tokens, at most ``cap`` (default ``CHUNK``); the result
-    does not depend on it."""
-    return min(CHUNK if cap is None else cap, max(16, next_power_of_2(T)))
-
-
-def block_size(dim: int, cap: int) -> int:
-    """Block width over a head dim: its next power of two, at most ``cap`` and at least ``MIN_BLOCK`` on the GPU.
-
-    Under Triton's interpreter, which pays per program rather than per element, the widest block up to 128.
-    """
-    if interpreter_active():
-        return min(128, max(16, next_power_of_2(dim)))
-    return max(MIN_BLOCK, min(cap, next_power_of_2(dim)))
-
-
-def launch_cfg(name: str, K: int, V: int, dtype: torch.dtype) -> tuple[int, int, dict]:
-    """(BK, BV, launch kwargs) of kernel ``name`` for head dims K and V and inputs of ``dtype``."""
-    bk, bv, warps, stages = FP32_BLOCK if dtype == torch.float32 else BLOCK_TABLE[name]
-    return block_size(K, bk), block_size(V, bv), {"num_warps": warps, "num_stages": stages}
-
-
-MIN_SEGMENT_CHUNKS = 8
-"""Shortest segment worth its pre-pass; below it, a (K block, V block, batch·head) scans the whole sequence."""
-SEGMENT_PROGRAMS_PER_SM = 4
-"""Programs per multiprocessor a split scan aims at (``plan_segments``)."""
-FORCE_SEGMENT_CHUNKS: int | None = None
-"""Fix the segment length in chunks (tests use it to exercise segments at small shapes); None picks it."""
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _multiprocessors(device: torch.device) -> int:
-    if interpreter_active() or device.type != "cuda":
-        return 1
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
-def plan_segments(NT: int, programs_per_segment: int, device: torch.device) -> tuple[int, int]:
-    """(chunks per segment, number of segments) of the state scan.
-
-    A scan with fewer programs than half the multiprocessors is split into about four programs per
-    multiprocessor; otherwise it is not split. On an H200 (132 multiprocessors; ``benchmarks/ops.py
-    --sweep-segments``, 1 to 16 segments): scans of 256 programs (H 16, K = V = 128, T = 8192; H 8, K 256,
-    V 512, T = 32,768) were fastest unsplit and one of 128 (H 8, K 256, V 512, T = 65,536) within 2 %;
-    a 64-program scan (H 16, K = V = 128, T = 32,768) was fastest in 8 segments (forward+backward 3.52 ms
-    unsplit, 3.28 in 5, 3.01 in 8) and a 32-program one (T = 65,536) in 16 (5.05 unsplit, 3.31 in 9, 3.03 in 16).
-    """
-    if FORCE_SEGMENT_CHUNKS is not None:
-        seg_nt = max(1, min(FORCE_SEGMENT_CHUNKS, NT))
-        return seg_nt, triton.cdiv(NT, seg_nt)
-    sms = _multiprocessors(device)
-    if 2 * programs_per_segment > sms:
-        return NT, 1
-    nseg = max(1, min(SEGMENT_PROGRAMS_PER_SM * sms // programs_per_segment, NT // MIN_SEGMENT_CHUNKS))
-    seg_nt = triton.cdiv(NT, nseg)
-    return seg_nt, triton.cdiv(NT, seg_nt)
-
-
-def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, ip):
-    """Run the state scan; returns ``(h, zh, S, z)``: h ``(B, H, N, K, V)`` in k's dtype, zh ``(B, H, N, K)``
-    float32 (when ``store_z``), and the final S, z in float32 (when ``store_final``; else empty)."""
+def state_scan(k, v, S0, z0, position, log_decay, BT, plan: ChunkPlan, *, store_z, store_final, ip):
+    """Run the state scan with the ``state_fwd`` launch of ``plan``; returns ``(h, zh, S, z)``: h
+    ``(B, H, N, K, V)`` in k's dtype, zh ``(B, H, N, K)`` float32 (when ``store_z``), and the final S, z in
+    float32 (when ``store_final``; else empty)."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
@@ -267,10 +176,11 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, *, store_z, store_final, i
     S = torch.empty(B, H, K, V, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     z = torch.empty(B, H, K, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     has_s0 = S0 is not None
-    wide = wide_offsets(k.numel(), v.numel(), h.numel())
-    BK, BV, cfg = launch_cfg("state_fwd", K, V, k.dtype)
+    wide = wide_offsets(k.numel(), v.numel(), h.numel(), wide_from=plan.wide_from)
+    launch = plan.launch("state_fwd")
+    BK, BV, cfg = launch.BK, launch.BV, launch.options
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, k.device)
+    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, k.device, plan.segment_chunks)
     S_seg = z_seg = h  # unread without segments
     if nseg > 1:
         S_seg = torch.empty(nseg - 1, B * H, K, V, **f32)
@@ -297,8 +207,8 @@ def chunk_retention_fwd(
     z0: torch.Tensor | None,
     position: torch.Tensor,
     normalize: bool,
-    store_final: bool = True,
-    keep_states: bool = False,
+    store_final: bool,
+    plan: ChunkPlan,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Chunkwise retention forward (no autograd).
 
@@ -308,9 +218,10 @@ def chunk_retention_fwd(
         log_decay: ``(H,)`` float32 log γ.
         S0: ``(B, H, K, V)`` float32 initial state, or None for zero; z0: ``(B, H, K)`` float32 key sum, or None.
         position: ``(B,)`` int64 absolute position of each row's first token.
-        normalize: fuse SPEC §3 factors 2 and 3.
+        normalize: fuse docs/spec.md §3 factors 2 and 3.
         store_final: compute the final state (else S and z come back empty).
-        keep_states: also return the per-chunk states ``h`` (for the backward pass to reuse), else an empty h.
+        plan: the launches (:func:`~.tuning.chunk_plan`); with ``plan.keep_states`` the per-chunk states ``h`` are
+            returned for the backward pass to reuse, else an empty h.
 
     Returns:
         ``(o, rden, S, z, h)``: o ``(B, T, H, V)`` in v's dtype; rden ``(B, H, T)`` float32, the row factor
@@ -323,19 +234,15 @@ def chunk_retention_fwd(
     NT = triton.cdiv(T, BT)
     ip = dot_precision(q.dtype)
     h, zh, S, z = state_scan(
-        k, v, S0, z0, position, log_decay, BT, store_z=normalize, store_final=store_final, ip=ip
+        k, v, S0, z0, position, log_decay, BT, plan, store_z=normalize, store_final=store_final, ip=ip
     )  # fmt: skip
     o = torch.empty_like(v)
     rden = torch.empty(B, H, T, device=q.device, dtype=torch.float32)
-    BK, BV, cfg = launch_cfg("output_fwd", K, V, q.dtype)
+    launch = plan.launch("output_fwd")
+    BK, BV, cfg = launch.BK, launch.BV, launch.options
     _output_fwd_kernel[(triton.cdiv(V, BV), NT, B * H)](
         q, k, v, h, zh if normalize else rden, position, log_decay, o, rden, T, NT,
         H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, NORMALIZE=normalize, IP=ip,
-        WIDE=wide_offsets(q.numel(), v.numel(), h.numel()), **cfg,
+        WIDE=wide_offsets(q.numel(), v.numel(), h.numel(), wide_from=plan.wide_from), **cfg,
     )  # fmt: skip
-    return o, rden, S, z, (h if keep_states else h.new_empty(0))
-
-
-def state_bytes(T: int, K: int, V: int, itemsize: int) -> int:
-    """Bytes of the per-chunk states ``h`` of one (batch, head) row of T tokens."""
-    return triton.cdiv(T, chunk_len(T)) * K * V * itemsize
+    return o, rden, S, z, (h if plan.keep_states else h.new_empty(0))

@@ -1,4 +1,4 @@
-"""Recurrent retention in Triton: the fused decode step (paper §2.1, Eq. 6; SPEC §3).
+"""Recurrent retention in Triton: the fused decode step (paper §2.1, Eq. 6; docs/spec.md §3).
 
 One kernel advances the state token by token, in place:
 
@@ -7,7 +7,8 @@ One kernel advances the state token by token, in place:
 Each program owns one ``(K, BV)`` slice of one (batch, head) state and keeps it in registers across the T
 tokens, so the state is read and written once per call: decoding is bound by the state's bytes. The kernel
 allocates nothing and synchronises with nothing, so :func:`retention_step` can be captured in a CUDA graph;
-a second, one-warp launch moves the new key sums into place and advances the positions.
+a second, one-warp launch moves the new key sums into place and advances the positions. The launch (BV,
+num_warps) follows the tuning in effect, read on the host (``tuning.tuning_ints``) and passed to the custom op.
 """
 
 from __future__ import annotations
@@ -16,13 +17,10 @@ import torch
 import triton
 import triton.language as tl
 
-from ..triton_utils import check_cuda_or_interpreter, next_power_of_2
-from .kernel_common import row_scale, state_ptr, wide_offsets, widen
-from .state import RetentionState
-
-RECURRENT_MAX_T = 16
-"""Longest segment ``form="recurrent"`` sends to the step kernel; longer ones (and any segment that needs
-gradients) go to the chunkwise kernels, which compute the same function."""
+from ...triton_utils import check_cuda_or_interpreter, next_power_of_2
+from ..state import RetentionState
+from .tiles import row_scale, state_ptr, wide_offsets, widen
+from .tuning import step_launch_from_ints, tuning_ints
 
 
 @triton.jit
@@ -77,27 +75,6 @@ def _step_finish_kernel(z, z_new, position, T, H: tl.constexpr, K: tl.constexpr,
         tl.store(p, tl.load(p) + T)
 
 
-STEP_LAUNCH: tuple[int, int] | None = None
-"""Fix the decode kernel's (BV, num_warps) instead of the rule below (benchmarks/ops.py --sweep-decode times
-the choices); None: the rule."""
-
-
-def _step_launch(B: int, H: int, K: int, V: int) -> tuple[int, int]:
-    """(BV, num_warps) of the decode kernel: narrow slices to cover the GPU when there are few (batch, head) rows,
-    wide ones (fewer programs, longer contiguous rows of S) otherwise. At K = 256, V = 512 on the H200
-    (``ops.py --sweep-decode``, 16 steps per CUDA graph): BV 16 is best at B·H = 8 (42.6 % of copy bandwidth
-    against 37.1 % for 32); BV 64 at B·H = 128 (82.5 % against 77.0 % for 16) and 1,024 (96.4 % against 93.9 %
-    for 32). A one-token kernel that updates the slice 32 to 128 rows at a time was slower at every batch
-    (best 81.1 % at B·H = 128)."""
-    if STEP_LAUNCH is not None:
-        bv, warps = STEP_LAUNCH
-    elif K > 128:
-        bv, warps = (16 if B * H < 64 else 64), 4
-    else:
-        bv, warps = (32 if B * H < 512 else 64), 4
-    return min(bv, max(16, next_power_of_2(V))), warps
-
-
 @torch.library.custom_op("retnet::retention_step_", mutates_args=("S", "z", "position"))
 def _step_op(
     q: torch.Tensor,
@@ -108,24 +85,25 @@ def _step_op(
     z: torch.Tensor,
     position: torch.Tensor,
     normalize: bool,
+    tuning: list[int],
 ) -> torch.Tensor:
     B, T, H, K = q.shape
     V = v.shape[-1]
     o = torch.empty_like(v)
     z_new = torch.empty_like(z)
-    BV, warps = _step_launch(B, H, K, V)
+    block_v, num_warps, wide_from = step_launch_from_ints(B, H, K, V, tuple(tuning))
     BK = max(16, next_power_of_2(K))
-    _recurrent_step_kernel[(triton.cdiv(V, BV), B * H)](
+    wide = wide_offsets(q.numel(), v.numel(), S.numel(), wide_from=wide_from)
+    _recurrent_step_kernel[(triton.cdiv(V, block_v), B * H)](
         q, k, v, log_decay, S, z, z_new, position, o, T,
-        H=H, K=K, V=V, BK=BK, BV=BV, NORMALIZE=normalize, WIDE=wide_offsets(q.numel(), v.numel(), S.numel()),
-        num_warps=warps,
+        H=H, K=K, V=V, BK=BK, BV=block_v, NORMALIZE=normalize, WIDE=wide, num_warps=num_warps,
     )  # fmt: skip
     _step_finish_kernel[(B * H,)](z, z_new, position, T, H=H, K=K, BK=BK, num_warps=1)
     return o
 
 
 @_step_op.register_fake
-def _(q, k, v, log_decay, S, z, position, normalize):
+def _(q, k, v, log_decay, S, z, position, normalize, tuning):
     return torch.empty_like(v)
 
 
@@ -141,7 +119,8 @@ def retention_step(
 
     The decoding primitive: ``state.S``, ``state.z`` and ``state.position`` are updated in place, nothing is
     allocated beyond the output, and there is no host synchronisation, so a decode loop built on it can be
-    captured in a CUDA graph (keep the state tensors at fixed addresses). No autograd.
+    captured in a CUDA graph (keep the state tensors at fixed addresses). No autograd. The launch follows
+    :func:`~.tuning.current_tuning` (``retention_tuning(step_launch=...)``).
 
     Args:
         q, k: ``(B, T, H, K)`` fp16/bf16/fp32 (k scaled by K^−½), usually T = 1.
@@ -149,7 +128,7 @@ def retention_step(
         log_decay: ``(H,)`` float32 log γ.
         state: :class:`RetentionState` with contiguous float32 S ``(B, H, K, V)`` and z ``(B, H, K)`` and int64
             position ``(B,)``; rows at negative positions treat their tokens as left padding.
-        normalize: apply SPEC §3 factors 2 and 3.
+        normalize: apply docs/spec.md §3 factors 2 and 3.
 
     Returns:
         o: ``(B, T, H, V)`` in v's dtype.
@@ -169,4 +148,6 @@ def retention_step(
     check_cuda_or_interpreter(q, S)
     if not position.is_contiguous():
         raise ValueError("state.position must be contiguous (updated in place)")
-    return _step_op(q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize)
+    return _step_op(
+        q.contiguous(), k.contiguous(), v.contiguous(), log_decay.float(), S, z, position, normalize, tuning_ints()
+    )  # fmt: skip
