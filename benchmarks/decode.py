@@ -4,7 +4,7 @@ Both models run on :class:`retnet.generation.DecodeEngine` with the same options
 ``--dtype`` (bf16 by default), static preallocated state (RetNet: retention states, constant in the context;
 Transformer: a KV cache of ``max_len`` positions written in place), sampling on the device and the whole
 single-token step in one CUDA graph. The Transformer is the comparison harness's (rotary positions, RMSNorm,
-SwiGLU, heads of 128; see ``benchmarks/model.py``), its attention through SDPA; the fastest SDPA backend among
+SwiGLU, heads of 128; see ``benchmarks/common.py``), its attention through SDPA; the fastest SDPA backend among
 ``--sdpa-backends`` is picked by timing at batch 1 first.
 
 Measured, per model:
@@ -40,7 +40,6 @@ import argparse
 import contextlib
 import functools
 import gc
-import importlib.util
 import json
 import os
 import shlex
@@ -51,19 +50,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
+import common  # noqa: E402  (benchmarks/common.py: the compared Transformer, out-of-memory rows)
+
+from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
+from retnet.baselines import MixerLM  # noqa: E402
 from retnet.generation import DecodeEngine  # noqa: E402
+from retnet.utils.environment import environment_stamp  # noqa: E402
 
-
-def _sibling(name: str):
-    spec = importlib.util.spec_from_file_location(f"bench_{name}", Path(__file__).with_name(f"{name}.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench_model = _sibling("model")  # model builders, environment stamp, out-of-memory handling
-DTYPES = bench_model.DTYPES
+DTYPES = common.DTYPES
 MODELS = ("retnet", "transformer")
 REFERENCES = ("hf-llama", "fla-retnet")
 SDPA_BACKENDS = ("auto", "flash", "efficient", "cudnn", "math")
@@ -120,11 +116,11 @@ def sdpa_context(backend: str):
 
 
 def build_model(name: str, args, device: torch.device) -> torch.nn.Module:
-    """One model of ``benchmarks/model.py``'s pair, built directly on ``device`` and cast once to ``--dtype``."""
-    with torch.device("meta"):
-        config = bench_model.build_models(args.preset, args.vocab_size)[name].config
+    """RetNet of ``--preset`` or the Transformer of its size, built directly on ``device``, cast once to ``--dtype``."""
+    overrides = {} if args.vocab_size is None else {"vocab_size": args.vocab_size}
+    config = RetNetConfig.from_preset(args.preset, **overrides)
     with torch.device(device):
-        model = (bench_model.RetNetForCausalLM if name == "retnet" else bench_model.MixerLM)(config)
+        model = RetNetForCausalLM(config) if name == "retnet" else MixerLM(common.transformer_config(config))
     return model.to(DTYPES[args.dtype]).eval()
 
 
@@ -189,7 +185,7 @@ def largest_batch(model, context: int, args, device) -> dict:
     trials = []
 
     def fits(B: int) -> bool:
-        row = bench_model.fits_in_memory(
+        row = common.fits_in_memory(
             lambda: decode_row(model, B, context, _quick(args), device, short=True), {"B": B}, device
         )
         trials.append({"B": B, "fits": not row.get("oom")})
@@ -479,7 +475,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = bench_model.environment(device)
+    env = environment_stamp(device)
     try:
         import triton
 
@@ -496,7 +492,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
         (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
 
     def measure(model, B, context):
-        return bench_model.fits_in_memory(
+        return common.fits_in_memory(
             lambda: decode_row(model, B, context, args, device), {"B": B, "context": context}, device
         )
 
@@ -532,7 +528,7 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
             rows = results["prefill"][name] = []
             for T in args.prefill_lengths:
                 timed = functools.partial(prefill_row, model, T, args, device)
-                rows.append(bench_model.fits_in_memory(timed, {"T": T}, device))
+                rows.append(common.fits_in_memory(timed, {"T": T}, device))
                 save()
         del model
         _free(device)

@@ -21,6 +21,7 @@ datasheet peak and over the bf16 matrix-product rate measured in the same run.
     python benchmarks/train.py --out bench_train                                   # 1.3B, T 2k/8k/32k
     python benchmarks/train.py --T 8192 --models retnet fla --profile retnet --out b   # one length, a profile
     python benchmarks/train.py --preset debug --device cpu --models retnet transformer --T 64 --out /tmp/bt
+    python benchmarks/train.py --from-json a/results.json b/results.json --out merged   # one table, no GPU
 
 Writes ``results.json`` (after every row), ``results.md`` and ``train.png`` into ``--out``.
 """
@@ -40,57 +41,34 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import common  # noqa: E402  (benchmarks/common.py: the compared Transformer, out-of-memory rows)
 
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
-from retnet.baselines import MixerLM, MixerLMConfig  # noqa: E402
+from retnet.baselines import MixerLM  # noqa: E402
 from retnet.model.loss import fused_loss_available  # noqa: E402
 from retnet.training.config import TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
+from retnet.utils.environment import environment_stamp, package_version  # noqa: E402
 
 MODELS = ("retnet", "fla", "fla-compiled", "transformer", "transformer-opt")
 
 
 def environment(device: torch.device, argv: list[str]) -> dict:
-    """Date, device, versions, commit (``RETNET_GIT_SHA`` overrides the checkout's) and the command."""
-    import datetime
-    import subprocess
-
-    sha = os.environ.get("RETNET_GIT_SHA")
-    if not sha:
-        try:
-            sha = subprocess.check_output(["git", "rev-parse", "HEAD"], text=True, stderr=subprocess.DEVNULL).strip()
-        except (OSError, subprocess.CalledProcessError):
-            sha = None
-    versions = {"torch": torch.__version__}
-    for name in ("triton", "fla", "liger_kernel"):
-        try:
-            versions[name] = __import__(name).__version__
-        except (ImportError, AttributeError):
-            versions[name] = None
+    """The run's stamp (:func:`retnet.utils.environment.environment_stamp`), the peers' versions and the command."""
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-        "git_sha": sha,
+        **environment_stamp(device),
+        "fla": package_version("fla-core"),
+        "liger_kernel": package_version("liger-kernel"),
         "command": "python benchmarks/train.py " + " ".join(argv),
-        **versions,
     }
 
 
 # ---- models ------------------------------------------------------------------------------------------------------
 def retnet_config(preset: str) -> RetNetConfig:
     return RetNetConfig.from_preset(preset)
-
-
-def transformer_config(cfg: RetNetConfig) -> MixerLMConfig:
-    """A Llama-style Transformer of RetNet's width, depth and vocabulary (heads of 128 where the width allows)."""
-    d = cfg.hidden_size
-    heads = d // 128 if d >= 256 and d % 128 == 0 else cfg.num_heads
-    return MixerLMConfig(
-        arch="transformer", vocab_size=cfg.vocab_size, hidden_size=d, num_hidden_layers=cfg.num_hidden_layers,
-        ffn_dim=max(64, round(8 * d / 3 / 64) * 64), num_heads=heads, norm="rmsnorm", ffn_glu=True,
-        activation="swish", max_position_embeddings=1 << 20,
-    )  # fmt: skip
 
 
 def fla_model(cfg: RetNetConfig):
@@ -134,7 +112,7 @@ def build(name: str, cfg: RetNetConfig, args, device: torch.device):
         elif name.startswith("fla"):
             model = fla_model(cfg)
         else:
-            model = MixerLM(transformer_config(cfg))
+            model = MixerLM(common.transformer_config(cfg))
     if args.precision == "bf16":
         model.to(torch.bfloat16)
     if name in ("retnet", "transformer-opt"):
@@ -365,6 +343,22 @@ def plot(rows: list[dict], out: Path) -> None:
     plt.close(fig)
 
 
+def merge_results(paths: list[str], out: Path) -> dict:
+    """One report of the rows of several runs (one GPU and precision mode; each run's stamp is kept).
+
+    Raises:
+        ValueError: runs of different precision modes or devices (their rows would not compare).
+    """
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    modes = {(r["args"]["precision"], r["environment"]["device"]) for r in runs}
+    if len(modes) != 1:
+        raise ValueError(f"cannot merge runs of different precision modes or devices: {sorted(modes)}")
+    merged = {**runs[0], "rows": [row for r in runs for row in r["rows"]], "runs": [r["environment"] for r in runs]}
+    (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
+    print(write_report(merged, out))
+    return merged
+
+
 def main(argv: list[str] | None = None) -> dict:
     """Run the benchmark; returns the results dict (also written to ``--out``)."""
     argv = sys.argv[1:] if argv is None else argv
@@ -381,11 +375,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--profile", choices=MODELS, default=None, help="profile one step of this model at every row")
     p.add_argument("--compile-cpu", action="store_true", help="on CPU, compile with aot_eager (a smoke test)")
     p.add_argument("--row-timeout", type=float, default=900.0, help="seconds one row may take on CUDA")
+    p.add_argument("--from-json", nargs="+", default=None, help="merge these results.json files (no timing)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
-    device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.from_json:
+        return merge_results(args.from_json, out)
+    device = torch.device(args.device)
     cfg = retnet_config(args.preset)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     datasheet = next((v for k, v in PEAK_TFLOPS.items() if k in name), None)

@@ -4,6 +4,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -47,3 +49,20 @@ def test_a_failing_model_is_recorded_not_fatal(tmp_path, monkeypatch):
         {"model": "retnet", "T": 16, "tokens_per_step": 16, "error": "RuntimeError: no kernel for this shape"}
     ]
     assert "retnet at T = 16: RuntimeError: no kernel for this shape" in (tmp_path / "results.md").read_text()
+
+
+def test_from_json_merges_runs_of_one_mode(tmp_path):
+    bench = _load()
+    common = ["--preset", "debug", "--device", "cpu", "--models", "retnet", "--tokens-per-step", "32", "--steps", "1",
+              "--warmup", "1"]  # fmt: skip
+    bench.main([*common, "--T", "16", "--out", str(tmp_path / "a")])
+    bench.main([*common, "--T", "32", "--out", str(tmp_path / "b")])
+    bench.main([*common, "--T", "32", "--precision", "mixed", "--out", str(tmp_path / "c")])
+    merged = bench.main(["--from-json", str(tmp_path / "a" / "results.json"), str(tmp_path / "b" / "results.json"),
+                         "--out", str(tmp_path / "m")])  # fmt: skip
+    assert [r["T"] for r in merged["rows"]] == [16, 32] and len(merged["runs"]) == 2
+    report = (tmp_path / "m" / "results.md").read_text()
+    assert "| 32 | 16 | retnet |" in report and "| 32 | 32 | retnet |" in report
+    with pytest.raises(ValueError, match="different precision modes"):
+        bench.main(["--from-json", str(tmp_path / "a" / "results.json"), str(tmp_path / "c" / "results.json"),
+                    "--out", str(tmp_path / "x")])  # fmt: skip
