@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .options import add_checkpoint_trust_options
+
 
 def register(subparsers) -> None:
     """Add the ``eval`` subcommand."""
@@ -18,13 +20,7 @@ def register(subparsers) -> None:
     p.add_argument("--max-windows", type=int, default=0, help="evaluate at most this many windows (0: all)")
     p.add_argument("--no-reset", action="store_true", help="do not reset the state at document boundaries")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="also read checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; trusted "
-        "sources only, see docs/security.md)",
-    )
-    p.add_argument("--allow-unverified", action="store_true", help="load weights that have no checksums")
+    add_checkpoint_trust_options(p)
     p.set_defaults(func=run)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from .options import add_checkpoint_trust_options
+
 
 def register(subparsers) -> None:
     """Add the ``generate`` subcommand."""
@@ -19,13 +21,7 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int)
     p.add_argument("--interactive", "-i", action="store_true", help="read prompts line by line until EOF")
     p.add_argument("--device", default="cpu")
-    p.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="also read checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; trusted "
-        "sources only, see docs/security.md)",
-    )
-    p.add_argument("--allow-unverified", action="store_true", help="load weights that have no checksums")
+    add_checkpoint_trust_options(p)
     p.set_defaults(func=run)
 
 

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import argparse
 
+from .options import add_checkpoint_trust_options
+
 
 def register(subparsers) -> None:
     """Add the ``train`` subcommand."""
@@ -25,12 +27,7 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
     parser.add_argument("--resume", metavar="RUN", help="continue a run folder (or a checkpoint folder)")
-    parser.add_argument(
-        "--trust-checkpoint",
-        action="store_true",
-        help="also resume from checkpoints in torch.distributed.checkpoint's pickled format (runs code in them; "
-        "trusted sources only, see docs/security.md)",
-    )
+    add_checkpoint_trust_options(parser, allow_unverified=False)
     parser.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
