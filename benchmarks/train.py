@@ -48,7 +48,7 @@ import common  # noqa: E402  (benchmarks/common.py: the compared Transformer, ou
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
 from retnet.baselines import MixerLM  # noqa: E402
 from retnet.model.loss import fused_loss_available  # noqa: E402
-from retnet.training.config import TrainConfig  # noqa: E402
+from retnet.training.config import DataSection, TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
 from retnet.utils.environment import environment_stamp, package_version  # noqa: E402
@@ -120,6 +120,7 @@ def build(name: str, cfg: RetNetConfig, args, device: torch.device):
             compile=device.type == "cuda" or args.compile_cpu,
             compile_backend="inductor" if device.type == "cuda" else "aot_eager",
             activation_checkpointing=args.activation_checkpointing,
+            data=DataSection(reset_at_boundaries=False),  # rows of random ids: no documents to reset at
         )
         prepare_model(model, train_cfg, device)
     elif name == "fla-compiled":

@@ -89,15 +89,20 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
 
     This is the fast training path of ``retnet train`` (and of ``benchmarks/train.py``, which times it): bf16
     parameters when ``cfg.param_dtype`` says so, per-block activation checkpointing, and every block compiled as
-    one graph (``fullgraph``: a graph break is an error, not a silent slowdown).
+    one graph (``fullgraph``: a graph break is an error, not a silent slowdown). Packed documents
+    (``data.reset_at_boundaries``) are the exception: the op groups documents by length on the host, so each block
+    compiles into graphs around that step instead of one.
     """
     if cfg.param_dtype == "bf16":
         model.to(torch.bfloat16)
     blocks = model.trunk.layers
     checkpoint_blocks(blocks, cfg.activation_checkpointing)
     if resolve_compile(cfg.compile, device):
+        whole = not cfg.data.reset_at_boundaries
+        if not whole:
+            logger.info("packed documents: each compiled block breaks its graph at the document bookkeeping")
         for block in blocks:
-            block.compile(backend=cfg.compile_backend, fullgraph=True)
+            block.compile(backend=cfg.compile_backend, fullgraph=whole)
     return model
 
 

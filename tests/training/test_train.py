@@ -151,6 +151,15 @@ def test_compiled_blocks_match_eager(dataset, tmp_path, backend):
     assert [x for _, x in compiled.losses] == pytest.approx([x for _, x in eager.losses], rel=1e-4)
 
 
+def test_compiled_blocks_with_packed_documents_match_eager(dataset, tmp_path):
+    """Document resets (the default data layout) under the default GPU path: compiled blocks, graph breaks allowed
+    only there (a whole-graph compile cannot trace the host-side grouping of documents)."""
+    extra = {"steps": 2, "model.num_hidden_layers": 1, "data.reset_at_boundaries": True}
+    eager = _run(dataset, tmp_path / "eager", **extra)
+    compiled = _run(dataset, tmp_path / "compiled", compile=True, compile_backend="aot_eager", **extra)
+    assert [x for _, x in compiled.losses] == pytest.approx([x for _, x in eager.losses], rel=1e-4)
+
+
 def test_fast_path_resumes_exactly_and_matches_the_plain_path(dataset, tmp_path):
     """Compiled blocks (the CPU stand-in for inductor) with selective checkpointing: the plain path's losses, and
     a resumed run equal to an uninterrupted one bit for bit."""
