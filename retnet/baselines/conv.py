@@ -13,10 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 for float64 inputs, else float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from ..ops.retention.decay import compute_dtype
 
 
 def fft_conv(u: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:

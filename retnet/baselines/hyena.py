@@ -22,8 +22,9 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..ops.retention.decay import compute_dtype
 from .base import RecurrentMixer
-from .conv import ShortConv, compute_dtype, fft_conv
+from .conv import ShortConv, fft_conv
 
 
 class HyenaState(NamedTuple):

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from ..ops.retention import RetentionState, retention
+from ..ops.retention.decay import compute_dtype
 from .base import RecurrentMixer
-from .conv import compute_dtype
 
 
 def feature_map(x: torch.Tensor) -> torch.Tensor:

@@ -54,6 +54,22 @@ def left_pad(prompts: torch.Tensor | Sequence, pad_token_id: int, device) -> tup
     return ids.to(device), (mask.to(device) if padded else None)
 
 
+def stop_and_pad_ids(config, eos_token_id, pad_token_id) -> tuple[list[int], int]:
+    """The stop ids (``eos_token_id``, else the config's) and the pad id (given, else the config's, else the first
+    stop id, else 0).
+
+    Raises:
+        ValueError: a stop id outside the vocabulary.
+    """
+    eos = eos_token_id if eos_token_id is not None else config.eos_token_id
+    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
+    if any(not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < config.vocab_size for e in eos_ids):
+        raise ValueError(f"eos_token_id must be ids in [0, {config.vocab_size}), got {eos!r}")
+    if pad_token_id is None:
+        pad_token_id = config.pad_token_id if config.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    return eos_ids, pad_token_id
+
+
 def _checked_on_call(gen_fn):
     """Run a generator function up to its first ``yield`` at call time, so its argument checks raise there and
     not at the first ``next()``; the priming value is swallowed."""
@@ -126,12 +142,7 @@ def stream_generate(
         raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
     if prefill_form not in ("chunkwise", "parallel", "recurrent"):
         raise ValueError(f"unknown prefill_form {prefill_form!r}")
-    eos = eos_token_id if eos_token_id is not None else cfg.eos_token_id
-    eos_ids = [] if eos is None else ([eos] if isinstance(eos, int) else list(eos))
-    if any(not isinstance(e, int) or isinstance(e, bool) or not 0 <= e < cfg.vocab_size for e in eos_ids):
-        raise ValueError(f"eos_token_id must be ids in [0, {cfg.vocab_size}), got {eos!r}")
-    if pad_token_id is None:
-        pad_token_id = cfg.pad_token_id if cfg.pad_token_id is not None else (eos_ids[0] if eos_ids else 0)
+    eos_ids, pad_token_id = stop_and_pad_ids(cfg, eos_token_id, pad_token_id)
     device = next(model.parameters()).device
     ids, mask = left_pad(input_ids, pad_token_id, device)
     if attention_mask is not None:
@@ -239,13 +250,8 @@ def _engine_stream(
 def generate(model, input_ids, **kwargs) -> torch.Tensor:
     """The (left-padded) prompt followed by the generated tokens, ``(B, T + n)``; kwargs as :func:`stream_generate`."""
     device = next(model.parameters()).device
-    pad = kwargs.get("pad_token_id")
-    if pad is None:
-        cfg = model.config
-        eos = kwargs.get("eos_token_id", cfg.eos_token_id)
-        eos0 = eos if isinstance(eos, int) or eos is None else list(eos)[0]
-        pad = cfg.pad_token_id if cfg.pad_token_id is not None else (eos0 if eos0 is not None else 0)
-        kwargs["pad_token_id"] = pad
+    _, pad = stop_and_pad_ids(model.config, kwargs.get("eos_token_id"), kwargs.get("pad_token_id"))
+    kwargs["pad_token_id"] = pad
     ids, _ = left_pad(input_ids, pad, device)
     new = list(stream_generate(model, input_ids, **kwargs))
     if not new:
