@@ -1,4 +1,4 @@
-"""Whole-model cost: RetNet against a Transformer of the same size, training and decoding (TARGETS goals 2-3).
+"""Whole-model cost of RetNet and a Transformer of the same size, training and decoding (docs/benchmarks/model-h200.md).
 
 Training: tokens/s and peak memory of forward + backward + AdamW step at each sequence length T, with a fixed
 number of tokens per step (the batch shrinks as T grows). Decoding: prefill a context of L tokens, then time
