@@ -1,4 +1,4 @@
-"""Benchmark of the retention op against its peers on one GPU (TARGETS.md, goal 1).
+"""Benchmark of the retention op against its peers on one GPU (goals: docs/benchmarks/retention-h200.md).
 
 Times, side by side in one run: our Triton kernels (``retention(..., backend="triton")``), our PyTorch chunkwise
 reference, flash-linear-attention's ``chunk_retention`` (when ``fla`` imports), a naive parallel form in bf16

@@ -1,4 +1,4 @@
-"""The one place for comparison helpers and the tolerance table (STYLE.md "Tests")."""
+"""The one place for comparison helpers and the tolerance table (docs/architecture.md, "Tests")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Document packing (SPEC §3 "Padding and documents"): windows -> model inputs with state resets.
+"""Document packing (docs/spec.md §3 "Padding and documents"): windows -> model inputs with state resets.
 
 A window holds T + 1 tokens of the flat stream, possibly spanning several documents (each ending with the
 separator). Inputs are its first T tokens and targets its last T. With ``reset_at_boundaries`` the B rows are

@@ -1,4 +1,4 @@
-"""Feed-forward networks of the RetNet block (paper §2.3; SPEC §5)."""
+"""Feed-forward networks of the RetNet block (paper §2.3; docs/spec.md §5)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Relative position as a rotation of q and k (paper §2.1, Eq. 3; SPEC §2).
+"""Relative position as a rotation of q and k (paper §2.1, Eq. 3; docs/spec.md §2).
 
 K/2 frequencies θ_i = 10000^(−i/(K/2 − 1)) (exponents from linspace(0, 1, K/2), not RoPE's 2i/K); frequency i
 rotates the interleaved channel pair (2i, 2i+1) by n·θ_i at absolute position n. No xPos length scaling.

@@ -1,4 +1,4 @@
-"""Gated multi-scale retention (MSR), paper §2.2 (Eq. 8); SPEC §4.
+"""Gated multi-scale retention (MSR), paper §2.2 (Eq. 8); docs/spec.md §4.
 
 q = x W_Q,  k = x W_K · K^−½,  v = x W_V,  g = x W_G
 head h: õ_h = HeadNorm(Retention_γh(rotate(q_h), rotate(k_h), v_h))

@@ -1,4 +1,4 @@
-"""``RetNetConfig``: every RetNet hyper-parameter, validated, with the two flavours of SPEC §7."""
+"""``RetNetConfig``: every RetNet hyper-parameter, validated, with the two flavours of docs/spec.md §7."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def _is_number(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-# What each flavour sets when the field is left as None (SPEC §7).
+# What each flavour sets when the field is left as None (docs/spec.md §7).
 FLAVOUR_DEFAULTS = {
     "torchscale": dict(
         norm="rmsnorm", head_norm="rms", ffn_glu=True, activation="swish", decay_schedule="torchscale",
@@ -35,7 +35,7 @@ FLAVOUR_DEFAULTS = {
 class RetNetConfig(JsonConfig):
     """Hyper-parameters of a RetNet language model (HF field names).
 
-    Fields left as None take their flavour's value (SPEC §7); ``value_dim`` and ``ffn_dim`` default to 2·D.
+    Fields left as None take their flavour's value (docs/spec.md §7); ``value_dim`` and ``ffn_dim`` default to 2·D.
 
     Attributes:
         vocab_size: size of the token vocabulary.

@@ -1,4 +1,4 @@
-"""Weight initialisation (SPEC §4: torchscale's Xavier gains for retention)."""
+"""Weight initialisation (docs/spec.md §4: torchscale's Xavier gains for retention)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Interop with the official torchscale RetNet (SPEC §7 "Interop"): its config keys and state-dict names.
+"""Interop with the official torchscale RetNet (docs/spec.md §7 "Interop"): its config keys and state-dict names.
 
 retnet's module names follow torchscale's, so a state dict maps by prefix only: ``embed_tokens`` →
 ``model.embed_tokens``, ``layers.N.*`` → ``model.layers.N.*``, ``layer_norm`` → ``model.layer_norm`` and

@@ -55,7 +55,7 @@ class DataSection:
         vocab_size: BPE vocabulary size.
         seq_len: tokens per training sequence T.
         val_fraction: held-out share when preparing.
-        reset_at_boundaries: pack rows into one with state resets at rows and documents (SPEC §3).
+        reset_at_boundaries: pack rows into one with state resets at rows and documents (docs/spec.md §3).
         cache_dir: where corpora and prepared datasets live.
         fetch: allow downloading a registered corpus that is not cached.
         workers: tokenisation processes when preparing.

@@ -1,4 +1,4 @@
-"""Rotation (SPEC §2), head-wise norm and FFN (SPEC §4, §5)."""
+"""Rotation (docs/spec.md §2), head-wise norm and FFN (docs/spec.md §4, §5)."""
 
 import pytest
 import torch

@@ -190,7 +190,7 @@ def test_official_state_dict_loads_and_computes_the_official_function(activation
     model = RetNetForCausalLM.from_torchscale(sd, config).double()
     ids = torch.randint(0, 100, (2, 25))
     expected = official_logits(sd, args, ids)
-    # SPEC §3 note: the normalisers differ only by per-row scalars that the head norm removes as eps -> 0.
+    # docs/spec.md §3 note: the normalisers differ only by per-row scalars that the head norm removes as eps -> 0.
     for form in ("parallel", "chunkwise", "recurrent"):
         assert_close(model(ids, form=form, chunk_size=8).logits, expected, 1e-8, f"official {form}")
     # Round trip through the official names keeps the outputs.

@@ -1,4 +1,4 @@
-"""The three reference forms compute one function (SPEC §3): float64 to 1e-10, outputs, states and gradients."""
+"""The three reference forms compute one function (docs/spec.md §3): float64 to 1e-10, outputs, states and gradients."""
 
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ def run_form(form, q, k, v, lg, state, chunk_size=16, **kw):
 
 
 def brute_force(q, k, v, lg, S0=None, z0=None, start=0, normalize=True):
-    """Definition of SPEC §3 as a double loop over (n, m): independent of the three implementations."""
+    """Definition of docs/spec.md §3 as a double loop over (n, m): independent of the three implementations."""
     B, T, H, K = q.shape
     V = v.shape[-1]
     gamma = lg.exp()

@@ -1,4 +1,4 @@
-"""Per-head decay: the γ schedules, decay masks and the decay-row normaliser (paper §2.1, §2.2; SPEC §1, §3).
+"""Per-head decay: the γ schedules, decay masks and the decay-row normaliser (paper §2.1, §2.2; docs/spec.md §1, §3).
 
 This module is the only place where γ, its powers and the normaliser c_n are defined. Everything works
 on ``log γ`` (never γ itself) so that γ close to 1 keeps its precision, and every power used is a decay
@@ -33,7 +33,7 @@ def log_decay_schedule(
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Per-head ``log γ`` for one of the two schedules of SPEC §1.
+    """Per-head ``log γ`` for one of the two schedules of docs/spec.md §1.
 
     ``torchscale``: γ_h = 1 − 2^(−5−h). ``paper``: γ = 1 − exp(linspace(ln(1/32), ln(1/512), H)).
     Two ablations of the paper's Table 6: ``single`` (γ = 127/128 for every head) and ``none`` (γ = 1).
@@ -119,7 +119,7 @@ def decay_mask(log_decay: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def decay_row_norm(log_decay: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """c_n = Σ_{i=0..n} γ^i = (1 − γ^(n+1)) / (1 − γ), the decay-row normaliser of SPEC §3 (factor 2).
+    """c_n = Σ_{i=0..n} γ^i = (1 − γ^(n+1)) / (1 − γ), the decay-row normaliser of docs/spec.md §3 (factor 2).
 
     Computed as expm1((n+1)·log γ) / expm1(log γ) so that γ near 1 keeps its precision; for γ = 1 exactly
     (the no-decay ablation) it is n + 1. Negative positions (left padding) are clamped to 0.

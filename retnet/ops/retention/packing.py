@@ -1,4 +1,4 @@
-"""Packed documents (``cu_seqlens``) as a few batches of left-padded rows (SPEC §3, "Padding and documents").
+"""Packed documents (``cu_seqlens``) as a few batches of left-padded rows (docs/spec.md §3, "Padding and documents").
 
 A packed row holds N documents; each must start from an empty state at position 0. Rather than one call per
 document (N tiny launches on a GPU), documents are grouped by length into power-of-two buckets; each bucket

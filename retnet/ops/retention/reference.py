@@ -8,7 +8,7 @@ Paper: Sun et al. 2023, "Retentive Network", §2.1. Per (batch, head), with k al
              S_i = γ^C S_{i−1} + (K_i ⊙ ζ)ᵀ V_i, ξ_j = γ^(j+1), ζ_j = γ^(C−1−j)      (Eq. 7, with the ζ the
                                                                                        paper's Eq. 7 omits)
 
-Normalisation (SPEC §3), identical in every form because it is a per-row scalar:
+Normalisation (docs/spec.md §3), identical in every form because it is a per-row scalar:
     factor 2: divide o_n by √c_n,   c_n = Σ_{i=0..n} γ^i  (n the absolute position);
     factor 3: divide by max(|s_n| / √c_n, 1),   s_n = q_n z_n,   z_n = γ z_{n−1} + k_n.
 Together: o_n / max(|s_n|, √c_n), the denominator detached from autograd as in the official code.
@@ -88,7 +88,7 @@ def _warn_fp16_overflow(o: torch.Tensor, o_lp: torch.Tensor) -> None:
 def normalize_rows(
     o_BHTV: torch.Tensor, s_BHT: torch.Tensor, positions_BT: torch.Tensor, log_decay: torch.Tensor
 ) -> torch.Tensor:
-    """Apply normalisation factors 2 and 3 (SPEC §3): o_n / max(|s_n|, √c_n), denominator detached.
+    """Apply normalisation factors 2 and 3 (docs/spec.md §3): o_n / max(|s_n|, √c_n), denominator detached.
 
     Args:
         o_BHTV: ``(B, H, T, V)`` raw retention output.

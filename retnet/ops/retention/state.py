@@ -1,4 +1,4 @@
-"""The recurrent retention state carried between calls (paper Eq. 6; SPEC §3)."""
+"""The recurrent retention state carried between calls (paper Eq. 6; docs/spec.md §3)."""
 
 from __future__ import annotations
 
