@@ -44,6 +44,8 @@ def run(args) -> int:
     """Load the config, train, then print the validation result and a sample (rank 0)."""
     from pathlib import Path
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from ..training import load_config, parse_overrides, train
     from ..training.artifacts import load_trained, sample_text
 
@@ -60,7 +62,8 @@ def run(args) -> int:
         paths.insert(0, run_config)
     cfg = load_config(paths, parse_overrides(args.overrides))
     set_threads(cfg.threads)
-    result = train(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
+    with logging_redirect_tqdm():  # log lines (first step, expected time) above the progress bar, not into it
+        result = train(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
     if result.rank != 0:
         return 0
     if result.val is not None:
