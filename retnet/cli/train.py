@@ -1,13 +1,22 @@
 """``retnet train [--config FILE]... [--resume RUN] [--key=value]...``: train, validate, sample.
 
 With no arguments it trains the default: a small RetNet on Shakespeare (fetched on first use) on CPU.
+
+The entry point sets PyTorch's CPU thread count (``torch.set_num_threads``; library code never does): the
+``threads`` setting if given, else ``OMP_NUM_THREADS`` if set, else the CPUs this process may run on. More threads
+than free cores makes training several times slower, so on a busy machine it says so.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+from collections.abc import Mapping
 
 from .options import add_checkpoint_trust_options
+
+logger = logging.getLogger(__name__)
 
 
 def register(subparsers) -> None:
@@ -35,6 +44,8 @@ def run(args) -> int:
     """Load the config, train, then print the validation result and a sample (rank 0)."""
     from pathlib import Path
 
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
     from ..training import load_config, parse_overrides, train
     from ..training.artifacts import load_trained, sample_text
 
@@ -50,7 +61,9 @@ def run(args) -> int:
             raise FileNotFoundError(f"--resume {resume}: no train_config.yaml there (not a run or checkpoint folder)")
         paths.insert(0, run_config)
     cfg = load_config(paths, parse_overrides(args.overrides))
-    result = train(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
+    set_threads(cfg.threads)
+    with logging_redirect_tqdm():  # log lines (first step, expected time) above the progress bar, not into it
+        result = train(cfg, resume=args.resume, trust_checkpoint=args.trust_checkpoint)
     if result.rank != 0:
         return 0
     if result.val is not None:
@@ -63,6 +76,62 @@ def run(args) -> int:
     print(f"run folder: {result.run_dir}")
     if cfg.sample_tokens > 0:
         trained = load_trained(result.run_dir / "model")
-        text = sample_text(trained, cfg.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
-        print("sample:\n" + cfg.sample_prompt + text)
+        text = sample_text(trained, result.sample_prompt, max_new_tokens=cfg.sample_tokens, seed=cfg.seed)
+        print("sample:\n" + result.sample_prompt + text)
     return 0
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def choose_threads(requested: int, environ: Mapping[str, str], cpus: int) -> tuple[int, str]:
+    """The CPU thread count for training and where it came from.
+
+    Args:
+        requested: the ``threads`` setting (0: not set).
+        environ: the environment (``OMP_NUM_THREADS`` is honoured when set).
+        cpus: the CPUs this process may run on.
+
+    Returns:
+        ``(threads, source)`` with source "threads", "OMP_NUM_THREADS" or "CPU affinity".
+
+    Raises:
+        ValueError: ``OMP_NUM_THREADS`` is not a positive integer.
+    """
+    if requested > 0:
+        return requested, "threads"
+    env = environ.get("OMP_NUM_THREADS", "").strip()
+    if env:
+        first = env.split(",")[0]  # OpenMP allows a list for nested levels; the first is the outer one
+        if not first.isdigit() or int(first) < 1:
+            raise ValueError(f"OMP_NUM_THREADS={env!r} is invalid; expected a positive integer")
+        return int(first), "OMP_NUM_THREADS"
+    return max(cpus, 1), "CPU affinity"
+
+
+def busy_hint(threads: int, cpus: int, load: float) -> str | None:
+    """A hint when ``threads`` plus the other work already running (``load``) exceed the ``cpus``."""
+    if threads > 1 and load >= 1 and threads + load > cpus + 0.5:
+        return (
+            f"the machine is busy (load average {load:.1f} on {cpus} CPUs); with {threads} threads training may "
+            f"run several times slower: try --threads={max(1, cpus - round(load))}"
+        )
+    return None
+
+
+def set_threads(requested: int) -> int:
+    """Choose the thread count (:func:`choose_threads`), set it in PyTorch and log it; returns it."""
+    import torch
+
+    cpus = usable_cpus()
+    threads, source = choose_threads(requested, os.environ, cpus)
+    torch.set_num_threads(threads)
+    logger.info("%d CPU thread%s (from %s)", threads, "" if threads == 1 else "s", source)
+    hint = busy_hint(threads, cpus, os.getloadavg()[0]) if hasattr(os, "getloadavg") else None
+    if hint and source == "CPU affinity":
+        logger.warning(hint)
+    return threads

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,3 +135,38 @@ def stream_text(
 def sample_text(trained: Trained, prompt: str, **kwargs) -> str:
     """The whole continuation of ``prompt`` (see :func:`stream_text`)."""
     return "".join(stream_text(trained, prompt, **kwargs))
+
+
+def prompt_from_text(ids: Iterable[int], tokenizer: Tokenizer, max_chars: int = 64) -> str:
+    """A sampling prompt taken from a token stream: its first line with visible text, stripped.
+
+    Used for the end-of-run sample of ``retnet train`` (a prompt from the validation text makes the model continue
+    real text; a bare newline made it emit indentation). Documents are split at the separator first.
+
+    Args:
+        ids: the head of a token stream (a few hundred tokens are plenty).
+        tokenizer: decodes ``ids``.
+        max_chars: the prompt is cut to this many characters.
+
+    Returns:
+        The prompt; a newline when ``ids`` hold no visible text.
+
+    Raises:
+        ValueError: ``max_chars`` below 1.
+    """
+    if max_chars < 1:
+        raise ValueError(f"max_chars must be >= 1, got {max_chars}")
+    doc: list[int] = []
+    docs = [doc]
+    for token in ids:
+        if int(token) == tokenizer.sep_id:
+            doc = []
+            docs.append(doc)
+        else:
+            doc.append(int(token))
+    for piece in docs:
+        for line in tokenizer.decode(piece).splitlines():
+            line = line.strip().replace("\ufffd", "")  # a multi-byte character cut at the head's end
+            if line:
+                return line[:max_chars]
+    return "\n"

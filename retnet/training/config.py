@@ -146,7 +146,9 @@ class TrainConfig:
         nan_policy: "stop" the run on a non-finite loss or "skip" the step.
         max_skips: stop after this many consecutive skipped steps.
         sample_tokens: tokens sampled at the end of training (0: none).
-        sample_prompt: prompt of that sample.
+        sample_prompt: prompt of that sample; empty takes the first line of the validation text.
+        threads: CPU threads for PyTorch's intra-op work, set by the ``retnet train`` entry point (0: the
+            ``OMP_NUM_THREADS`` environment variable if set, else the CPUs this process may run on).
         tensorboard: also write TensorBoard events (if tensorboard is installed).
         peak_tflops: accelerator peak for MFU; 0 looks the device up.
     """
@@ -172,7 +174,8 @@ class TrainConfig:
     nan_policy: str = "stop"
     max_skips: int = 10
     sample_tokens: int = 200
-    sample_prompt: str = "\n"
+    sample_prompt: str = ""
+    threads: int = 0
     tensorboard: bool = True
     peak_tflops: float = 0.0
     model: ModelSection = field(default_factory=ModelSection)
@@ -220,6 +223,7 @@ class TrainConfig:
             "micro_batch_size": self.micro_batch_size,
             "eval_every": self.eval_every,
             "eval_batches": self.eval_batches,
+            "threads": self.threads,
             "optim.warmup_steps": self.optim.warmup_steps,
             "optim.decay_steps": self.optim.decay_steps,
             "checkpoint.every": self.checkpoint.every,

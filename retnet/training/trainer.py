@@ -27,6 +27,7 @@ from ..data import PreparedDataset, WindowSampler, make_batch
 from ..model import RetNetConfig, RetNetForCausalLM
 from . import checkpoint as ckpt_io
 from .activation_checkpointing import checkpoint_blocks
+from .artifacts import prompt_from_text
 from .build import ensure_dataset, model_config, pick_device
 from .config import TrainConfig
 from .distributed import (
@@ -49,6 +50,9 @@ from .schedule import lr_at
 
 logger = logging.getLogger(__name__)
 
+# Steps after the first (which compiles and allocates) whose speed predicts the run's duration.
+ESTIMATE_AFTER_STEPS = 10
+
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss or gradient and the policy says stop."""
@@ -68,6 +72,7 @@ class TrainResult:
     skipped: int = 0
     rank: int = 0
     first_step_s: float = 0.0
+    sample_prompt: str = ""  # the end-of-run sample's prompt (``cfg.sample_prompt`` or from the validation text)
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
@@ -344,20 +349,29 @@ class _Trainer:
                 self.device.type, cfg.steps, cfg.batch_size, cfg.data.seq_len,
             )  # fmt: skip
         result = TrainResult(self.run_dir, cfg.steps, rank=info.rank)
+        result.sample_prompt = cfg.sample_prompt or prompt_from_text(self.data.tokens("val")[:512], self.tokenizer)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
         start, window_t, window_tokens = time.time(), time.time(), 0
         train_time, train_tokens = 0.0, 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
-        first = True
+        first, estimate_at, estimate_t = True, -1, 0.0
         while self.step < cfg.steps:
             loss, grad_norm = self._train_step()
             if first:  # compilation and the optimizer's state allocation happen in the first step
                 first, result.first_step_s = False, time.time() - start
+                estimate_at, estimate_t = self.step + 1 + ESTIMATE_AFTER_STEPS, time.time()
                 if info.is_main:
                     extra = " (compilation included)" if self.compiled else ""
                     logger.info("first step took %.1f s%s", result.first_step_s, extra)
             self.step += 1
+            if self.step == estimate_at and info.is_main:
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
+                now = time.time()
+                per_step = (now - estimate_t) / ESTIMATE_AFTER_STEPS
+                total = now - start + per_step * (cfg.steps - self.step)
+                logger.info("%.2f s/step: about %s min for the run at this speed", per_step, format_minutes(total))
             self.tokens_seen += step_tokens
             window_tokens += step_tokens
             result.losses.append((self.step, loss))
@@ -414,6 +428,12 @@ class _Trainer:
             export.save_pretrained(self.run_dir / "model")
             self.tokenizer.save(self.run_dir / "model" / "tokenizer")
         barrier()
+
+
+def format_minutes(seconds: float) -> str:
+    """Minutes with one decimal below ten minutes, whole minutes above (``0.4``, ``3.5``, ``26``)."""
+    minutes = seconds / 60
+    return f"{minutes:.1f}" if minutes < 10 else f"{minutes:.0f}"
 
 
 @contextlib.contextmanager
