@@ -54,13 +54,20 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
 
 
 def seen_tokens(ids: torch.Tensor, mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
-    """``(B, vocab)`` bool: the ids among each row's real tokens of ``ids`` ``(B, T)`` (for the repetition penalty).
+    """Which ids occur among each row's real tokens: the repetition penalty's starting ``seen`` set.
 
-    ``mask`` ``(B, T)`` is 1 for real tokens and 0 for left padding (None: all real); padding is not seen. The
-    occurrences are counted with an integer ``scatter_add_``, whose result does not depend on the order of the
-    writes, so an id written more than once (a repeated token, or the pad id equal to a real token) gives the
-    same answer on every device; a boolean ``scatter_`` of the mask would leave such an id to whichever write
-    lands last.
+    The occurrences are counted with an integer ``scatter_add_``, whose result does not depend on the order of
+    the writes, so an id written more than once (a repeated token, or the pad id equal to a real token) gives
+    the same answer on every device; a boolean ``scatter_`` of the mask would leave such an id to whichever
+    write lands last.
+
+    Args:
+        ids: ``(B, T)`` int64 token ids.
+        mask: ``(B, T)`` 1 for real tokens, 0 for padding (never seen); None: every token is real.
+        vocab_size: number of token ids.
+
+    Returns:
+        ``(B, vocab)`` bool.
     """
     real = torch.ones_like(ids) if mask is None else (mask != 0).to(torch.long)  # (B, T)
     counts = torch.zeros(ids.shape[0], vocab_size, dtype=torch.long, device=ids.device)
