@@ -63,7 +63,7 @@ PROMPTS = {
 }
 
 
-@pytest.mark.parametrize("prefill_form", ["chunkwise", "parallel"])
+@pytest.mark.parametrize("prefill_form", ["chunkwise", "parallel", "recurrent"])
 @pytest.mark.parametrize("case", list(PROMPTS))
 def test_eager_loop_logits_equal_the_parallel_forward(model, monkeypatch, case, prefill_form):
     prompts = PROMPTS[case]
