@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from .decoder_parts import decoder_parts
-from .sampling import SamplingConfig, next_token, sampling_key
+from .sampling import SamplingConfig, next_token, sampling_key, seen_tokens
 
 
 def left_pad(prompts: torch.Tensor | Sequence, pad_token_id: int, device) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -173,8 +173,7 @@ def stream_generate(
     B = ids.shape[0]
     seen = None
     if repetition_penalty != 1.0:
-        seen = torch.zeros(B, cfg.vocab_size, dtype=torch.bool, device=device)
-        seen.scatter_(1, ids, True if mask is None else mask.bool())
+        seen = seen_tokens(ids, mask, cfg.vocab_size)  # left padding is not seen
     eos_tensor = torch.tensor(eos_ids, dtype=torch.long, device=device)
     finished = torch.zeros(B, dtype=torch.bool, device=device)
     for step in range(max_new_tokens):

@@ -53,6 +53,27 @@ def apply_repetition_penalty(logits: torch.Tensor, seen: torch.Tensor, penalty: 
     return torch.where(seen, penalised, logits)
 
 
+def seen_tokens(ids: torch.Tensor, mask: torch.Tensor | None, vocab_size: int) -> torch.Tensor:
+    """Which ids occur among each row's real tokens: the repetition penalty's starting ``seen`` set.
+
+    The occurrences are counted with an integer ``scatter_add_``, whose result does not depend on the order of
+    the writes, so an id written more than once (a repeated token, or the pad id equal to a real token) gives
+    the same answer on every device; a boolean ``scatter_`` of the mask would leave such an id to whichever
+    write lands last.
+
+    Args:
+        ids: ``(B, T)`` int64 token ids.
+        mask: ``(B, T)`` 1 for real tokens, 0 for padding (never seen); None: every token is real.
+        vocab_size: number of token ids.
+
+    Returns:
+        ``(B, vocab)`` bool.
+    """
+    real = torch.ones_like(ids) if mask is None else (mask != 0).to(torch.long)  # (B, T)
+    counts = torch.zeros(ids.shape[0], vocab_size, dtype=torch.long, device=ids.device)
+    return counts.scatter_add_(1, ids, real) > 0  # (B, vocab)
+
+
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
     """Set logits outside the top-k / top-p sets to −inf (``(B, vocab)``; the best token always stays)."""
     if top_k is not None and top_k < logits.shape[-1]:

@@ -44,6 +44,22 @@ def test_head_norm_normalises_each_head_alone(kind):
     assert norm(o).shape == (2, 5, 12)
 
 
+def test_head_norm_equals_the_torch_definitions():
+    """groupnorm is ``F.group_norm`` with H groups over the H·V channels (mean and variance, affine); rms is
+    ``F.rms_norm`` over each head's V channels without affine parameters."""
+    H, V, eps = 3, 4, 1e-5
+    o = torch.randn(2, 5, H, V, dtype=torch.float64) + 0.7  # a nonzero mean, so mean subtraction matters
+    group = HeadNorm(H, V, eps=eps, kind="groupnorm").double()
+    with torch.no_grad():
+        group.weight.copy_(torch.randn(H * V))
+        group.bias.copy_(torch.randn(H * V))
+    flat = o.reshape(-1, H * V)  # (B·T, H·V): group_norm's (N, C)
+    expected = torch.nn.functional.group_norm(flat, H, group.weight, group.bias, eps).reshape(2, 5, H * V)
+    assert_close(group(o), expected, 1e-13, "groupnorm")
+    expected = torch.nn.functional.rms_norm(o, (V,), eps=eps).flatten(-2)
+    assert_close(HeadNorm(H, V, eps=eps, kind="rms")(o), expected, 1e-13, "rms")
+
+
 def test_glu_ffn_activation_on_fc1():
     ffn = FeedForward(4, 6, "swish", glu=True).double()
     x = torch.randn(3, 4, dtype=torch.float64)

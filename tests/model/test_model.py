@@ -212,8 +212,6 @@ def test_from_torchscale_defaults_and_errors():
         RetNetConfig.from_torchscale({})
     with pytest.raises(ValueError, match="divisible"):  # the official defaults alone: 1280 values over 3 heads
         RetNetConfig.from_torchscale({"vocab_size": 1000})
-    with pytest.raises(ValueError, match="divisible"):  # the official defaults alone: 1280 values over 3 heads
-        RetNetConfig.from_torchscale({"vocab_size": 1000})
     with pytest.raises(ValueError, match="activation"):
         RetNetConfig.from_torchscale({"vocab_size": 10, "activation_fn": "tanh"})
     with pytest.raises(ValueError, match="deepnorm"):

@@ -6,6 +6,7 @@ import pytest
 
 from retnet import RetNetConfig, RetNetForCausalLM
 from retnet.training import load_config, train
+from retnet.training.artifacts import load_trained
 from retnet.training.flops import peak_flops, retention_flops_per_token, train_flops_per_token
 
 from .corpus import fast_overrides
@@ -35,6 +36,10 @@ def test_peaks():
 
 
 def test_trainer_reports_mfu(dataset, tmp_path):
-    res = train(load_config([], fast_overrides(dataset, tmp_path / "r", steps=2, peak_tflops=1.0)))
-    assert res.mfu is not None and 0 < res.mfu < 1
+    cfg = load_config([], fast_overrides(dataset, tmp_path / "r", steps=2, peak_tflops=1.0))
+    res = train(cfg)
+    model = load_trained(tmp_path / "r" / "model").model
+    per_token = train_flops_per_token(model.config, model.num_parameters(), cfg.data.seq_len, cfg.form, cfg.chunk_size)
+    assert res.tokens_per_s > 0
+    assert res.mfu == pytest.approx(res.tokens_per_s * per_token / 1e12, rel=1e-12)  # achieved / peak FLOP/s
     assert train(load_config([], fast_overrides(dataset, tmp_path / "s", steps=2))).mfu is None

@@ -39,8 +39,13 @@ def test_loss_decreases_and_artifacts(dataset, tmp_path):
         assert any((run / "tensorboard").iterdir())
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if r["kind"] == "val"] == [20, 40]
-    text = sample_text(load_trained(run), "the ", max_new_tokens=30, seed=0)
-    assert isinstance(text, str) and len(text) > 0
+    trained = load_trained(run)
+    text = sample_text(trained, "the ", max_new_tokens=30, greedy=True, stop_at_separator=False)
+    ids = trained.tokenizer.encode("the ")
+    tokens = trained.model.generate(torch.tensor([ids]), max_new_tokens=30)[0, len(ids) :].tolist()
+    assert text == trained.tokenizer.decode(tokens)  # the saved model and tokenizer, round trip
+    sampled = [sample_text(trained, "the ", max_new_tokens=30, seed=0) for _ in range(2)]
+    assert sampled[0] == sampled[1]
 
 
 def test_exact_resume(dataset, tmp_path):
@@ -63,20 +68,49 @@ def test_refuses_to_overwrite_and_checks_architecture(dataset, tmp_path):
         _run(dataset, tmp_path / "r", resume=str(tmp_path / "r"), steps=8, **{"model.hidden_size": 32})
 
 
-def test_accumulation_and_forms_agree(dataset, tmp_path):
+def _record_batches(monkeypatch) -> list:
+    """Record every batch the trainer computes a loss on."""
+    batches = []
+    real = trainer_mod.lm_loss_sum
+
+    def recording(model, batch, *args):
+        batches.append(batch)
+        return real(model, batch, *args)
+
+    monkeypatch.setattr(trainer_mod, "lm_loss_sum", recording)
+    return batches
+
+
+def test_accumulation_and_forms_agree(dataset, tmp_path, monkeypatch):
+    batches = _record_batches(monkeypatch)
     base = _run(dataset, tmp_path / "a", steps=4)
+    reset_batches = list(batches)
     accum = _run(dataset, tmp_path / "b", steps=4, micro_batch_size=1)
     parallel = _run(dataset, tmp_path / "c", steps=4, form="parallel")
     ckpt = _run(dataset, tmp_path / "d", steps=4, activation_checkpointing="full")
+    batches.clear()
     rows = _run(dataset, tmp_path / "e", steps=4, **{"data.reset_at_boundaries": False})
     for other in (accum, parallel, ckpt):
         assert [x for _, x in other.losses] == pytest.approx([x for _, x in base.losses], rel=1e-5)
-    assert rows.losses[0][1] == pytest.approx(base.losses[0][1], rel=1e-2)  # same data, no resets
+    # Resets happen: the default run packs documents with boundaries, the other keeps B rows without any.
+    # Resets happen: a window holding a separator is packed into one row whose boundaries are the 4 rows' and
+    # the documents'; without resets every batch stays 4 rows with no boundaries.
+    assert len(reset_batches) == len(batches) == 4
+    packed = [i for i, b in enumerate(reset_batches) if b.cu_seqlens is not None and b.cu_seqlens.numel() > 5]
+    assert packed, [b.cu_seqlens for b in reset_batches]
+    assert all(b.cu_seqlens is None and b.input_ids.shape[0] == 4 for b in batches)
+    i = packed[0]  # the runs are identical up to this step
+    assert rows.losses[:i] == base.losses[:i]
+    assert rows.losses[i][1] != base.losses[i][1]  # the resets change the loss ...
+    assert rows.losses[i][1] == pytest.approx(base.losses[i][1], rel=1e-2)  # ... of the same data only a little
 
 
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_runs(dataset, tmp_path, precision):
     res = _run(dataset, tmp_path / precision, steps=6, precision=precision)
+    fp32 = _run(dataset, tmp_path / "fp32", steps=1, **{"optim.decay_steps": 6})
+    assert res.losses[0][1] != fp32.losses[0][1]  # the low precision is in effect ...
+    assert res.losses[0][1] == pytest.approx(fp32.losses[0][1], rel=1e-2)  # ... and close to fp32 on the same data
     assert all(math.isfinite(x) for _, x in res.losses)
     assert res.losses[-1][1] < res.losses[0][1]
 
