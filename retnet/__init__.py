@@ -5,22 +5,12 @@ language model with generation; :mod:`retnet.generation.models` composes it from
 ``__version__`` (the installed package's version).
 """
 
-from importlib import metadata as _metadata
-
 from .generation import RetNetForCausalLM
 from .model import PRESETS, RetNetConfig, RetNetOutput
 from .ops import RetentionState, log_decay_schedule, retention
+from .utils.environment import retnet_version
 
-
-def _package_version() -> str:
-    """The installed distribution's version; ``0+unknown`` when the source tree is used without installing it."""
-    try:
-        return _metadata.version("retnet")
-    except _metadata.PackageNotFoundError:
-        return "0+unknown"
-
-
-__version__ = _package_version()
+__version__ = retnet_version()
 
 __all__ = [
     "PRESETS",

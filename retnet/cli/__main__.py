@@ -37,7 +37,7 @@ EXAMPLES = {
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every subcommand registered."""
-    from .. import __version__
+    from ..utils.environment import retnet_version
 
     parser = argparse.ArgumentParser(
         prog="retnet",
@@ -45,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="example:\n  retnet train --config configs/debug.yaml\n  retnet COMMAND --help",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--version", action="version", version=f"retnet {__version__}")
+    parser.add_argument("--version", action="version", version=f"retnet {retnet_version()}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMAND_MODULES:

@@ -56,6 +56,11 @@ def package_version(name: str) -> str | None:
         return None
 
 
+def retnet_version() -> str:
+    """This package's installed version; ``0+unknown`` when the source tree is used without installing it."""
+    return package_version("retnet") or "0+unknown"
+
+
 def environment_stamp(device: torch.device | str | None = None) -> dict:
     """Date, commit, versions and device of a run, for the results files.
 

@@ -29,8 +29,10 @@ def test_version_falls_back_when_not_installed(monkeypatch):
     def missing(name):
         raise importlib.metadata.PackageNotFoundError(name)
 
-    monkeypatch.setattr(retnet._metadata, "version", missing)
-    assert retnet._package_version() == "0+unknown"
+    from retnet.utils import environment
+
+    monkeypatch.setattr(environment.importlib.metadata, "version", missing)
+    assert environment.retnet_version() == "0+unknown"
 
 
 def test_cli_version(capsys):
