@@ -93,13 +93,21 @@ def next_token(
     logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None, generator: torch.Generator | None
 ) -> torch.Tensor:
     """``(B, vocab)`` logits → ``(B,)`` token ids."""
+    logits = _shaped_logits(logits, config, seen)
+    if not config.do_sample:
+        return logits.argmax(-1)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _shaped_logits(logits: torch.Tensor, config: SamplingConfig, seen: torch.Tensor | None) -> torch.Tensor:
+    """Float32 logits after the repetition penalty and, when sampling, temperature, top-k and top-p: what both
+    samplers draw from (greedy takes their argmax)."""
     logits = logits.float()
     if seen is not None:
         logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
-    if not config.do_sample:
-        return logits.argmax(-1)
-    logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    if config.do_sample:
+        logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
+    return logits
 
 
 _MASK32 = 0xFFFFFFFF
@@ -157,10 +165,7 @@ def choose_tokens(
     Returns:
         ``(B,)`` int64 token ids.
     """
-    logits = logits.float()
-    if seen is not None:
-        logits = apply_repetition_penalty(logits, seen, config.repetition_penalty)
+    logits = _shaped_logits(logits, config, seen)
     if not config.do_sample:
         return logits.argmax(-1)
-    logits = filter_logits(logits / config.temperature, config.top_k, config.top_p)
     return (logits + gumbel_noise(keys, counts, logits.shape[-1])).argmax(-1)
