@@ -134,17 +134,39 @@ def fill(engine: DecodeEngine, B: int, context: int, mode: str, prefill_batch: i
         engine.add(torch.randint(0, vocab, (n, length), generator=g))
 
 
-def decode_row(model, B: int, context: int, args, device, *, short: bool = False) -> dict:
-    """Tokens/s, latency, peak memory and state bytes of ``--steps`` engine steps at batch B after ``context``."""
+def _warm_engine(model, B: int, context: int, args, device, *, short: bool) -> DecodeEngine:
+    """An engine of B slots filled after ``context`` tokens, its step warmed up (compiled, captured)."""
     _free(device)
     engine = DecodeEngine(
         model, max_batch=B, max_len=context + args.warmup + args.steps, cuda_graph=False if args.no_graph else None,
-        prefill_chunk=args.prefill_chunk, compile=args.compile,
+        prefill_chunk=args.prefill_chunk, compile=args.compile, compile_options=compile_options(args),
+        pack_weights=not args.no_pack,
     )  # fmt: skip
     fill(engine, B, context, "short" if short else args.fill, args.prefill_batch, model.config.vocab_size)
     for _ in range(args.warmup):
         engine.step()
     _sync(device)
+    return engine
+
+
+def profile_steps(model, B: int, args, device, path: Path) -> None:
+    """Write the per-kernel device time of ``--steps`` steps at batch B (one-token prompts) to ``path``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    engine = _warm_engine(model, B, 1, args, device, short=True)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(args.steps):
+            engine.step()
+        _sync(device)
+    table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+    path.write_text(f"# {args.steps} steps at batch {B} (divide the totals by {args.steps} for one step)\n\n{table}\n")
+    del engine
+
+
+def decode_row(model, B: int, context: int, args, device, *, short: bool = False) -> dict:
+    """Tokens/s, latency, peak memory and state bytes of ``--steps`` engine steps at batch B after ``context``."""
+    engine = _warm_engine(model, B, context, args, device, short=short)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -454,8 +476,21 @@ def parse_args(argv):
     p.add_argument(
         "--compile", action="store_true", help="compile the engine's step with inductor (once per batch size)"
     )
+    p.add_argument(
+        "--coordinate-descent",
+        action="store_true",
+        help="with --compile: inductor's coordinate-descent tuning (batch-1 matrix-vector products become tuned, "
+        "fused Triton reductions)",
+    )
+    p.add_argument("--no-pack", action="store_true", help="keep each projection's weight separate (no stacking)")
+    p.add_argument("--profile-batch", type=int, default=0, help="write a per-kernel profile of steps at this batch")
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
+
+
+def compile_options(args) -> dict | None:
+    """The inductor options of the compiled step (None: inductor's defaults)."""
+    return {"coordinate_descent_tuning": True} if args.compile and args.coordinate_descent else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -530,6 +565,9 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
                 timed = functools.partial(prefill_row, model, T, args, device)
                 rows.append(common.fits_in_memory(timed, {"T": T}, device))
                 save()
+            if args.profile_batch:
+                path = out / f"profile-{name}-B{args.profile_batch}.txt"
+                profile_steps(model, args.profile_batch, args, device, path)
         del model
         _free(device)
     if args.fit_context and "transformer" in results["largest_batch"]:

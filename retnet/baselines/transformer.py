@@ -13,6 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from ..layers.packing import PackedProjection, pack_linears_
 from ..layers.position import apply_rotation
 from .base import RecurrentMixer
 
@@ -50,14 +51,25 @@ class CausalSelfAttention(RecurrentMixer):
         self.k_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.v_proj = nn.Linear(hidden_size, hidden_size, bias=False)
         self.out_proj = nn.Linear(hidden_size, hidden_size, bias=False)
+        self._packed_decode: PackedProjection | None = None  # set by pack_decode_weights_
 
-    def _qkv(self, x: torch.Tensor, positions: torch.Tensor):
+    def _qkv(self, x: torch.Tensor, positions: torch.Tensor, packed: PackedProjection | None = None):
         B, T, _ = x.shape
         H, K = self.num_heads, self.head_dim
-        q = apply_rotation(self.q_proj(x).view(B, T, H, K), positions).transpose(1, 2)  # (B, H, T, K)
-        k = apply_rotation(self.k_proj(x).view(B, T, H, K), positions).transpose(1, 2)  # (B, H, T, K)
-        v = self.v_proj(x).view(B, T, H, K).transpose(1, 2)  # (B, H, T, K)
+        q, k, v = packed(x) if packed is not None else (self.q_proj(x), self.k_proj(x), self.v_proj(x))
+        q = apply_rotation(q.view(B, T, H, K), positions).transpose(1, 2)  # (B, H, T, K)
+        k = apply_rotation(k.view(B, T, H, K), positions).transpose(1, 2)  # (B, H, T, K)
+        v = v.view(B, T, H, K).transpose(1, 2)  # (B, H, T, K)
         return q, k, v
+
+    def pack_decode_weights_(self) -> None:
+        """Stack the q/k/v weights so that :meth:`decode_step_` reads them with one matrix product (the
+        parameters become views of one buffer, values unchanged; moving or casting the module drops it)."""
+        self._packed_decode = pack_linears_([self.q_proj, self.k_proj, self.v_proj])
+
+    def _apply(self, fn, recurse=True):
+        self._packed_decode = None  # the parameters get new storage: the stacked buffer would go stale
+        return super()._apply(fn, recurse)
 
     def parallel(self, x: torch.Tensor, *, output_state: bool = False) -> tuple[torch.Tensor, KVCache | None]:
         """Causal attention over the segment (flash kernels on GPU); the state is the KV cache."""
@@ -148,7 +160,7 @@ class CausalSelfAttention(RecurrentMixer):
         B, D = x_t.shape
         L = state.k.shape[2]
         position = state.position  # (B,)
-        q, k, v = self._qkv(x_t[:, None], position[:, None])  # each (B, H, 1, K)
+        q, k, v = self._qkv(x_t[:, None], position[:, None], self._packed_decode)  # each (B, H, 1, K)
         slot = position.clamp(max=L - 1)[:, None, None, None].expand_as(k)  # (B, H, 1, K)
         state.k.scatter_(2, slot, k.to(state.k.dtype))
         state.v.scatter_(2, slot, v.to(state.v.dtype))

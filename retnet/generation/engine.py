@@ -65,7 +65,8 @@ def _block_step(block, x: torch.Tensor, state) -> torch.Tensor:
     all of them (seconds to compile, where the unrolled step of all layers takes minutes).
     """
     h = x + block.mixer.decode_step_(block.mixer_norm(x), state)
-    return h + block.ffn(block.ffn_norm(h))
+    ffn_norm = block.ffn_norm(h)
+    return h + (block.ffn.decode(ffn_norm) if hasattr(block.ffn, "decode") else block.ffn(ffn_norm))
 
 
 def _engine_step(
@@ -121,6 +122,12 @@ class DecodeEngine:
         compile: also compile each layer's step with ``torch.compile`` (True: inductor, which fuses the
             per-token elementwise work into few kernels; or the name of a ``torch.compile`` backend): one graph
             for all layers, then captured in the CUDA graph like the eager step.
+        compile_options: inductor options for that compilation (e.g. ``{"coordinate_descent_tuning": True}``,
+            which also turns batch-1 matrix-vector products into tuned Triton reductions fused with their
+            neighbours); None: inductor's defaults.
+        pack_weights: stack the projections that read the same input (RetNet's q/k/v/g, the Transformer's q/k/v,
+            a GLU's two input matrices) into one weight each, in place, so a step reads them with one product
+            (the parameters become views; values and memory unchanged; see :mod:`retnet.layers.packing`).
 
     Raises:
         ValueError: on bad sizes, ids or dtype, ``cuda_graph=True`` off CUDA, or a model in training mode with
@@ -142,6 +149,8 @@ class DecodeEngine:
         prefill_chunk: int | None = None,
         cuda_graph: bool | None = None,
         compile: bool | str = False,
+        compile_options: dict | None = None,
+        pack_weights: bool = True,
     ):
         self.max_batch = _int_arg("max_batch", max_batch, 1)
         self.max_len = _int_arg("max_len", max_len, 1)
@@ -172,6 +181,11 @@ class DecodeEngine:
         if dtype is not None:
             model.to(dtype)  # the one explicit cast, after every argument has been checked
         self.dtype = next(model.parameters()).dtype
+        if pack_weights:
+            for block in self.parts.blocks:
+                for module in (block.mixer, block.ffn):
+                    if callable(getattr(module, "pack_decode_weights_", None)):
+                        module.pack_decode_weights_()
 
         B, dev = self.max_batch, self.device
         self.states = [
@@ -195,7 +209,8 @@ class DecodeEngine:
         self._block_step = _block_step
         if compile:
             backend = "inductor" if compile is True else compile
-            self._block_step = torch.compile(_block_step, backend=backend, fullgraph=True, dynamic=False)
+            extra = {} if compile_options is None else {"options": dict(compile_options)}
+            self._block_step = torch.compile(_block_step, backend=backend, fullgraph=True, dynamic=False, **extra)
         self._step_fn = self._step_body
         self._graph = self._capture() if cuda_graph else None
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .packing import PackedProjection, pack_linears_
+
 ACTIVATIONS = {"swish": nn.functional.silu, "silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": torch.relu}
 
 
@@ -37,6 +39,7 @@ class FeedForward(nn.Module):
         self.gate = nn.Linear(hidden_size, ffn_dim, bias=False) if glu else None
         self.fc2 = nn.Linear(ffn_dim, hidden_size, bias=False)
         self.dropout = nn.Dropout(dropout)
+        self._packed_decode: PackedProjection | None = None  # set by pack_decode_weights_
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, T, D) -> (B, T, D)``."""
@@ -44,6 +47,24 @@ class FeedForward(nn.Module):
         if self.gate is not None:
             h = h * self.gate(x)
         return self.fc2(self.dropout(h))
+
+    def pack_decode_weights_(self) -> None:
+        """Stack fc1 and the gate so that :meth:`decode` reads them with one matrix product (GLU only; the
+        parameters become views of one buffer, values unchanged; moving or casting the module drops it)."""
+        if self.gate is not None:
+            self._packed_decode = pack_linears_([self.fc1, self.gate])
+
+    def _apply(self, fn, recurse=True):
+        self._packed_decode = None  # the parameters get new storage: the stacked buffer would go stale
+        return super()._apply(fn, recurse)
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The forward of decoding, ``(..., D) -> (..., D)``: one product for fc1 and the gate when packed (then
+        with no gradient to the weights), else :meth:`forward`."""
+        if self._packed_decode is None:
+            return self.forward(x)
+        a, b = self._packed_decode(x)  # (..., F) each
+        return self.fc2(self.act(a) * b)
 
 
 def build_ffn(hidden_size: int, ffn_dim: int, activation: str, glu: bool, dropout: float = 0.0) -> FeedForward:

@@ -14,6 +14,7 @@ from ..ops.retention import RetentionState, log_decay_schedule, retention
 from ..ops.retention.decay import compute_dtype
 from ..ops.retention.reference import normalize_rows
 from .norm import HeadNorm
+from .packing import PackedProjection, pack_linears_
 from .position import apply_rotation
 
 
@@ -85,6 +86,7 @@ class MultiScaleRetention(nn.Module):
         self.v_proj = nn.Linear(hidden_size, value_dim, bias=False)
         self.g_proj = nn.Linear(hidden_size, value_dim, bias=False) if use_gate else None
         self.out_proj = nn.Linear(value_dim, hidden_size, bias=False)
+        self._packed_decode: PackedProjection | None = None  # set by pack_decode_weights_
         self.group_norm = (
             HeadNorm(num_heads, self.head_value_dim, group_norm_eps, head_norm) if head_norm != "none" else None
         )
@@ -201,6 +203,27 @@ class MultiScaleRetention(nn.Module):
         state.position.index_copy_(0, rows, new.position)
         return y
 
+    def pack_decode_weights_(self) -> None:
+        """Stack the q/k/v(/g) weights so that :meth:`decode_step_` reads them with one matrix product.
+
+        The parameters become views of one buffer, values unchanged (see :mod:`retnet.layers.packing`); moving or
+        casting the module drops the packing.
+        """
+        linears = [self.q_proj, self.k_proj, self.v_proj] + ([self.g_proj] if self.g_proj is not None else [])
+        self._packed_decode = pack_linears_(linears)
+
+    def _apply(self, fn, recurse=True):
+        self._packed_decode = None  # the parameters get new storage: the stacked buffer would go stale
+        return super()._apply(fn, recurse)
+
+    def _decode_projections(self, x: torch.Tensor):
+        """``(B, 1, D)`` → q, k (unscaled), v, gate input (or None), from one product when packed."""
+        packed: PackedProjection | None = self._packed_decode
+        if packed is not None:
+            q, k, v, *g = packed(x)
+            return q, k, v, (g[0] if g else None)
+        return self.q_proj(x), self.k_proj(x), self.v_proj(x), (None if self.g_proj is None else self.g_proj(x))
+
     def decode_step_(self, x_t: torch.Tensor, state: RetentionState) -> torch.Tensor:
         """One token for every row, updating ``state`` in place (recurrent form, paper Eq. 6).
 
@@ -220,9 +243,10 @@ class MultiScaleRetention(nn.Module):
         H, K, V = self.num_heads, self.key_dim, self.head_value_dim
         x = x_t[:, None]  # (B, D) -> (B, 1, D)
         positions = state.position[:, None]  # (B, 1), read before the step advances it
-        q = apply_rotation(self.q_proj(x).view(B, 1, H, K), positions)
-        k = apply_rotation((self.k_proj(x) * self.scaling).view(B, 1, H, K), positions)
-        v = self.v_proj(x).view(B, 1, H, V)
+        q, k, v, g = self._decode_projections(x)  # (B, 1, H·K) twice, (B, 1, H·V) twice
+        q = apply_rotation(q.view(B, 1, H, K), positions)
+        k = apply_rotation((k * self.scaling).view(B, 1, H, K), positions)
+        v = v.view(B, 1, H, V)
         log_decay = self.log_decay(x.device, v.dtype)
         on_triton = getattr(self, "_decode_on_triton", None)
         if on_triton is None:
@@ -234,8 +258,8 @@ class MultiScaleRetention(nn.Module):
         else:
             o = _recurrent_step_(q[:, 0], k[:, 0], v[:, 0], log_decay, state)[:, None]  # (B, 1, H, V)
         o = self.group_norm(o) if self.group_norm is not None else o.flatten(-2)  # (B, 1, H·V)
-        if self.g_proj is not None:
-            o = nn.functional.silu(self.g_proj(x)) * o
+        if g is not None:
+            o = nn.functional.silu(g) * o
         return self.out_proj(o)[:, 0]  # (B, 1, D) -> (B, D)
 
     def _step_on_triton(self, device: torch.device, dtype: torch.dtype) -> bool:

@@ -22,11 +22,16 @@ def save_pretrained(model, directory) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     state = {}
     seen = set()
+    storages = set()
     for name, tensor in model.state_dict().items():
         if tensor.data_ptr() in seen and name == "lm_head.weight":
             continue  # tied to the embedding
         seen.add(tensor.data_ptr())
-        state[name] = tensor.detach().contiguous().cpu()
+        tensor = tensor.detach().contiguous().cpu()
+        storage = tensor.untyped_storage().data_ptr()
+        # Weights packed for decoding are views of one buffer; safetensors stores each tensor on its own.
+        state[name] = tensor.clone() if storage in storages else tensor
+        storages.add(storage)
     meta = {"format": "pt", "library": "retnet"}
     atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(state, str(p), metadata=meta))
     checksum = {WEIGHTS_NAME: sha256_file(directory / WEIGHTS_NAME)}

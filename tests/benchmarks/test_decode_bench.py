@@ -70,3 +70,11 @@ def test_the_batch_search_records_out_of_memory(tmp_path, monkeypatch):
     assert {"B": 8, "fits": False} in search["trials"] and {"B": 4, "fits": True} in search["trials"]
     assert results["batch_sweep"]["retnet"][1] == {"B": 8, "context": 24, "oom": True}
     assert "| retnet | 8 | 24 | out of memory |" in (tmp_path / "results.md").read_text()
+
+
+def test_decode_benchmark_profiles_and_runs_unpacked(tmp_path):
+    bench = _load()
+    args = [*TINY, "--models", "retnet", "--references", "--fit-context", "0", "--prefill-lengths"]
+    bench.main([*args, "--no-pack", "--profile-batch", "2", "--out", str(tmp_path)])
+    table = (tmp_path / "profile-retnet-B2.txt").read_text()
+    assert "steps at batch 2" in table and "aten::" in table  # the CPU ops of the step, by name
