@@ -108,3 +108,27 @@ def test_fp16_overflow_is_logged_once(monkeypatch, caplog):
         o, _ = retention(q, q, q, lg, form="parallel", backend="torch")  # normalised: in range, no warning
         assert torch.isfinite(o).all()
     assert caplog.text.count("float16 output overflowed to inf") == 1
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")], ids=["nan", "inf"])
+@pytest.mark.parametrize("name", ["q", "k", "v"])
+def test_triton_kernels_keep_non_finite_inputs_causal(name, value):
+    """The chunkwise kernels (the interpreter on CPU) put non-finite outputs where the reference does: a planted
+    value at position p inside a chunk reaches positions >= p only, and every finite output is unchanged."""
+    pytest.importorskip("triton")
+    torch.manual_seed(1)
+    Tl, p = 37, 21  # several kernel chunks; p inside one, not at its start
+    q, k, v = torch.randn(B, Tl, H, K), torch.randn(B, Tl, H, K) * K**-0.5, torch.randn(B, Tl, H, V)
+    lg = log_decay_schedule(H, "torchscale")
+    clean = {"q": q, "k": k, "v": v}
+    bad = {n: t.clone() for n, t in clean.items()}
+    bad[name][0, p, 1, 0] = value
+    o_clean, _ = retention(**clean, log_decay=lg, form="chunkwise", backend="triton")
+    o, _ = retention(**bad, log_decay=lg, form="chunkwise", backend="triton")
+    ref, _ = retention(**bad, log_decay=lg, form="recurrent", backend="torch")
+    assert torch.isfinite(o[:, :p]).all(), "a non-finite value reached earlier positions"
+    assert torch.equal(~torch.isfinite(o), ~torch.isfinite(ref)), "the kernels and the recurrence disagree on where"
+    assert torch.equal(o[:, :p], o_clean[:, :p])
+    if name == "v":  # a value reaches its own channel only: every other output is unchanged
+        finite = torch.isfinite(o)
+        assert torch.equal(o[finite], o_clean[finite])

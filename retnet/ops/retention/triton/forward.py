@@ -27,13 +27,18 @@ import triton.language as tl
 
 from ...triton_utils import dot_precision
 from .tiles import (
+    causal_tile,
+    causal_values_dot,
     chunk_decays,
+    nonfinite_count,
+    row_ptr,
     row_scale,
     state_block,
     state_tile_step,
     token_block,
     token_block_t,
     wide_offsets,
+    widen,
 )
 from .tuning import ChunkPlan, chunk_len, plan_segments
 
@@ -146,11 +151,19 @@ def _output_fwd_kernel(
             b_z = tl.load(zh + (i_bh * NT + i_t) * K + o_k, mask=o_k < K, other=0.0)
             b_qz += tl.sum(b_qf.to(tl.float32) * b_z[None, :], axis=1)
     b_valid, b_xi, b_zeta, b_gL, b_D, n = chunk_decays(lg, p0, i_t, T, BT)
-    b_A = b_A * b_D
+    b_A = tl.where(causal_tile(b_valid, BT), b_A * b_D, 0.0)  # where, not D's zeros: a non-finite key stays causal
     p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-    # (BT, BT) @ (BT, BV) -> (BT, BV)
-    b_o = b_o * b_xi[:, None] + tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
+    # Non-finite values, checked on a second, plain load (the tile feeding the dot is not used elementwise).
+    o_v = i_v * BV + tl.arange(0, BV)
+    v_rows = row_ptr(v, i_b, i_h, T, H, V, WIDE) + widen(o_t, WIDE)[:, None] * (H * V) + o_v[None, :]
+    b_vc = tl.load(v_rows, mask=(o_t < T)[:, None] & (o_v < V)[None, :], other=0.0).to(tl.float32)
+    if nonfinite_count(b_vc) > 0:
+        b_Av = causal_values_dot(b_A, b_vc, IP)
+    else:
+        # (BT, BT) @ (BT, BV) -> (BT, BV)
+        b_Av = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
+    b_o = b_o * b_xi[:, None] + b_Av
     b_r = row_scale(b_qz * b_xi + tl.sum(b_A, axis=1), lg, n, b_valid, NORMALIZE)
     b_o = b_o * b_r[:, None]
     p_o = token_block(o, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)

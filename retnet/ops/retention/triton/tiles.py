@@ -147,6 +147,33 @@ def chunk_decays(lg, p0, i_t, T, BT: tl.constexpr):
 
 
 @triton.jit
+def causal_tile(b_valid, BT: tl.constexpr):
+    """(BT, BT) bool: the support of D, j ≤ i and row j valid (``b_valid`` from :func:`chunk_decays`). Masks are
+    applied with ``tl.where`` on it, not by multiplying with D's zeros: 0 · inf is NaN, and a non-finite key at j
+    must not reach the rows before j."""
+    o_i = tl.arange(0, BT)
+    return (o_i[:, None] >= o_i[None, :]) & b_valid[None, :]
+
+
+@triton.jit
+def nonfinite_count(b_x):
+    """Number of NaN/±inf entries of a float32 tile."""
+    return tl.sum(tl.sum(((b_x != b_x) | (tl.abs(b_x) == float("inf"))).to(tl.int32), axis=1), axis=0)
+
+
+@triton.jit
+def causal_values_dot(b_A, b_v, IP: tl.constexpr):
+    """``(BT, BT) @ (BT, BV)`` of causally masked float32 scores with a float32 value tile that holds a non-finite
+    entry, keeping causality: non-finite values are left out of the product (the masked zeros times inf would be
+    NaN in the rows before them), and the rows at or after one are NaN in its column, as in the recurrence.
+    The rare path: only tiles with a non-finite value take it."""
+    b_bad = (b_v != b_v) | (tl.abs(b_v) == float("inf"))
+    b_o = tl.dot(b_A, tl.where(b_bad, 0.0, b_v), input_precision=IP)
+    b_reached = tl.cumsum(b_bad.to(tl.int32), axis=0) > 0
+    return tl.where(b_reached, float("nan"), b_o)
+
+
+@triton.jit
 def decay_mask_t(lg, b_valid, BT: tl.constexpr):
     """(BT, BT) Dᵀ, built directly: Dᵀ[i, j] = γ^(j−i) for i ≤ j and valid i, else 0 (``b_valid`` from
     :func:`chunk_decays`). Transposing D on chip instead would feed a transposed register tile to a dot."""
