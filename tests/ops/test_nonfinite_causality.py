@@ -118,8 +118,10 @@ def test_triton_kernels_keep_non_finite_inputs_causal(name, value):
     pytest.importorskip("triton")
     torch.manual_seed(1)
     Tl, p = 37, 21  # several kernel chunks; p inside one, not at its start
-    q, k, v = torch.randn(B, Tl, H, K), torch.randn(B, Tl, H, K) * K**-0.5, torch.randn(B, Tl, H, V)
-    lg = log_decay_schedule(H, "torchscale")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on CPU
+    q, k, v = (torch.randn(B, Tl, H, d, device=dev) for d in (K, K, V))
+    k = k * K**-0.5
+    lg = log_decay_schedule(H, "torchscale").to(dev)
     clean = {"q": q, "k": k, "v": v}
     bad = {n: t.clone() for n, t in clean.items()}
     bad[name][0, p, 1, 0] = value

@@ -154,15 +154,16 @@ def _output_fwd_kernel(
     b_A = tl.where(causal_tile(b_valid, BT), b_A * b_D, 0.0)  # where, not D's zeros: a non-finite key stays causal
     p_v = token_block(v, i_b, i_h, T, H, V, i_t, i_v, BT, BV, WIDE)
     b_v = tl.load(p_v, boundary_check=(0, 1), padding_option="zero")
-    # Non-finite values, checked on a second, plain load (the tile feeding the dot is not used elementwise).
-    o_v = i_v * BV + tl.arange(0, BV)
-    v_rows = row_ptr(v, i_b, i_h, T, H, V, WIDE) + widen(o_t, WIDE)[:, None] * (H * V) + o_v[None, :]
-    b_vc = tl.load(v_rows, mask=(o_t < T)[:, None] & (o_v < V)[None, :], other=0.0).to(tl.float32)
-    if nonfinite_count(b_vc) > 0:
+    # (BT, BT) @ (BT, BV) -> (BT, BV)
+    b_Av = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
+    if nonfinite_count(b_Av) > 0:
+        # Rare: a non-finite value (or score) in the chunk. Its zeros times inf above the diagonal would be NaN in
+        # earlier rows, so the tile is reloaded plainly (the one feeding the dot is not used elementwise) and
+        # multiplied without its non-finite values.
+        o_v = i_v * BV + tl.arange(0, BV)
+        v_rows = row_ptr(v, i_b, i_h, T, H, V, WIDE) + widen(o_t, WIDE)[:, None] * (H * V) + o_v[None, :]
+        b_vc = tl.load(v_rows, mask=(o_t < T)[:, None] & (o_v < V)[None, :], other=0.0).to(tl.float32)
         b_Av = causal_values_dot(b_A, b_vc, IP)
-    else:
-        # (BT, BT) @ (BT, BV) -> (BT, BV)
-        b_Av = tl.dot(b_A.to(b_v.dtype), b_v, input_precision=IP)
     b_o = b_o * b_xi[:, None] + b_Av
     b_r = row_scale(b_qz * b_xi + tl.sum(b_A, axis=1), lg, n, b_valid, NORMALIZE)
     b_o = b_o * b_r[:, None]
