@@ -68,6 +68,13 @@ def test_non_finite_initial_state_agrees_across_forms(part):
         assert clean.isfinite().all()
         where[form] = ~torch.isfinite(o)
     assert torch.equal(where["parallel"], where["recurrent"]) and torch.equal(where["chunkwise"], where["recurrent"])
+    pytest.importorskip("triton")
+    dev = "cuda" if torch.cuda.is_available() else "cpu"  # the interpreter on CPU
+    state = RetentionState(S.to(dev), z.to(dev), torch.full((B,), 3, device=dev))
+    o, _ = retention(
+        **{n: t.to(dev) for n, t in x.items()}, log_decay=lg.to(dev), initial_state=state, backend="triton"
+    )
+    assert torch.equal(~torch.isfinite(o).cpu(), where["recurrent"]), "the kernels and the recurrence disagree on where"
 
 
 @pytest.mark.parametrize("form", FORMS)
