@@ -33,7 +33,7 @@ __all__ = [
     "retention",
 ]
 
-__getattr__, __dir__ = lazy_exports(
+lazy_exports(
     __name__,
     {
         "RetNetForCausalLM": ".generation",

@@ -37,7 +37,7 @@ __all__ = [
     "segment_boundaries",
 ]
 
-__getattr__, __dir__ = lazy_exports(
+lazy_exports(
     __name__,
     {
         "CORPORA": ".corpora",

@@ -26,7 +26,7 @@ __all__ = [
     "train",
 ]
 
-__getattr__, __dir__ = lazy_exports(
+lazy_exports(
     __name__,
     {
         "TrainConfig": ".config",
