@@ -170,7 +170,10 @@ def generate_samples(
         seed: base seed in ``[0, 2**32)`` (:func:`sample_seeds`); None draws one (:func:`random_seed`).
         first_prompt: index of the first prompt, for seeds and ``prompt_index`` (prompts that arrive one by one).
         max_new_tokens: most tokens per sample (≥ 0).
-        temperature, top_k, top_p, repetition_penalty: sampling settings (:class:`SamplingConfig`).
+        temperature: logits are divided by it before sampling (> 0; :class:`SamplingConfig`).
+        top_k: keep only the k most likely tokens (None: all).
+        top_p: keep the smallest set of tokens whose probability reaches p (None: all).
+        repetition_penalty: > 1 discourages tokens already in the sequence.
         greedy: argmax decoding instead of sampling (the seeds then change nothing).
         stop: stop strings: a sample ends at the first one and its text is cut before it.
         batch_size: samples decoded together (engine slots).
