@@ -2,7 +2,9 @@
 
 What ``retnet generate`` runs. Every sample is a request of the :class:`~retnet.generation.engine.DecodeEngine`
 (continuous batching: a finished sample frees its slot for the next one), so a sample's tokens depend only on its
-prompt, the sampling settings and its own seed, never on the batch or slot it ran in. The seeds are derived from one
+prompt, the sampling settings and its own seed, never on the batch or slot it ran in. A model whose layers lack
+the engine's static decoding protocol decodes each sample alone with the eager loop instead (the same
+reproducibility per seed, other random numbers). The seeds are derived from one
 base seed by :func:`sample_seeds`: distinct for every (prompt, sample) pair by construction, so two prompts never
 share their random numbers (they did when every prompt reused the base seed).
 """
@@ -11,9 +13,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from ..data import StreamDecoder
+from ..generation.decoder_parts import decoder_parts
 from ..generation.engine import DecodeEngine
 from ..generation.sampling import SamplingConfig
 from .artifacts import Trained
@@ -218,6 +221,11 @@ def _generate(trained, requests, sampling, max_new_tokens, stop, batch_size, sto
             yield Sample(r.prompt, r.prompt_index, r.sample_index, r.seed, "", 0, "max_new_tokens")
         return
     sep = trained.tokenizer.sep_id if stop_at_separator else None
+    try:
+        decoder_parts(trained.model)
+    except TypeError:
+        yield from _generate_alone(trained, requests, sampling, max_new_tokens, stop, sep, on_text)
+        return
     engine = DecodeEngine(
         trained.model,
         max_batch=min(batch_size, len(requests)),
@@ -252,6 +260,22 @@ def _generate(trained, requests, sampling, max_new_tokens, stop, batch_size, sto
         while next_out in done:
             yield done.pop(next_out)
             next_out += 1
+
+
+def _generate_alone(trained, requests, sampling, max_new_tokens, stop, sep, on_text):
+    """One request after another through the model's eager ``stream_generate`` (models the engine cannot run)."""
+    settings = {f.name: getattr(sampling, f.name) for f in fields(sampling)}
+    for r in requests:
+        run = _Running(r, trained, stop)
+        reason = None
+        tokens = trained.model.stream_generate(
+            [r.ids], max_new_tokens=max_new_tokens, eos_token_id=sep, seed=r.seed, use_engine=False, **settings
+        )
+        for token in tokens:
+            reason = _advance(run, int(token[0]), sep, max_new_tokens, on_text)
+            if reason is not None:
+                break
+        yield Sample(r.prompt, r.prompt_index, r.sample_index, r.seed, run.text.text, run.tokens, reason)
 
 
 def _advance(run: _Running, token: int, sep: int | None, max_new_tokens: int, on_text) -> str | None:

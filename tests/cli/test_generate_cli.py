@@ -154,3 +154,19 @@ def test_cli_errors_are_one_line(model_dir, tmp_path, capsys):
 def test_unescape():
     assert unescape(r"a\nb\tc\\n") == "a\nb\tc\\n"
     assert unescape("plain") == "plain"
+
+
+def test_models_without_the_engine_protocol_decode_alone(trained, monkeypatch):
+    def no_engine(model):
+        raise TypeError("no static decoding state")
+
+    monkeypatch.setattr("retnet.training.text_samples.decoder_parts", no_engine)
+    monkeypatch.setattr("retnet.training.text_samples.DecodeEngine", None)  # never reached
+    options = dict(num_samples=2, seed=4, max_new_tokens=10)
+    first = list(generate_samples(trained, ["JULIET.", "HAMLET."], **options))
+    assert [s.seed for s in first] == [4, 5, 6, 7] and len({s.text for s in first}) == 4
+    assert list(generate_samples(trained, ["JULIET.", "HAMLET."], **options)) == first
+    greedy = next(generate_samples(trained, ["JULIET."], greedy=True, max_new_tokens=20))
+    stop = greedy.text[3:5]
+    cut = next(generate_samples(trained, ["JULIET."], greedy=True, max_new_tokens=20, stop=[stop]))
+    assert cut.text == greedy.text[: greedy.text.index(stop)] and cut.stop_reason == "stop_string"
