@@ -95,6 +95,9 @@ class StopText:
     """A sample's text as it streams in, cut before the first stop string.
 
     Text is released only once no stop string can still start in it, so what was released is never taken back.
+
+    Args:
+        stop: the stop strings (none: everything is released as it comes).
     """
 
     def __init__(self, stop: Sequence[str]):
