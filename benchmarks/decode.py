@@ -427,24 +427,28 @@ def _plot(results: dict, out: Path) -> None:
     except ImportError:
         return
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
-    panels = (("context_sweep", "context", "memory_gib", "GPU memory (GiB)"),
-              ("context_sweep", "context", "tokens_per_s", "throughput (tokens/s)"),
-              ("batch_sweep", "B", "latency_ms", "latency per token (ms)"))  # fmt: skip
-    for ax, (key, x, y, label) in zip(axes, panels):
+    panels = (("context_sweep", "context", "memory_gib", "GPU memory (GiB)", "Memory against context"),
+              ("context_sweep", "context", "tokens_per_s", "throughput (tokens/s)", "Throughput against context"),
+              ("batch_sweep", "B", "latency_ms", "latency per token (ms)", "Latency against batch size"))  # fmt: skip
+    for ax, (key, x, y, label, title) in zip(axes, panels):
         for name, rows in results.get(key, {}).items():
             groups = sorted({r["context"] if x == "B" else r["B"] for r in rows})
             for g in groups:
                 pts = [(r[x], r[y]) for r in rows if (r["context"] if x == "B" else r["B"]) == g and not r.get("oom")]
                 pts = [p for p in pts if p[1] is not None]
                 if pts:
-                    ax.plot(*zip(*pts), marker="o", label=f"{name}, {'context' if x == 'B' else 'B'} {g}")
+                    what = f"context {g:,} tokens" if x == "B" else f"batch {g}"
+                    ax.plot(*zip(*pts), marker="o", label=f"{name}, {what}")
         ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size" if x == "B" else "context length")
+        ax.set_xlabel("batch size (sequences)" if x == "B" else "context length (tokens)")
         ax.set_ylabel(label)
+        ax.set_title(title)
         if ax.has_data():
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "not measured on this device", ha="center", va="center", transform=ax.transAxes)
+    device = results.get("environment", {}).get("device", "?")
+    fig.suptitle(f"Decoding with the engine on {device}: RetNet against a Transformer with a static KV cache")
     fig.tight_layout()
     fig.savefig(out / "figure6.png", dpi=120)
     plt.close(fig)

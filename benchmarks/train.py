@@ -307,12 +307,13 @@ def write_report(results: dict, out: Path) -> str:
                 lines.append(f"| `{p['kernel']}` | {p['calls']} | {p['ms']:.2f} | {100 * p['share']:.1f}% |")
     text = "\n".join(lines) + "\n"
     (out / "results.md").write_text(text)
-    plot(rows, out)
+    plot(rows, out, setting=f"precision {results['args']['precision']}, {results['environment']['device']}")
     return text
 
 
-def plot(rows: list[dict], out: Path) -> None:
-    """Tokens/s and peak memory against T, one line per model and tokens-per-step setting."""
+def plot(rows: list[dict], out: Path, setting: str = "") -> None:
+    """Tokens/s and peak memory against T, one line per model and tokens-per-step setting; ``setting`` (precision,
+    device) goes into the figure's title."""
     try:
         import matplotlib
 
@@ -330,15 +331,17 @@ def plot(rows: list[dict], out: Path) -> None:
         ax1.plot([T for T, _ in ok], [r["tokens_per_s"] for _, r in ok], marker="o", label=label)
         if ok[0][1]["peak_gib"] is not None:
             ax2.plot([T for T, _ in ok], [r["peak_gib"] for _, r in ok], marker="o", label=label)
-    for ax, ylabel in ((ax1, "training tokens/s"), (ax2, "peak GPU memory (GiB)")):
+    for ax, ylabel in ((ax1, "training throughput (tokens/s)"), (ax2, "peak GPU memory (GiB)")):
         ax.set_xscale("log", base=2)
         ax.set_xlabel("sequence length T (tokens)")
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    ax1.set_title("Training throughput")
-    ax2.set_title("Training memory")
-    if ax1.lines:
-        ax1.legend(fontsize=7)
+    ax1.set_title("Training throughput (higher is better)")
+    ax2.set_title("Peak training memory (lower is better)")
+    for ax in (ax1, ax2):
+        if ax.lines:
+            ax.legend(fontsize=7, title="model (tokens per optimizer step)", title_fontsize=7)
+    fig.suptitle("Training speed and memory against sequence length" + (f" ({setting})" if setting else ""))
     fig.tight_layout()
     fig.savefig(out / "train.png", dpi=120)
     plt.close(fig)

@@ -38,7 +38,8 @@ class DiagonalSSM(nn.Module):
     Args:
         num_heads: H, independent kernels.
         state_size: N; N/2 complex conjugate-pair modes.
-        dt_min, dt_max: range of the log-uniform step size Δ at initialisation.
+        dt_min: lower end of the log-uniform step size Δ at initialisation.
+        dt_max: upper end of that range.
     """
 
     def __init__(self, num_heads: int, state_size: int, dt_min: float = 1e-3, dt_max: float = 1e-1):

@@ -56,8 +56,9 @@ class HyenaFilter(nn.Module):
         emb_dim: positional features (odd: n / (L − 1) and (emb_dim − 1)/2 complex exponentials).
         filter_size: width of the filter network.
         max_positions: L, the length scale of the positional features and of the decay window.
-        fast_decay_pct, slow_decay_pct, target: decay window: the fastest channel decays to ``target`` at
-            ``fast_decay_pct`` of L, the slowest at ``slow_decay_pct`` of L.
+        fast_decay_pct: the fastest channel's decay window decays to ``target`` at this fraction of L.
+        slow_decay_pct: the slowest channel's decay window decays to ``target`` at this fraction of L.
+        target: the value the decay windows reach at their ends.
     """
 
     def __init__(

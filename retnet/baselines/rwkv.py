@@ -63,8 +63,10 @@ def wkv_chunked(k, v, w, u, chunk_size: int = 16):
     """WKV over a whole segment from an empty state, chunk by chunk.
 
     Args:
-        k, v: ``(B, T, D)`` in the compute dtype.
-        w: ``(D,)`` positive decay rates; u: ``(D,)`` bonus.
+        k: ``(B, T, D)`` in the compute dtype.
+        v: ``(B, T, D)`` in the compute dtype.
+        w: ``(D,)`` positive decay rates.
+        u: ``(D,)`` bonus.
         chunk_size: C.
 
     Returns:

@@ -35,10 +35,13 @@ def register(subparsers) -> None:
 
 def run_list(args) -> int:
     from ..data.corpora import CORPORA, corpus_dir
+    from ..utils.table import format_table
 
+    rows = []
     for name, spec in CORPORA.items():
         state = "fetched" if (corpus_dir(name, args.cache_dir) / "FETCHED.json").is_file() else "not fetched"
-        print(f"{name:12s} {spec.client}:{spec.package} {spec.version:6s} {state:12s} {spec.description}")
+        rows.append([name, f"{spec.client}:{spec.package}", spec.version or "-", state, spec.description])
+    print(format_table(["name", "package", "version", "state", "description"], rows))
     return 0
 
 

@@ -114,7 +114,11 @@ def stream_generate(
         input_ids: ``(B, T)`` ids (optionally with ``attention_mask`` for left padding) or a list of sequences
             of different lengths (left-padded here).
         max_new_tokens: most tokens to generate (≥ 0).
-        do_sample, temperature, top_k, top_p, repetition_penalty: see :class:`SamplingConfig`.
+        do_sample: sample (True) or take the argmax (False); see :class:`SamplingConfig` for it and the next four.
+        temperature: logits are divided by it before sampling (> 0).
+        top_k: keep only the k most likely tokens (None: all).
+        top_p: keep the smallest set of tokens whose probability reaches p (None: all).
+        repetition_penalty: > 1 discourages tokens already in the sequence.
         eos_token_id: stop token(s): a row that produced one is finished and then yields ``pad_token_id``;
             generation ends when every row is finished. Defaults to ``model.config.eos_token_id``.
         pad_token_id: filler for padding and finished rows (default: config's pad id, else eos, else 0).

@@ -367,7 +367,8 @@ class CausalLM(nn.Module):
 
         Args:
             directory: the folder holding ``config.json``, ``model.safetensors`` and ``checksums.json``.
-            device, dtype: where and in which dtype to put the weights.
+            device: where to put the weights.
+            dtype: the weights' dtype (None: unchanged).
             allow_unverified: load weights that have no checksum (a warning is logged); off by default.
 
         Raises:

@@ -45,7 +45,8 @@ def load_pretrained(cls, directory, *, device=None, dtype=None, allow_unverified
     Args:
         cls: the model class.
         directory: the folder.
-        device, dtype: optional placement of the loaded model.
+        device: optional device of the loaded model.
+        dtype: optional dtype of the loaded model.
         allow_unverified: load weights that have no checksum (no ``checksums.json``, or no entry in it).
 
     Raises:

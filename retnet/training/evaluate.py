@@ -135,7 +135,8 @@ def evaluate_source(
         max_windows: at most this many windows (0: all).
         reset_at_boundaries: reset the state after each document separator.
         device: "cpu" or "cuda".
-        trust_checkpoint, allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
+        trust_checkpoint: see :func:`retnet.training.artifacts.load_trained`.
+        allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
 
     Raises:
         FileNotFoundError / ValueError: missing inputs or a tokenizer mismatch.

@@ -78,11 +78,12 @@ def plot_loss_curve(run_dir: str | Path) -> Path | None:
         logger.warning("matplotlib is not installed; no loss curve")
         return None
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(*zip(*train), label="train")
+    ax.plot(*zip(*train), label="training (the batch loss at each logged step)")
     if val:
-        ax.plot(*zip(*val), "o-", label="validation")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss (nats/token)")
+        ax.plot(*zip(*val), "o-", label="validation (held-out windows)")
+    ax.set_title(f"Training run {Path(run_dir).resolve().name}: loss against step")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy loss (nats/token)")
     ax.legend()
     ax.grid(alpha=0.3)
     out = Path(run_dir) / "loss_curve.png"

@@ -8,8 +8,10 @@ import os
 import platform
 import subprocess
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 _REPO = Path(__file__).resolve().parents[2]
 
@@ -38,6 +40,8 @@ def device_name(device: torch.device | str | None = None) -> str:
     Args:
         device: the device the run used; None means CUDA when available, else the CPU.
     """
+    import torch  # here, not at the top: the CLI reads the version from this module without loading torch
+
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
@@ -72,6 +76,8 @@ def environment_stamp(device: torch.device | str | None = None) -> dict:
         second, :func:`git_sha`, :func:`device_name`, the torch and Triton versions (Triton None when absent),
         the Python version and the CPU architecture.
     """
+    import torch
+
     return {
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "git_sha": git_sha(),

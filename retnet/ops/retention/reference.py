@@ -44,7 +44,8 @@ def causal_scores(q: torch.Tensor, k: torch.Tensor, D: torch.Tensor) -> torch.Te
     """``(q kᵀ) ⊙ D`` with the entries above the diagonal set to 0 by ``torch.where``, not by D's zeros.
 
     Args:
-        q, k: ``(..., T, K)``.
+        q: ``(..., T, K)``.
+        k: ``(..., T, K)``.
         D: ``(..., T, T)`` decay mask broadcastable to the scores.
 
     Returns:

@@ -115,7 +115,8 @@ def chunk_retention(
     The launches follow :func:`~.tuning.current_tuning` (``retention_tuning``), fixed here for the backward too.
 
     Args:
-        q, k: ``(B, T, H, K)`` fp16/bf16/fp32 (k already scaled by K^−½), K <= ``MAX_K``.
+        q: ``(B, T, H, K)`` fp16/bf16/fp32, K <= ``MAX_K``.
+        k: ``(B, T, H, K)`` of q's dtype, already scaled by K^−½.
         v: ``(B, T, H, V)`` same dtype.
         log_decay: ``(H,)`` float32 log γ.
         S0: ``(B, H, K, V)`` float32 initial state (gradients flow to it), or None for an empty state.

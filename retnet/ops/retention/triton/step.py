@@ -123,7 +123,8 @@ def retention_step(
     :func:`~.tuning.current_tuning` (``retention_tuning(step_launch=...)``).
 
     Args:
-        q, k: ``(B, T, H, K)`` fp16/bf16/fp32 (k scaled by K^−½), usually T = 1.
+        q: ``(B, T, H, K)`` fp16/bf16/fp32, usually T = 1.
+        k: ``(B, T, H, K)`` of q's dtype, scaled by K^−½.
         v: ``(B, T, H, V)`` same dtype.
         log_decay: ``(H,)`` float32 log γ.
         state: :class:`RetentionState` with contiguous float32 S ``(B, H, K, V)`` and z ``(B, H, K)`` and int64

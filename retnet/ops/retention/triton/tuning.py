@@ -308,7 +308,8 @@ def chunk_plan(
     """The :class:`ChunkPlan` of a chunkwise call with head dims K and V on inputs of ``dtype``.
 
     Args:
-        K, V: head dims.
+        K: head dim of q and k.
+        V: head dim of v.
         dtype: dtype of q, k and v.
         tuning: overrides (default: :func:`current_tuning`).
         keep_states: the forward keeps its per-chunk states (decided by :func:`keeps_states`).
