@@ -12,7 +12,7 @@ module is imported; lm-eval has no plugin entry point for models, so ``python -m
   ``max_gen_toks`` or once its text holds one of the ``until`` strings; the text is cut before that string.
 
 Model arguments (``--model_args key=value,...``): ``pretrained`` (required), ``form`` (``chunkwise``),
-``chunk_size`` (the model's), ``max_length`` (2048), ``device`` (``cpu``; lm-eval's default ``cuda`` runs on the CPU
+``chunk_size`` (the model's), ``max_length`` (2048), ``device`` (``cpu``; lm-eval's default ``cuda:0`` runs on the CPU
 when there is no GPU), ``batch_size`` (also ``--batch_size``; ``auto`` means ``max_batch_size``, 64 unless given),
 ``trust_checkpoint`` and ``allow_unverified`` (docs/security.md).
 """
@@ -94,8 +94,8 @@ class RetNetLM(LM):
 
         if form not in FORMS:
             raise ValueError(f"form must be one of {FORMS}, got {form!r}")
-        if device == "cuda" and not torch.cuda.is_available():
-            # lm-eval's command line passes --device cuda unless told otherwise; its hf model runs on the CPU then.
+        if str(device).startswith("cuda") and not torch.cuda.is_available():
+            # lm-eval's command line passes cuda:0 unless told otherwise; its hf model runs on the CPU then too.
             logger.warning("CUDA is not available; running on the CPU")
             device = "cpu"
         if isinstance(pretrained, Trained):

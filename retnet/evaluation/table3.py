@@ -98,6 +98,8 @@ def row_from_lm_eval(results: Mapping, label: str | None = None) -> Row:
         config = results.get("config", {}) or {}
         shots = sorted({str(v) for k, v in (results.get("n-shot", {}) or {}).items() if column_of(k)})
         model = config.get("model_args") or config.get("model") or "model"
+        if isinstance(model, str) and "pretrained=" in model:  # "pretrained=DIR,form=chunkwise"
+            model = dict(kv.split("=", 1) for kv in model.split(",") if "=" in kv)
         if isinstance(model, Mapping):
             model = model.get("pretrained", "model")
         label = f"{model} {'/'.join(shots) or '?'}-shot"
