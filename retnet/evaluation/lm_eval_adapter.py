@@ -6,8 +6,9 @@ module is imported; lm-eval has no plugin entry point for models, so ``python -m
 
 - ``loglikelihood``: batched scoring of (context, continuation) pairs (:mod:`.scoring`), in the chosen form.
 - ``loglikelihood_rolling``: a document's total log-likelihood, predicted from the separator token, in disjoint
-  windows of ``max_length`` tokens each started from an empty state; the same sum as the perplexity path
-  (``retnet eval --text``) over the stream ``[separator] + document`` without resets.
+  windows of ``max_length`` tokens each started from an empty state; for a document that fills whole windows, the
+  summed loss of the perplexity path (:func:`retnet.training.evaluate.evaluate`) over the stream
+  ``[separator] + document`` without resets.
 - ``generate_until``: batched decoding (prefill, then the recurrent form) that stops a row at the separator, at
   ``max_gen_toks`` or once its text holds one of the ``until`` strings; the text is cut before that string.
 

@@ -132,10 +132,10 @@ def score_tokens(
                 chunk_size=chunk_size,
                 attention_mask=mask.to(device) if padded else None,
             ).logits  # (B, T, vocab)
-            logprobs = torch.log_softmax(logits.float(), dim=-1)
             for r, i in enumerate(batch):
                 target = torch.tensor(rows[i][1], device=device)  # (n,)
-                picked = logprobs[r, width - len(target) :]  # (n, vocab): the continuation's predictions
+                # Only the continuation's predictions: a full (B, T, vocab) log-softmax would double peak memory.
+                picked = torch.log_softmax(logits[r, width - len(target) :].float(), dim=-1)  # (n, vocab)
                 scores[i] = Score(
                     logprob=float(picked.gather(-1, target[:, None]).sum()),
                     is_greedy=bool((picked.argmax(-1) == target).all()),
