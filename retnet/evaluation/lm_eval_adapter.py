@@ -1,8 +1,9 @@
 """lm-evaluation-harness model ``retnet``: the native model behind lm-eval's ``LM`` interface (needs ``lm-eval``).
 
-``lm_eval --model retnet --model_args pretrained=DIR`` evaluates a run folder, checkpoint or exported model once this
-module is imported; lm-eval has no plugin entry point for models, so ``python -m retnet.evaluation.lm_eval_cli``
-(the ``lm_eval`` command line with this model registered) is the way to call it from a shell (docs/evaluation.md).
+Importing this module registers ``retnet`` in lm-eval's model registry, so that
+``lm_eval.simple_evaluate(model="retnet", model_args="pretrained=DIR")`` and
+``python -m retnet.evaluation.lm_eval_cli --model retnet ...`` (lm-eval's own command line with this module imported)
+find it. The stock ``lm_eval`` command cannot: lm-eval reads no plugin entry points for models (docs/evaluation.md).
 
 - ``loglikelihood``: batched scoring of (context, continuation) pairs (:mod:`.scoring`), in the chosen form.
 - ``loglikelihood_rolling``: a document's total log-likelihood, predicted from the separator token, in disjoint

@@ -45,6 +45,7 @@ class Task:
         fewshot_pool: documents reserved for few-shot examples (may be empty: then examples come from ``docs``).
         target_delimiter: put between a context and a choice.
         fewshot_delimiter: put between the examples of a few-shot prompt and before the question.
+        path: the file it was read from (None for a task built in code).
     """
 
     name: str
