@@ -82,7 +82,7 @@ def test_command_line_zero_shot_accuracy_equals_the_hand_computation(
 
 def test_one_shot_scores_equal_the_hand_computation_of_the_logged_prompts(task_dir, model_dir, model):
     out = simple_evaluate(
-        model=RetNetLM(str(model_dir), form="recurrent", batch_size=5),
+        model=RetNetLM(str(model_dir), form="parallel", batch_size=5),
         tasks=["copa"],
         task_manager=LocalTasksOnly(include_path=str(task_dir)),
         num_fewshot=1,

@@ -47,8 +47,8 @@ def test_k_shot_accuracy_equals_the_hand_computation_with_the_pool(model_dir, mo
 def test_every_form_and_batch_size_gives_the_same_scores(model, task_files, form):
     task = load_task(task_files["copa"])
     tok = ByteTokenizer()
-    one = evaluate_task(model, tok, task, num_fewshot=1, form="parallel", batch_size=1)
-    batched = evaluate_task(model, tok, task, num_fewshot=1, form=form, chunk_size=3, batch_size=5)
+    one = evaluate_task(model, tok, task, form="parallel", batch_size=1)
+    batched = evaluate_task(model, tok, task, form=form, chunk_size=3, batch_size=5)
     assert batched.metrics == one.metrics
     for a, b in zip(batched.logprobs, one.logprobs):
         assert a == pytest.approx(b, rel=1e-5, abs=1e-5)
