@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from ..data import WindowSampler, make_batch
 from .distributed import DistInfo, all_reduce_sum
@@ -51,6 +53,7 @@ def evaluate(
     device: torch.device | str = "cpu",
     autocast: contextlib.AbstractContextManager | None = None,
     info: DistInfo | None = None,
+    progress: bool = False,
 ) -> EvalResult:
     """Evaluate ``model`` on windows of ``tokens``.
 
@@ -68,6 +71,7 @@ def evaluate(
         device: where the model lives.
         autocast: a context manager for mixed precision.
         info: this rank.
+        progress: show a progress bar over the batches on stderr (rank 0 only).
 
     Raises:
         ValueError: a stream too short for one window per rank.
@@ -84,7 +88,9 @@ def evaluate(
     was_training = model.training
     model.eval()
     first = info.rank * per_rank
-    for start in range(0, per_rank, batch_size):
+    starts = range(0, per_rank, batch_size)
+    bar = tqdm(starts, desc="eval", unit=" batches", file=sys.stderr, disable=not progress or not info.is_main)
+    for start in bar:
         idx = range(first + start, first + min(start + batch_size, per_rank))
         batch = make_batch(np.stack([sampler.window(i) for i in idx]), sep_id, reset_at_boundaries).to(device)
         with autocast or contextlib.nullcontext():
@@ -120,6 +126,7 @@ def evaluate_source(
     device: str = "cpu",
     trust_checkpoint: bool = False,
     allow_unverified: bool = False,
+    progress: bool = False,
 ) -> EvalResult:
     """``retnet eval``: evaluate a trained model on a prepared dataset, text files, or its run's dataset.
 
@@ -137,6 +144,7 @@ def evaluate_source(
         device: "cpu" or "cuda".
         trust_checkpoint: see :func:`retnet.training.artifacts.load_trained`.
         allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
+        progress: show a progress bar on stderr.
 
     Raises:
         FileNotFoundError / ValueError: missing inputs or a tokenizer mismatch.
@@ -182,4 +190,5 @@ def evaluate_source(
         reset_at_boundaries=reset_at_boundaries,
         max_windows=max_windows,
         device=device,
+        progress=progress,
     )
