@@ -4,6 +4,7 @@ rank boundaries; on 2 and 4 processes (one spawn of 4 ranks: the 2-rank cases ru
 
 from __future__ import annotations
 
+import multiprocessing
 import random
 import socket
 
@@ -177,7 +178,10 @@ def _worker(rank: int, port: int) -> None:
 
 
 def test_context_parallel_equals_single_process():
-    mp.spawn(_worker, args=(_free_port(),), nprocs=WORLD, join=True)
+    # forkserver: the ranks are forked from one fresh process that imported torch once (not four imports, and not
+    # a fork of this process's threads)
+    multiprocessing.set_forkserver_preload(["torch", "retnet.ops.retention", __name__])
+    mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD, join=True, start_method="forkserver")
 
 
 def test_slice_bounds_split_evenly_and_cover_the_sequence():
