@@ -19,6 +19,7 @@ from retnet.training.distributed import DistInfo, ParallelLayout, parallel_layou
 from .corpus import fast_overrides
 from .subproc import train_losses
 
+CONTEXT = {"parallel.context": 2, "checkpoint.every": 2}
 RUNS = {
     "packed": {"parallel.strategy": "ddp"},
     "rows": {"parallel.strategy": "fsdp", "data.reset_at_boundaries": False},
@@ -36,16 +37,8 @@ def _rank_main(rank: int, dataset, root, ports) -> None:
     for (name, extra), port in zip(RUNS.items(), ports):
         os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2")
         os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-        overrides = fast_overrides(dataset, root / name, steps=4, **{"parallel.context": 2, "checkpoint.every": 2})
-        train(load_config([], {**overrides, **_nested(extra)}))
-
-
-def _nested(flat: dict) -> dict:
-    out: dict = {}
-    for key, value in flat.items():
-        section, leaf = key.split(".")
-        out.setdefault(section, {})[leaf] = value
-    return out
+        result = train(load_config([], fast_overrides(dataset, root / name, steps=4, **CONTEXT, **extra)))
+        assert result.rank == rank
 
 
 @pytest.mark.distributed
@@ -55,15 +48,13 @@ def test_two_rank_context_parallel_run_matches_one_rank(dataset, tmp_path):
     ports = [_free_port() for _ in RUNS]
     mp.start_processes(_rank_main, args=(dataset, tmp_path, ports), nprocs=2, join=True, start_method="forkserver")
     for name, extra in RUNS.items():
-        single = train(
-            load_config([], {**fast_overrides(dataset, tmp_path / f"one-{name}", steps=4), **_nested(extra)})
-        )
+        single = train(load_config([], fast_overrides(dataset, tmp_path / f"one-{name}", steps=4, **extra)))
         expected = [x for _, x in single.losses]
         assert train_losses(tmp_path / name) == pytest.approx(expected, rel=1e-5, abs=1e-6), name
     # The FSDP2-sharded checkpoint of step 2 of the context-parallel run resumes on one rank without it.
     run = tmp_path / "rows"
     resumed = train(
-        load_config([], {**fast_overrides(dataset, run, steps=4), **_nested(RUNS["rows"])}),
+        load_config([], fast_overrides(dataset, run, steps=4, **RUNS["rows"])),
         resume=str(run / "checkpoints" / "step_00000002"),
     )
     assert [x for _, x in resumed.losses] == pytest.approx(expected[2:], rel=1e-5, abs=1e-6)
