@@ -4,9 +4,12 @@ rank boundaries; on 2 and 4 processes (one spawn of 4 ranks: the 2-rank cases ru
 
 from __future__ import annotations
 
+import importlib.util
+import json
 import multiprocessing
 import random
 import socket
+from pathlib import Path
 
 import pytest
 import torch
@@ -20,6 +23,7 @@ from tests.utils import assert_close
 pytestmark = pytest.mark.distributed
 
 WORLD = 4
+ROOT = Path(__file__).resolve().parents[2]
 TOL = 1e-10
 
 
@@ -149,7 +153,16 @@ def _expect_value_error(fn, match: str) -> None:
         fn()
 
 
-def _worker(rank: int, port: int) -> None:
+def _run_benchmark(out: str) -> None:
+    """``benchmarks/context_parallel.py`` at tiny sizes in this process group (rank 0 writes ``out``)."""
+    spec = importlib.util.spec_from_file_location("bench_context_parallel", ROOT / "benchmarks" / "context_parallel.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    bench.main(["--device", "cpu", "--dtype", "fp32", "--lengths", "8", "13", "--heads", "2", "--key-dim", "4",
+                "--value-dim", "3", "--warmup", "1", "--steps", "1", "--out", out])  # fmt: skip
+
+
+def _worker(rank: int, port: int, bench_out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=WORLD)
     try:
@@ -173,15 +186,28 @@ def _worker(rank: int, port: int) -> None:
         _expect_value_error(lambda: retention(q, q, q, log_decay, cp_group=bad), "contiguous in rank order")
         short = ContextParallelGroup(None, 3 * rank, 3, 13)
         _expect_value_error(lambda: retention(q, q, q, log_decay, cp_group=short), "cover 12 tokens")
+        _run_benchmark(bench_out)
     finally:
         dist.destroy_process_group()
 
 
-def test_context_parallel_equals_single_process():
+def test_context_parallel_equals_single_process(tmp_path):
     # forkserver: the ranks are forked from one fresh process that imported torch once (not four imports, and not
     # a fork of this process's threads)
     multiprocessing.set_forkserver_preload(["torch", "retnet.ops.retention", __name__])
-    mp.start_processes(_worker, args=(_free_port(),), nprocs=WORLD, join=True, start_method="forkserver")
+    out = tmp_path / "bench"
+    mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="forkserver")
+    # The benchmark's smoke run: the plain op and 1, 2 and 4 ranks at each length, written as JSON, table and plot.
+    results = json.loads((out / "results.json").read_text())
+    rows = [(r["T"], r["kind"], r["ranks"]) for r in results["rows"]]
+    assert rows == [(T, "single", 0) for T in (8,)] + [(8, "split", n) for n in (1, 2, 4)] + [
+        (13, "single", 0),
+        *((13, "split", n) for n in (1, 2, 4)),
+    ]
+    assert all(r["tokens_per_s"] > 0 and r["ms"] > 0 for r in results["rows"])
+    assert results["environment"]["world_size"] == WORLD and results["environment"]["torch"]
+    assert "| 13 | 4 |" in (out / "results.md").read_text()
+    assert (out / "context_parallel.png").is_file()
 
 
 def test_slice_bounds_split_evenly_and_cover_the_sequence():
