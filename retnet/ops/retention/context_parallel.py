@@ -21,6 +21,7 @@ of the sequence length (LASP-2's all-gather scheme, Sun et al. 2025).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -169,6 +170,69 @@ def _slice_summary(k, v, lg, positions, tail_start: int):
     return torch.cat([S, z[..., None]], dim=-1)  # (B, H, K, V + 1)
 
 
+class _SliceLayout(NamedTuple):
+    """Where this rank's slice sits in the sequence.
+
+    Attributes:
+        positions: ``(B, T)`` or ``(1, T)`` absolute position of each token (negative: left padding).
+        starts: slice-local indices of the documents that start inside the slice.
+        resets: whether any does (then no incoming state crosses the slice).
+        tail_start: first token the slice's summary covers (after its last document start).
+        continues: whether the slice's first token continues the incoming state (no document starts there).
+        head_end: end of the first piece, run from the incoming state; the rest runs as packed documents.
+        head_position: ``(B,)`` position of the first piece's first token.
+    """
+
+    positions: torch.Tensor
+    starts: list[int]
+    resets: bool
+    tail_start: int
+    continues: bool
+    head_end: int
+    head_position: torch.Tensor
+
+
+def _layout_of_rows(first_position: torch.Tensor, a: int, T: int) -> _SliceLayout:
+    """Rows without documents: the sequence starts at ``first_position`` ``(B,)``, the slice at its token a."""
+    head_position = first_position + a  # (B,)
+    positions = head_position[:, None] + torch.arange(T, device=first_position.device)  # (B, T)
+    return _SliceLayout(positions, [], False, 0, True, T, head_position)
+
+
+def _layout_of_documents(bounds: list[int], a: int, T: int, device: torch.device) -> _SliceLayout:
+    """One packed row with document boundaries ``bounds`` (global); the slice starts at token a."""
+    starts = [b - a for b in bounds[:-1] if a <= b < a + T]
+    continues = not starts or starts[0] > 0
+    # The first piece runs from the incoming state: the document open at the slice's start, or (when a document
+    # starts right at it) the first local document, from the incoming state masked to 0.
+    if continues:
+        head_end = starts[0] if starts else T
+    else:
+        head_end = starts[1] if len(starts) > 1 else T
+    doc_start = max(b for b in bounds if b <= a)
+    head_position = torch.full((1,), a - doc_start if continues else 0, dtype=torch.long, device=device)
+    steps = torch.arange(a, a + T, device=device)
+    doc = torch.bucketize(steps, torch.tensor(bounds[:-1], device=device), right=True) - 1  # (T,)
+    positions = (steps - torch.tensor(bounds, device=device)[doc])[None]  # (1, T)
+    tail_start = starts[-1] if starts else 0
+    return _SliceLayout(positions, starts, bool(starts), tail_start, continues, head_end, head_position)
+
+
+def _check_global_documents(cu_seqlens, q, initial_state, offset, total: int) -> list[int]:
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point:
+        raise ValueError("cu_seqlens must be a 1-D integer tensor [0, t1, ..., total_length]")
+    if q.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens the batch must be one packed row (B = 1), got B = {q.shape[0]}")
+    bounds = cu_seqlens.tolist()
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to the sequence's total_length {total}, got {bounds}")
+    if offset is not None:
+        raise ValueError("offset cannot be combined with cu_seqlens (each document starts at position 0)")
+    if initial_state is not None:
+        raise ValueError("initial_state cannot be combined with cu_seqlens under context parallelism")
+    return bounds
+
+
 def context_parallel_retention(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -219,44 +283,31 @@ def context_parallel_retention(
     V = v.shape[-1]
     if T != cp_group.length:
         raise ValueError(f"q holds {T} tokens but cp_group says this rank's slice has {cp_group.length}")
-    a = cp_group.start
     lg = log_decay.to(compute_dtype(v.dtype))
-    steps = torch.arange(T, device=q.device)
+    X0 = None
     if cu_seqlens is None:
-        start = _resolve_state(initial_state, offset, q, v)  # the sequence's start (position, S, z)
-        head_end, tail_start, resets, head_position = T, 0, False, start.position + a  # (B,)
-        positions = head_position[:, None] + steps  # (B, T)
+        start = _resolve_state(initial_state, offset, q, v)  # the sequence's start: S, z, position
+        layout = _layout_of_rows(start.position, cp_group.start, T)
+        if initial_state is not None:
+            X0 = torch.cat([start.S, start.z[..., None]], dim=-1)  # (B, H, K, V + 1)
     else:
         bounds = _check_global_documents(cu_seqlens, q, initial_state, offset, cp_group.total_length)
-        start = _resolve_state(None, None, q, v)
-        local = [b - a for b in bounds[:-1] if a <= b < a + T]  # document starts inside the slice
-        resets = bool(local)
-        tail_start = local[-1] if local else 0
-        # The head piece [0, head_end) continues from the incoming state: the document open at the slice's start,
-        # or (when a document starts right at it) the first local document, from a state masked to 0.
-        continues = not local or local[0] > 0
-        head_end = local[0] if continues and local else (local[1] if len(local) > 1 else T)
-        doc_start = max(b for b in bounds if b <= a)
-        head_position = torch.full((B,), a - doc_start if continues else 0, dtype=torch.long, device=q.device)
-        doc = torch.bucketize(steps + a, torch.tensor(bounds[:-1], device=q.device), right=True) - 1
-        positions = (steps + a - torch.tensor(bounds, device=q.device)[doc])[None]  # (1, T)
-    X_local = _slice_summary(k, v, lg, positions, tail_start)  # (B, H, K, V + 1)
-    carry_H = torch.zeros_like(lg) if resets else decay_powers(lg, torch.tensor(T, device=q.device))
+        layout = _layout_of_documents(bounds, cp_group.start, T, q.device)
+    X_local = _slice_summary(k, v, lg, layout.positions, layout.tail_start)  # (B, H, K, V + 1)
+    carry_H = torch.zeros_like(lg) if layout.resets else decay_powers(lg, torch.tensor(T, device=q.device))
     carry = carry_H.expand(B, H).contiguous()  # (B, H)
-    X0 = None
-    if initial_state is not None:
-        X0 = torch.cat([start.S, start.z[..., None]], dim=-1)  # (B, H, K, V + 1)
     X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group)  # (B, H, K, V + 1)
-    if cu_seqlens is not None and not (not local or local[0] > 0):
-        X_in = torch.where(torch.zeros((), dtype=torch.bool, device=q.device), X_in, 0.0)  # reset, graph kept
-    incoming = RetentionState(X_in[..., :V], X_in[..., V], head_position)
+    if not layout.continues:  # a document starts at the slice: the state resets, and stays in the graph
+        X_in = torch.where(torch.zeros((), dtype=torch.bool, device=q.device), X_in, 0.0)
+    incoming = RetentionState(X_in[..., :V].contiguous(), X_in[..., V].contiguous(), layout.head_position)
+    head_end = layout.head_end
     o, final = retention(
         q[:, :head_end], k[:, :head_end], v[:, :head_end], log_decay, form=form, initial_state=incoming,
         output_final_state=output_final_state, chunk_size=chunk_size, normalize=normalize, backend=backend,
     )  # fmt: skip
     if head_end == T:
         return o, final
-    rest = [b - head_end for b in local if b > head_end] + [T - head_end]
+    rest = [b - head_end for b in layout.starts if b > head_end] + [T - head_end]
     o_rest, final_rest = retention(
         q[:, head_end:], k[:, head_end:], v[:, head_end:], log_decay, form=form,
         output_final_state=output_final_state, chunk_size=chunk_size, normalize=normalize, backend=backend,
@@ -266,18 +317,3 @@ def context_parallel_retention(
     if output_final_state:
         final = RetentionState(*(torch.cat(parts, dim=0) for parts in zip(final, final_rest)))
     return o, final
-
-
-def _check_global_documents(cu_seqlens, q, initial_state, offset, total: int) -> list[int]:
-    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point:
-        raise ValueError("cu_seqlens must be a 1-D integer tensor [0, t1, ..., total_length]")
-    if q.shape[0] != 1:
-        raise ValueError(f"with cu_seqlens the batch must be one packed row (B = 1), got B = {q.shape[0]}")
-    bounds = cu_seqlens.tolist()
-    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(b <= a for a, b in zip(bounds, bounds[1:])):
-        raise ValueError(f"cu_seqlens must rise strictly from 0 to the sequence's total_length {total}, got {bounds}")
-    if offset is not None:
-        raise ValueError("offset cannot be combined with cu_seqlens (each document starts at position 0)")
-    if initial_state is not None:
-        raise ValueError("initial_state cannot be combined with cu_seqlens under context parallelism")
-    return bounds
