@@ -102,16 +102,17 @@ class _ExchangeStates(torch.autograd.Function):
     def forward(ctx, X_local, carry, X0, cp: ContextParallelGroup):
         # X_local: (B, H, K, V + 1) summary of this slice; carry: (B, H) A_r; X0: initial (B, H, K, V + 1) or None.
         meta = torch.tensor([cp.start, cp.length, cp.total_length], dtype=torch.long, device=X_local.device)
-        parts = (_bytes(X_local), _bytes(carry), _bytes(meta))
+        # One byte buffer per rank: the layout (int64) first, so that every part starts aligned to its dtype.
+        parts = (_bytes(meta), _bytes(X_local), _bytes(carry))
         buffer = torch.cat(parts)
         size, rank = cp.size, cp.rank
         gathered = [torch.empty_like(buffer) for _ in range(size)]
         dist.all_gather(gathered, buffer, group=cp.group)
-        n_x, n_a = parts[0].numel(), parts[1].numel()
-        metas = [g[n_x + n_a :].view(torch.long).tolist() for g in gathered]
-        _check_layout(metas)
-        X_all = [g[:n_x].view(X_local.dtype).view(X_local.shape) for g in gathered]
-        carries = [g[n_x : n_x + n_a].view(carry.dtype).view(carry.shape)[..., None, None] for g in gathered]
+        n_m, n_x = parts[0].numel(), parts[1].numel()
+        _check_layout([g[:n_m].view(torch.long).tolist() for g in gathered])
+        X_all = [g[n_m : n_m + n_x].view(X_local.dtype).view(X_local.shape) for g in gathered]
+        # cloned: views would keep every rank's whole summary alive until the backward pass
+        carries = [g[n_m + n_x :].view(carry.dtype).view(carry.shape)[..., None, None].clone() for g in gathered]
         X_in = torch.zeros_like(X_local) if X0 is None else X0.to(X_local.dtype).clone()
         for j in range(rank):
             X_in = carries[j] * X_in + X_all[j]
