@@ -106,7 +106,7 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
     if resolve_compile(cfg.compile, device):
         whole = not cfg.data.reset_at_boundaries and cfg.parallel.context == 1
         if not whole:
-            logger.info("packed documents: each compiled block breaks its graph at the document bookkeeping")
+            logger.info("packed documents or context parallelism: compiled blocks break their graphs around that step")
         for block in blocks:
             block.compile(backend=cfg.compile_backend, fullgraph=whole)
     return model
