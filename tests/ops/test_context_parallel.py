@@ -17,7 +17,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from retnet.ops.retention import RetentionState, log_decay_schedule, retention
-from retnet.ops.retention.context_parallel import ContextParallelGroup, slice_bounds
+from retnet.ops.retention.context_parallel import ContextParallelGroup, _slice_summary, slice_bounds
 from tests.utils import assert_close
 
 pytestmark = pytest.mark.distributed
@@ -237,6 +237,17 @@ def test_slice_bounds_split_evenly_and_cover_the_sequence():
         slice_bounds(3, 4, 0)
     with pytest.raises(ValueError, match="rank must be in"):
         slice_bounds(8, 4, 4)
+
+
+def test_slice_summary_stays_float32_under_autocast():
+    """The summary is a state: under bf16 autocast its matrix product must not run (and round) in bf16."""
+    k, v = torch.randn(1, 40, 2, 8), torch.randn(1, 40, 2, 8)
+    lg, positions = log_decay_schedule(2), torch.arange(40)[None]
+    exact = _slice_summary(k, v, lg, positions, 3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under_autocast = _slice_summary(k, v, lg, positions, 3)
+    assert under_autocast.dtype == torch.float32
+    assert torch.equal(under_autocast, exact)
 
 
 def test_bad_arguments_fail_before_any_collective():

@@ -156,8 +156,14 @@ def _slice_summary(k, v, lg, positions, tail_start: int):
     """X_r ``(B, H, K, V + 1)``: the state an empty start reaches at the slice's end, from tokens >= tail_start.
 
     ``positions`` ``(B, T)`` are the tokens' absolute positions (negative ones are left padding: they contribute
-    nothing). Only decays γ^(T−1−m) ≤ 1 are formed.
+    nothing). Only decays γ^(T−1−m) ≤ 1 are formed. Computed in ``lg``'s dtype (float32 or float64) even under
+    autocast: a state is never rounded to 16 bits (docs/spec.md §3, "Numerics").
     """
+    with torch.autocast(k.device.type, enabled=False):
+        return _slice_summary_exact(k, v, lg, positions, tail_start)
+
+
+def _slice_summary_exact(k, v, lg, positions, tail_start: int):
     dt = lg.dtype
     T = k.shape[1]
     idx = torch.arange(T, device=k.device)
