@@ -7,6 +7,8 @@ Y = (swish(g) ⊙ concat_h õ_h) W_O
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -17,6 +19,9 @@ from .norm import HeadNorm
 from .packing import PackedProjection, pack_linears_
 from .position import apply_rotation
 
+if TYPE_CHECKING:
+    from ..ops.retention.context_parallel import ContextParallelGroup
+
 
 def positions_for(
     batch_size: int,
@@ -26,24 +31,26 @@ def positions_for(
     state: RetentionState | None = None,
     offset: int | torch.Tensor | None = None,
     cu_seqlens: torch.Tensor | None = None,
+    start: int = 0,
 ) -> torch.Tensor:
     """Absolute positions ``(B, T)`` of a segment, as the retention op counts them.
 
     With a state the segment starts at the state's position, otherwise at ``offset`` (default 0); with
-    ``cu_seqlens`` positions restart at 0 at each document boundary.
+    ``cu_seqlens`` positions restart at 0 at each document boundary. ``start`` > 0 gives the positions of tokens
+    ``start .. start + T − 1`` of that sequence (a context-parallel rank's slice, docs/parallel.md).
     """
-    steps = torch.arange(length, device=device)
+    steps = torch.arange(start, start + length, device=device)
     if cu_seqlens is not None:
         starts = cu_seqlens[:-1].to(device)
         doc = torch.bucketize(steps, starts, right=True) - 1  # (T,) document index of each token
         return (steps - starts[doc]).expand(batch_size, length)
     if state is not None:
-        start = state.position
+        first = state.position
     elif isinstance(offset, torch.Tensor):
-        start = offset.to(device=device, dtype=torch.long).expand(batch_size)
+        first = offset.to(device=device, dtype=torch.long).expand(batch_size)
     else:  # an integer offset is added on the device (copying it over would wait for the GPU)
         return (steps + (offset or 0)).expand(batch_size, length)
-    return start[:, None] + steps  # (B, T)
+    return first[:, None] + steps  # (B, T)
 
 
 class MultiScaleRetention(nn.Module):
@@ -116,6 +123,7 @@ class MultiScaleRetention(nn.Module):
         cu_seqlens: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         output_state: bool = False,
+        cp_group: ContextParallelGroup | None = None,
     ) -> tuple[torch.Tensor, RetentionState | None]:
         """Apply MSR.
 
@@ -128,6 +136,8 @@ class MultiScaleRetention(nn.Module):
             cu_seqlens: document boundaries of one packed row (B = 1).
             positions: ``(B, T)`` absolute positions if the caller has them already (see :func:`positions_for`).
             output_state: return the state after the segment.
+            cp_group: x is this rank's slice of a sequence split over a group (context parallelism); state,
+                offset and cu_seqlens then describe the whole sequence (docs/parallel.md).
 
         Returns:
             ``(y, state)``: y ``(B, T, D)``; state or None.
@@ -135,7 +145,8 @@ class MultiScaleRetention(nn.Module):
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.key_dim, self.head_value_dim
         if positions is None:
-            positions = positions_for(B, T, x.device, state=state, offset=offset, cu_seqlens=cu_seqlens)
+            start = 0 if cp_group is None else cp_group.start
+            positions = positions_for(B, T, x.device, state=state, offset=offset, cu_seqlens=cu_seqlens, start=start)
         q = self.q_proj(x).view(B, T, H, K)
         k = (self.k_proj(x) * self.scaling).view(B, T, H, K)
         v = self.v_proj(x).view(B, T, H, V)
@@ -153,6 +164,7 @@ class MultiScaleRetention(nn.Module):
             offset=offset,
             cu_seqlens=cu_seqlens,
             backend=self.backend,
+            cp_group=cp_group,
         )  # o: (B, T, H, V)
         o = self.group_norm(o) if self.group_norm is not None else o.flatten(-2)  # (B, T, H·V)
         if self.g_proj is not None:

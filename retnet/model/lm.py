@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -40,6 +40,9 @@ from ..utils.checks import check_token_ids, values_checkable
 from .loss import next_token_loss, next_token_targets
 from .mixer import TokenMixer
 from .serialization import load_pretrained, save_pretrained
+
+if TYPE_CHECKING:
+    from ..ops.retention.context_parallel import ContextParallelGroup
 
 
 @dataclass
@@ -114,9 +117,14 @@ def run_trunk(
     cu_seqlens: torch.Tensor | None,
     positions: torch.Tensor | None,
     output_states: bool,
+    cp_group: ContextParallelGroup | None = None,
 ) -> tuple[torch.Tensor, list | None]:
-    """Final hidden states ``(B, T, D)`` of a module set up by :func:`init_trunk`, and the per-layer states."""
+    """Final hidden states ``(B, T, D)`` of a module set up by :func:`init_trunk`, and the per-layer states.
+
+    ``cp_group`` (context parallelism: ``input_ids`` is this rank's slice) is handed to every mixer when set.
+    """
     x = trunk.dropout(trunk.embed_tokens(input_ids) * trunk.embed_scale)  # (B, T, D)
+    extra = {} if cp_group is None else {"cp_group": cp_group}
     new_states = []
     for i, layer in enumerate(trunk.layers):
         x, state = layer(
@@ -128,6 +136,7 @@ def run_trunk(
             cu_seqlens=cu_seqlens,
             positions=positions,
             output_state=output_states,
+            **extra,
         )
         new_states.append(state)
     return trunk.layer_norm(x), (new_states if output_states else None)
@@ -148,6 +157,7 @@ class CausalLM(nn.Module):
     trunk_name: ClassVar[str] = ""
     supports_left_padding: ClassVar[bool] = True
     supports_packed_documents: ClassVar[bool] = True
+    supports_context_parallel: ClassVar[bool] = False
 
     def __init__(self, config):
         super().__init__()
@@ -169,8 +179,9 @@ class CausalLM(nn.Module):
         """Initialise every parameter in place (called once, after construction, before tying)."""
         raise NotImplementedError
 
-    def _positions(self, input_ids, states, offset, cu_seqlens) -> torch.Tensor | None:
-        """``(B, T)`` absolute positions handed to every mixer, or None (each mixer counts its own)."""
+    def _positions(self, input_ids, states, offset, cu_seqlens, start: int = 0) -> torch.Tensor | None:
+        """``(B, T)`` absolute positions handed to every mixer, or None (each mixer counts its own); ``start`` is
+        the index of the first token in the sequence (a context-parallel slice)."""
         return None
 
     # ---- structure ----------------------------------------------------------------------------------------
@@ -207,6 +218,7 @@ class CausalLM(nn.Module):
         loss_reduction: str = "mean",
         loss_impl: str = "auto",
         return_logits: bool = True,
+        cp_group: ContextParallelGroup | None = None,
     ) -> CausalLMOutput:
         """Logits for ``input_ids`` in any form; all forms give the same function.
 
@@ -225,6 +237,10 @@ class CausalLM(nn.Module):
             loss_reduction: ``"mean"`` or ``"sum"`` over the counted targets.
             loss_impl: ``"auto"``, ``"fused"`` or ``"plain"`` (:func:`retnet.model.loss.next_token_loss`).
             return_logits: False skips the logits when a loss is asked for (the fused loss never forms them).
+            cp_group: a :class:`retnet.ops.retention.context_parallel.ContextParallelGroup`: ``input_ids`` (and the
+                labels or targets) are this rank's slice of sequences split over its ranks, rotated and decayed at
+                global positions; ``states`` and ``cu_seqlens`` describe the whole sequence; every rank of the
+                group calls together (docs/parallel.md). Needs ``supports_context_parallel``.
 
         Returns:
             :class:`CausalLMOutput`.
@@ -248,11 +264,15 @@ class CausalLM(nn.Module):
                 f"{type(self).__name__} does not support cu_seqlens (packed documents); "
                 "train with reset_at_boundaries=False"
             )
+        if cp_group is not None:
+            self._check_context_parallel(form, attention_mask)
         offset = self._padding_offset(attention_mask, input_ids.shape, states, cu_seqlens)
         if form == "recurrent":
             hidden, new_states = self._recurrent(input_ids, states, offset, cu_seqlens, output_states)
         else:
-            hidden, new_states = self._hidden(input_ids, form, chunk_size, states, offset, cu_seqlens, output_states)
+            hidden, new_states = self._hidden(
+                input_ids, form, chunk_size, states, offset, cu_seqlens, output_states, cp_group
+            )
         logits = self.lm_head(hidden) if return_logits else None  # (B, T, vocab)
         loss = None
         if targets is not None:
@@ -308,8 +328,17 @@ class CausalLM(nn.Module):
             raise ValueError("attention_mask (left padding) applies to a first segment without states or cu_seqlens")
         return left_padding_offset(attention_mask, shape)
 
-    def _hidden(self, input_ids, form, chunk_size, states, offset, cu_seqlens, output_states):
-        """One pass of the trunk over the segment."""
+    def _check_context_parallel(self, form: str, attention_mask) -> None:
+        if not self.supports_context_parallel:
+            raise ValueError(f"{type(self).__name__} does not support context parallelism (cp_group)")
+        if form == "recurrent":
+            raise ValueError("cp_group needs the parallel or chunkwise form (the recurrent form is for decoding)")
+        if attention_mask is not None:
+            raise ValueError("attention_mask (left padding) cannot be combined with cp_group")
+
+    def _hidden(self, input_ids, form, chunk_size, states, offset, cu_seqlens, output_states, cp_group=None):
+        """One pass of the trunk over the segment (``cp_group``: a context-parallel slice of it)."""
+        start = 0 if cp_group is None else cp_group.start
         return run_trunk(
             self.trunk,
             input_ids,
@@ -318,8 +347,9 @@ class CausalLM(nn.Module):
             states=states,
             offset=offset,
             cu_seqlens=cu_seqlens,
-            positions=self._positions(input_ids, states, offset, cu_seqlens),
+            positions=self._positions(input_ids, states, offset, cu_seqlens, start),
             output_states=output_states,
+            cp_group=cp_group,
         )
 
     def _recurrent(self, input_ids, states, offset, cu_seqlens, output_states):

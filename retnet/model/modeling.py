@@ -45,12 +45,11 @@ class RetNetBlock(DecoderBlock):
         )
 
 
-def segment_positions(input_ids: torch.Tensor, states, offset, cu_seqlens) -> torch.Tensor:
+def segment_positions(input_ids: torch.Tensor, states, offset, cu_seqlens, start: int = 0) -> torch.Tensor:
     """``(B, T)`` absolute positions of a segment, computed once for all layers (see :func:`positions_for`)."""
     B, T = input_ids.shape
-    return positions_for(
-        B, T, input_ids.device, state=None if states is None else states[0], offset=offset, cu_seqlens=cu_seqlens
-    )
+    state = None if states is None else states[0]
+    return positions_for(B, T, input_ids.device, state=state, offset=offset, cu_seqlens=cu_seqlens, start=start)
 
 
 class RetNetModel(nn.Module):
@@ -96,6 +95,7 @@ class RetNetForCausalLM(CausalLM):
     config_class = RetNetConfig
     block_class = RetNetBlock
     trunk_name = "model"
+    supports_context_parallel = True
 
     def _build_trunk(self, config: RetNetConfig) -> None:
         self.model = RetNetModel(config)
@@ -103,8 +103,8 @@ class RetNetForCausalLM(CausalLM):
     def _init_weights(self) -> None:
         init_weights(self, self.config)
 
-    def _positions(self, input_ids, states, offset, cu_seqlens) -> torch.Tensor:
-        return segment_positions(input_ids, states, offset, cu_seqlens)
+    def _positions(self, input_ids, states, offset, cu_seqlens, start: int = 0) -> torch.Tensor:
+        return segment_positions(input_ids, states, offset, cu_seqlens, start)
 
     @classmethod
     def from_torchscale(cls, state_dict: dict, config: RetNetConfig | dict):

@@ -100,10 +100,13 @@ class ParallelSection:
     Attributes:
         strategy: "auto" (DDP when more than one rank), "none", "ddp" or "fsdp" (FSDP2 ``fully_shard`` per block).
         backend: process-group backend; empty picks nccl on CUDA and gloo otherwise.
+        context: ranks each sequence is split over (context parallelism, docs/parallel.md); the world size
+            divided by it is the number of data-parallel rows the batch is divided over. 1 turns it off.
     """
 
     strategy: str = "auto"
     backend: str = ""
+    context: int = 1
 
 
 @dataclass
@@ -215,6 +218,7 @@ class TrainConfig:
             "data.seq_len": self.data.seq_len,
             "log_every": self.log_every,
             "checkpoint.keep": self.checkpoint.keep,
+            "parallel.context": self.parallel.context,
         }
         for key, value in positive.items():
             if value < 1:

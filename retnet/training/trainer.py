@@ -36,6 +36,7 @@ from .distributed import (
     barrier,
     broadcast_object,
     init_distributed,
+    parallel_layout,
     resolve_strategy,
     teardown,
     wrap_model,
@@ -103,9 +104,9 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
     blocks = model.trunk.layers
     checkpoint_blocks(blocks, cfg.activation_checkpointing)
     if resolve_compile(cfg.compile, device):
-        whole = not cfg.data.reset_at_boundaries
+        whole = not cfg.data.reset_at_boundaries and cfg.parallel.context == 1
         if not whole:
-            logger.info("packed documents: each compiled block breaks its graph at the document bookkeeping")
+            logger.info("packed documents or context parallelism: compiled blocks break their graphs around that step")
         for block in blocks:
             block.compile(backend=cfg.compile_backend, fullgraph=whole)
     return model
@@ -165,9 +166,11 @@ class _Trainer:
         self.device = pick_device(cfg, info)
         self.run_dir = resolve_run_dir(cfg, resume, info)
         self.resume_from = ckpt_io.resolve_checkpoint(resume) if resume else None
-        per_rank, rem = divmod(cfg.batch_size, info.world_size)
+        # Sequences go to the data-parallel rows of the (dp, cp) mesh; a row's cp ranks split each sequence.
+        self.layout = parallel_layout(info, cfg.parallel.context, self.device.type)
+        per_rank, rem = divmod(cfg.batch_size, self.layout.dp_size)
         if rem:
-            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {info.world_size} ranks")
+            raise ValueError(f"batch_size {cfg.batch_size} is not divisible by the {self.layout.dp_size} data ranks")
         self.micro = cfg.micro_batch_size or per_rank
         if per_rank % self.micro:
             raise ValueError(f"micro_batch_size {self.micro} does not divide the per-rank batch {per_rank}")
@@ -255,16 +258,17 @@ class _Trainer:
         lr = lr_at(self.step, cfg.optim.decay_steps or cfg.steps, cfg.optim)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        windows = self.sampler.batch(self.step, cfg.batch_size, info.rank, info.world_size)
+        windows = self.sampler.batch(self.step, cfg.batch_size, self.layout.dp_rank, self.layout.dp_size)
         scale = info.world_size / (cfg.batch_size * cfg.data.seq_len)
         n_micro = len(windows) // self.micro
         total = torch.zeros((), dtype=torch.float64, device=self.device)
         for i in range(n_micro):
             part = windows[i * self.micro : (i + 1) * self.micro]
             batch = make_batch(part, self.data.sep_id, cfg.data.reset_at_boundaries).to(self.device)
+            batch, cp_group = self.layout.shard(batch)  # this rank's slice of the sequences
             last = i == n_micro - 1
             with self._sync_context(last), self.autocast:
-                loss_sum = lm_loss_sum(self.model, batch, cfg.form, cfg.chunk_size, cfg.loss)
+                loss_sum = lm_loss_sum(self.model, batch, cfg.form, cfg.chunk_size, cfg.loss, cp_group)
             self.scaler.scale(loss_sum * scale).backward()
             total += loss_sum.detach().double()
         all_reduce_sum(total)

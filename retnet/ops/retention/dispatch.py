@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import numbers
 import weakref
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -18,6 +19,9 @@ from .decay import compute_dtype
 from .packing import bucket_documents, scatter_tokens
 from .reference import REFERENCE_FORMS
 from .state import RetentionState
+
+if TYPE_CHECKING:
+    from .context_parallel import ContextParallelGroup
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +248,7 @@ def retention(
     normalize: bool = True,
     backend: str = "auto",
     cu_seqlens: torch.Tensor | None = None,
+    cp_group: ContextParallelGroup | None = None,
 ) -> tuple[torch.Tensor, RetentionState | None]:
     """Multi-scale retention (paper §2.1) in any of its three forms; all forms compute the same function.
 
@@ -266,6 +271,9 @@ def retention(
         cu_seqlens: ``(N + 1,)`` document boundaries of one packed row (B = 1): the state resets and
             positions restart at 0 at each boundary; ``initial_state`` then has N rows and so does the
             returned state.
+        cp_group: a :class:`~retnet.ops.retention.context_parallel.ContextParallelGroup`: q, k, v are this rank's
+            slice of a sequence split over its ranks, and ``initial_state``, ``offset`` and ``cu_seqlens`` describe
+            the whole sequence (docs/parallel.md). Every rank of the group must call together.
 
     Returns:
         ``(o, final_state)``: o ``(B, T, H, V)`` in v's dtype; final_state a :class:`RetentionState` in float32
@@ -277,6 +285,14 @@ def retention(
         NotImplementedError: ``backend="triton"`` for a case the kernels do not cover yet
             (``triton.dispatch.triton_limitation``); ``"auto"`` falls back to PyTorch there.
     """
+    if cp_group is not None:
+        from .context_parallel import context_parallel_retention
+
+        return context_parallel_retention(
+            q, k, v, log_decay, cp_group, form=form, initial_state=initial_state,
+            output_final_state=output_final_state, chunk_size=chunk_size, offset=offset, normalize=normalize,
+            backend=backend, cu_seqlens=cu_seqlens,
+        )  # fmt: skip
     _check_inputs(q, k, v, log_decay, form, chunk_size, backend)
     _check_state_and_offset_types(initial_state, offset, q.shape[1])
     needs_grad = torch.is_grad_enabled() and any(

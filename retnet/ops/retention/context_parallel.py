@@ -1,0 +1,326 @@
+"""Context parallelism: one sequence split over the ranks of a process group, exact (docs/spec.md §3; docs/parallel.md).
+
+Rank r holds the contiguous slice [a_r, a_r + T_r) of the sequence. Retention passes a fixed-size state from one
+token to the next (docs/spec.md §3), so the slices only need the state that enters them:
+
+1. Each rank summarises its slice as the state it would leave behind from an empty start,
+   X_r = Σ_m γ^(T_r−1−m) k_mᵀ [v_m | 1] over the tokens after its last document start (S and the key sum z in one
+   ``(B, H, K, V + 1)`` tensor), and the factor A_r that carries an incoming state through the slice: γ^(T_r), or
+   0 when a document starts inside the slice (its state resets there).
+2. One all-gather exchanges the summaries; rank r folds those before it:
+   X_in(r) = A_{r−1} X_in(r−1) + X_{r−1}, X_in(0) = the sequence's initial state (or 0).
+3. Each rank finishes its slice with the ordinary op (any form, any backend) from the incoming state, at its
+   global position, so outputs, the normaliser and the final state equal the single-device call.
+
+The backward pass runs the same fold the other way: with G_r the gradient of X_in(r), the gradient of X_j is
+D_j = G_{j+1} + A_{j+1} D_{j+1} (D_{last} = 0), from one all-gather of the G_r; the initial state's gradient is
+G_0 + A_0 D_0 on every rank. Communication per call: one ``(B, H, K, V + 1)`` state per rank each way, independent
+of the sequence length (LASP-2's all-gather scheme, Sun et al. 2025).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.distributed as dist
+
+from .decay import compute_dtype, decay_powers
+from .dispatch import _check_inputs, _check_state_and_offset_types, _resolve_state, retention
+from .state import RetentionState
+
+
+def slice_bounds(total_length: int, num_ranks: int, rank: int) -> tuple[int, int]:
+    """``(start, length)`` of rank ``rank``'s slice when ``total_length`` tokens are split as evenly as possible.
+
+    The first ``total_length % num_ranks`` ranks get one token more than the others.
+
+    Raises:
+        ValueError: fewer tokens than ranks, or a rank outside ``[0, num_ranks)``.
+    """
+    if num_ranks < 1 or not 0 <= rank < num_ranks:
+        raise ValueError(f"rank must be in [0, num_ranks) with num_ranks >= 1, got rank {rank} of {num_ranks}")
+    if total_length < num_ranks:
+        raise ValueError(f"cannot split {total_length} tokens over {num_ranks} ranks (each needs at least one)")
+    base, extra = divmod(total_length, num_ranks)
+    return rank * base + min(rank, extra), base + (rank < extra)
+
+
+@dataclass(frozen=True)
+class ContextParallelGroup:
+    """This rank's slice of a sequence split over the ranks of ``group`` in rank order.
+
+    Attributes:
+        group: the process group holding the sequence's slices (None: the default group).
+        start: global index a_r of this rank's first token.
+        length: T_r, tokens on this rank (≥ 1).
+        total_length: tokens of the whole sequence.
+    """
+
+    group: dist.ProcessGroup | None
+    start: int
+    length: int
+    total_length: int
+
+    def __post_init__(self) -> None:
+        for name in ("start", "length", "total_length"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"ContextParallelGroup.{name} must be an int, got {value!r}")
+        if self.start < 0 or self.length < 1 or self.start + self.length > self.total_length:
+            raise ValueError(
+                f"ContextParallelGroup slice [{self.start}, {self.start + self.length}) must be non-empty and lie in "
+                f"[0, {self.total_length})"
+            )
+
+    @classmethod
+    def balanced(cls, total_length: int, group: dist.ProcessGroup | None = None) -> ContextParallelGroup:
+        """This rank's slice when ``total_length`` tokens are split evenly over ``group`` (:func:`slice_bounds`)."""
+        start, length = slice_bounds(total_length, dist.get_world_size(group), dist.get_rank(group))
+        return cls(group, start, length, total_length)
+
+    @property
+    def rank(self) -> int:
+        """This rank's index in ``group``."""
+        return dist.get_rank(self.group)
+
+    @property
+    def size(self) -> int:
+        """Number of ranks the sequence is split over."""
+        return dist.get_world_size(self.group)
+
+
+def _bytes(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous().reshape(-1).view(torch.uint8)
+
+
+class _ExchangeStates(torch.autograd.Function):
+    """X_in(r) from every rank's summary (X_j, A_j) with one all-gather; exact gradients by the reverse fold."""
+
+    @staticmethod
+    def forward(ctx, X_local, carry, X0, cp: ContextParallelGroup):
+        # X_local: (B, H, K, V + 1) summary of this slice; carry: (B, H) A_r; X0: initial (B, H, K, V + 1) or None.
+        meta = torch.tensor([cp.start, cp.length, cp.total_length], dtype=torch.long, device=X_local.device)
+        # One byte buffer per rank: the layout (int64) first, so that every part starts aligned to its dtype.
+        parts = (_bytes(meta), _bytes(X_local), _bytes(carry))
+        buffer = torch.cat(parts)
+        size, rank = cp.size, cp.rank
+        gathered = [torch.empty_like(buffer) for _ in range(size)]
+        dist.all_gather(gathered, buffer, group=cp.group)
+        n_m, n_x = parts[0].numel(), parts[1].numel()
+        _check_layout([g[:n_m].view(torch.long).tolist() for g in gathered])
+        X_all = [g[n_m : n_m + n_x].view(X_local.dtype).view(X_local.shape) for g in gathered]
+        # cloned: views would keep every rank's whole summary alive until the backward pass
+        carries = [g[n_m + n_x :].view(carry.dtype).view(carry.shape)[..., None, None].clone() for g in gathered]
+        X_in = torch.zeros_like(X_local) if X0 is None else X0.to(X_local.dtype).clone()
+        for j in range(rank):
+            X_in = carries[j] * X_in + X_all[j]
+        ctx.carries, ctx.cp, ctx.has_X0 = carries, cp, X0 is not None
+        return X_in
+
+    @staticmethod
+    def backward(ctx, grad_in):
+        cp, carries = ctx.cp, ctx.carries
+        size, rank = cp.size, cp.rank
+        grad_in = grad_in.contiguous()
+        G = [torch.empty_like(grad_in) for _ in range(size)]
+        dist.all_gather(G, grad_in, group=cp.group)
+        D = torch.zeros_like(grad_in)  # D_j = G_{j+1} + A_{j+1} D_{j+1}, run from the last rank down
+        grad_local = D
+        for i in range(size - 1, -1, -1):
+            if i == rank:
+                grad_local = D
+                if not ctx.has_X0:
+                    break
+            D = G[i] + carries[i] * D
+        grad_X0 = D if ctx.has_X0 else None
+        return grad_local, None, grad_X0, None
+
+
+def _check_layout(metas: list[list[int]]) -> None:
+    """The slices must tile the sequence in rank order; every rank sees the same list, so all raise together."""
+    expected = 0
+    for rank, (start, length, total) in enumerate(metas):
+        if start != expected or total != metas[0][2]:
+            raise ValueError(
+                "context-parallel slices must be contiguous in rank order and agree on the sequence length; got "
+                f"(start, length, total) per rank {metas} (rank {rank} breaks it)"
+            )
+        expected = start + length
+    if expected != metas[0][2]:
+        raise ValueError(f"context-parallel slices cover {expected} tokens, not the sequence's {metas[0][2]}: {metas}")
+
+
+def _slice_summary(k, v, lg, positions, tail_start: int):
+    """X_r ``(B, H, K, V + 1)``: the state an empty start reaches at the slice's end, from tokens >= tail_start.
+
+    ``positions`` ``(B, T)`` are the tokens' absolute positions (negative ones are left padding: they contribute
+    nothing). Only decays γ^(T−1−m) ≤ 1 are formed. Computed in ``lg``'s dtype (float32 or float64) even under
+    autocast: a state is never rounded to 16 bits (docs/spec.md §3, "Numerics").
+    """
+    with torch.autocast(k.device.type, enabled=False):
+        return _slice_summary_exact(k, v, lg, positions, tail_start)
+
+
+def _slice_summary_exact(k, v, lg, positions, tail_start: int):
+    dt = lg.dtype
+    T = k.shape[1]
+    idx = torch.arange(T, device=k.device)
+    keep = (idx >= tail_start)[None, :] & (positions >= 0)  # (B, T)
+    zeta_HT = decay_powers(lg, T - 1 - idx)  # (H, T)
+    w_BTH = torch.where(keep[:, :, None], zeta_HT.transpose(0, 1)[None], 0.0)  # (B, T, H)
+    k_w = torch.where(keep[:, :, None, None], k.to(dt), 0.0) * w_BTH[..., None]  # (B, T, H, K)
+    v_k = torch.where(keep[:, :, None, None], v.to(dt), 0.0)  # (B, T, H, V)
+    S = torch.einsum("bthk,bthv->bhkv", k_w, v_k)  # (B, H, K, V)
+    z = k_w.sum(1)  # (B, H, K)
+    return torch.cat([S, z[..., None]], dim=-1)  # (B, H, K, V + 1)
+
+
+class _SliceLayout(NamedTuple):
+    """Where this rank's slice sits in the sequence.
+
+    Attributes:
+        positions: ``(B, T)`` or ``(1, T)`` absolute position of each token (negative: left padding).
+        starts: slice-local indices of the documents that start inside the slice.
+        resets: whether any does (then no incoming state crosses the slice).
+        tail_start: first token the slice's summary covers (after its last document start).
+        continues: whether the slice's first token continues the incoming state (no document starts there).
+        head_end: end of the first piece, run from the incoming state; the rest runs as packed documents.
+        head_position: ``(B,)`` position of the first piece's first token.
+    """
+
+    positions: torch.Tensor
+    starts: list[int]
+    resets: bool
+    tail_start: int
+    continues: bool
+    head_end: int
+    head_position: torch.Tensor
+
+
+def _layout_of_rows(first_position: torch.Tensor, a: int, T: int) -> _SliceLayout:
+    """Rows without documents: the sequence starts at ``first_position`` ``(B,)``, the slice at its token a."""
+    head_position = first_position + a  # (B,)
+    positions = head_position[:, None] + torch.arange(T, device=first_position.device)  # (B, T)
+    return _SliceLayout(positions, [], False, 0, True, T, head_position)
+
+
+def _layout_of_documents(bounds: list[int], a: int, T: int, device: torch.device) -> _SliceLayout:
+    """One packed row with document boundaries ``bounds`` (global); the slice starts at token a."""
+    starts = [b - a for b in bounds[:-1] if a <= b < a + T]
+    continues = not starts or starts[0] > 0
+    # The first piece runs from the incoming state: the document open at the slice's start, or (when a document
+    # starts right at it) the first local document, from the incoming state masked to 0.
+    if continues:
+        head_end = starts[0] if starts else T
+    else:
+        head_end = starts[1] if len(starts) > 1 else T
+    doc_start = max(b for b in bounds if b <= a)
+    head_position = torch.full((1,), a - doc_start if continues else 0, dtype=torch.long, device=device)
+    steps = torch.arange(a, a + T, device=device)
+    doc = torch.bucketize(steps, torch.tensor(bounds[:-1], device=device), right=True) - 1  # (T,)
+    positions = (steps - torch.tensor(bounds, device=device)[doc])[None]  # (1, T)
+    tail_start = starts[-1] if starts else 0
+    return _SliceLayout(positions, starts, bool(starts), tail_start, continues, head_end, head_position)
+
+
+def _check_global_documents(cu_seqlens, q, initial_state, offset, total: int) -> list[int]:
+    if not isinstance(cu_seqlens, torch.Tensor) or cu_seqlens.dim() != 1 or cu_seqlens.dtype.is_floating_point:
+        raise ValueError("cu_seqlens must be a 1-D integer tensor [0, t1, ..., total_length]")
+    if q.shape[0] != 1:
+        raise ValueError(f"with cu_seqlens the batch must be one packed row (B = 1), got B = {q.shape[0]}")
+    bounds = cu_seqlens.tolist()
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != total or any(b <= a for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"cu_seqlens must rise strictly from 0 to the sequence's total_length {total}, got {bounds}")
+    if offset is not None:
+        raise ValueError("offset cannot be combined with cu_seqlens (each document starts at position 0)")
+    if initial_state is not None:
+        raise ValueError("initial_state cannot be combined with cu_seqlens under context parallelism")
+    return bounds
+
+
+def context_parallel_retention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    cp_group: ContextParallelGroup,
+    *,
+    form: str = "chunkwise",
+    initial_state: RetentionState | None = None,
+    output_final_state: bool = False,
+    chunk_size: int | None = None,
+    offset: int | torch.Tensor | None = None,
+    normalize: bool = True,
+    backend: str = "auto",
+    cu_seqlens: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, RetentionState | None]:
+    """Retention of this rank's slice of a sequence split over ``cp_group`` (called as ``retention(..., cp_group=)``).
+
+    Every rank of the group calls this together (it runs one collective forward and one backward). The result on
+    rank r is rank r's slice of what :func:`retnet.ops.retention` returns for the whole sequence on one device.
+
+    Args:
+        q, k: ``(B, T_r, H, K)`` this rank's slice (rotated at global positions; k scaled by K^−½).
+        v: ``(B, T_r, H, V)``.
+        log_decay: ``(H,)`` log γ.
+        cp_group: the group and this rank's slice (``T_r`` must equal ``cp_group.length``).
+        form, chunk_size, normalize, backend: as for :func:`retnet.ops.retention`, for this rank's own work.
+        initial_state: the state before the sequence's first token, the same on every rank (its gradient is the
+            whole sequence's, on every rank).
+        output_final_state: return the state after this rank's slice (the last rank's is the sequence's).
+        offset: absolute position of the sequence's first token (int or ``(B,)``), the same on every rank.
+        cu_seqlens: ``(N + 1,)`` document boundaries of the whole packed row (B = 1, ``[0, ..., total_length]``),
+            the same on every rank. The final state then holds one row per document piece on this rank, in order;
+            a document's row on the rank holding its last token is its final state.
+
+    Returns:
+        ``(o, final_state)``: o ``(B, T_r, H, V)`` in v's dtype; final_state a :class:`RetentionState` or None.
+
+    Raises:
+        TypeError / ValueError: as :func:`retnet.ops.retention`; a slice length that is not ``cp_group.length``;
+            slices that do not tile the sequence (raised on every rank); ``initial_state`` with ``cu_seqlens``.
+    """
+    if not isinstance(cp_group, ContextParallelGroup):
+        raise TypeError(f"cp_group must be a ContextParallelGroup, got {type(cp_group).__name__}")
+    _check_inputs(q, k, v, log_decay, form, chunk_size, backend)
+    _check_state_and_offset_types(initial_state, offset, cp_group.total_length)
+    B, T, H, K = q.shape
+    V = v.shape[-1]
+    if T != cp_group.length:
+        raise ValueError(f"q holds {T} tokens but cp_group says this rank's slice has {cp_group.length}")
+    lg = log_decay.to(compute_dtype(v.dtype))
+    X0 = None
+    if cu_seqlens is None:
+        start = _resolve_state(initial_state, offset, q, v)  # the sequence's start: S, z, position
+        layout = _layout_of_rows(start.position, cp_group.start, T)
+        if initial_state is not None:
+            X0 = torch.cat([start.S, start.z[..., None]], dim=-1)  # (B, H, K, V + 1)
+    else:
+        bounds = _check_global_documents(cu_seqlens, q, initial_state, offset, cp_group.total_length)
+        layout = _layout_of_documents(bounds, cp_group.start, T, q.device)
+    X_local = _slice_summary(k, v, lg, layout.positions, layout.tail_start)  # (B, H, K, V + 1)
+    carry_H = torch.zeros_like(lg) if layout.resets else decay_powers(lg, torch.tensor(T, device=q.device))
+    carry = carry_H.expand(B, H).contiguous()  # (B, H)
+    X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group)  # (B, H, K, V + 1)
+    if not layout.continues:  # a document starts at the slice: the state resets, and stays in the graph
+        X_in = torch.where(torch.zeros((), dtype=torch.bool, device=q.device), X_in, 0.0)
+    incoming = RetentionState(X_in[..., :V].contiguous(), X_in[..., V].contiguous(), layout.head_position)
+    head_end = layout.head_end
+    o, final = retention(
+        q[:, :head_end], k[:, :head_end], v[:, :head_end], log_decay, form=form, initial_state=incoming,
+        output_final_state=output_final_state, chunk_size=chunk_size, normalize=normalize, backend=backend,
+    )  # fmt: skip
+    if head_end == T:
+        return o, final
+    rest = [b - head_end for b in layout.starts if b > head_end] + [T - head_end]
+    o_rest, final_rest = retention(
+        q[:, head_end:], k[:, head_end:], v[:, head_end:], log_decay, form=form,
+        output_final_state=output_final_state, chunk_size=chunk_size, normalize=normalize, backend=backend,
+        cu_seqlens=torch.tensor([0, *rest], device=q.device),
+    )  # fmt: skip
+    o = torch.cat([o, o_rest], dim=1)  # (1, T, H, V)
+    if output_final_state:
+        final = RetentionState(*(torch.cat(parts, dim=0) for parts in zip(final, final_rest)))
+    return o, final
