@@ -26,11 +26,20 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from ..hf.directory import is_hf_directory
     from ..training.artifacts import load_trained, stream_text
 
-    trained = load_trained(
-        args.model, device=args.device, trust_checkpoint=args.trust_checkpoint, allow_unverified=args.allow_unverified
-    )
+    if is_hf_directory(args.model):  # a transformers directory (retnet convert hf, a Trainer checkpoint)
+        from ..hf.export import load_hf_trained
+
+        trained = load_hf_trained(args.model, device=args.device)
+    else:
+        trained = load_trained(
+            args.model,
+            device=args.device,
+            trust_checkpoint=args.trust_checkpoint,
+            allow_unverified=args.allow_unverified,
+        )
     options = dict(
         max_new_tokens=args.max_new_tokens,
         temperature=args.temperature,
