@@ -38,6 +38,7 @@ class RetNetHFConfig(PretrainedConfig):
     """
 
     model_type = MODEL_TYPE
+    keys_to_ignore_at_inference = ["cache", "past_key_values"]  # Trainer's evaluation collects tensors only
 
     def __init__(self, **kwargs):
         fields = {name: kwargs.pop(name) for name in _FIELDS if name in kwargs and name not in _SPECIAL}

@@ -1,4 +1,5 @@
-"""``retnet convert torchscale`` and the CLI's error handling."""
+"""``retnet convert torchscale``, ``retnet convert hf`` (both ways, then ``retnet generate``) and the CLI's error
+handling."""
 
 import json
 
