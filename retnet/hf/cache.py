@@ -60,12 +60,6 @@ class RetentionCacheLayer:
     def reset(self) -> None:
         self.state = None
 
-    def offload(self) -> None:
-        self._map(lambda x: x.to("cpu", non_blocking=True))
-
-    def prefetch(self) -> None:
-        """States are offloaded as a whole; :meth:`RetNetCache.states` moves nothing back by itself."""
-
     def get_max_length(self) -> int:
         return -1  # no sequence dimension
 

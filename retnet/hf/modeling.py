@@ -168,7 +168,8 @@ class RetNetHFForCausalLM(PreTrainedModel, GenerationMixin):
         loss = None
         if labels is not None:
             targets = next_token_targets(labels, None, input_ids.shape)
-            loss = native.loss(hidden, targets, logits=logits if logits.shape[1] == T else None)
+            every_position = isinstance(logits_to_keep, int) and (logits_to_keep == 0 or logits_to_keep >= T)
+            loss = native.loss(hidden, targets, logits=logits if every_position else None)
         if use_cache:
             cache = RetNetCache(len(native.model.layers)) if cache is None else cache
             cache.advance(new_states, T)

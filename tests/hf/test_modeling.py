@@ -26,6 +26,9 @@ def test_logits_and_loss_equal_native(native, wrapped):
     assert torch.allclose(last.loss, ref.loss, atol=1e-6)
     picked = wrapped(ids, logits_to_keep=torch.tensor([0, 5]))
     assert torch.allclose(picked.logits, ref.logits[:, [0, 5]], atol=1e-6)
+    reversed_ = wrapped(ids, logits_to_keep=torch.arange(10, -1, -1), labels=ids)  # every position, reordered
+    assert torch.allclose(reversed_.logits, ref.logits.flip(1), atol=1e-6)
+    assert torch.allclose(reversed_.loss, ref.loss, atol=1e-6)
     loss, logits = wrapped(ids, labels=ids, return_dict=False, use_cache=False)
     assert torch.equal(logits, ref.logits) and torch.equal(loss, ref.loss)
 
