@@ -102,38 +102,42 @@ def model_card(model) -> str:
 def training_summary(source: Path) -> dict:
     """What a run recorded about its training, for the model card: data, tokenizer, steps, tokens, last validation.
 
-    Looks in ``source`` (a run, checkpoint or exported-model folder) and up to two folders above it; keys without
-    a record are left out.
+    Looks in ``source`` (a run, checkpoint or exported-model folder) and up to two folders above it (a checkpoint
+    sits in ``<run>/checkpoints/``, an export in ``<run>/model``); keys without a record are left out.
     """
     source = Path(source).resolve()
     folders = [source, source.parent, source.parent.parent]
+
+    def first(name: str) -> Path | None:
+        return next((f / name for f in folders if (f / name).is_file()), None)
+
     summary: dict = {}
-    config = next((f / "train_config.yaml" for f in folders if (f / "train_config.yaml").is_file()), None)
+    config = first("train_config.yaml")
     if config is not None:
         data = (yaml.safe_load(config.read_text()) or {}).get("data") or {}
         if data.get("corpus") or data.get("dataset"):
             summary["data"] = data.get("dataset") or data.get("corpus")
         if data.get("tokenizer"):
             summary["tokenizer"] = data["tokenizer"]
-        run = config.parent
-        trainer = source / "trainer.json"
-        if not trainer.is_file():
-            steps = sorted((run / "checkpoints").glob("step_*/trainer.json"))
-            trainer = steps[-1] if steps else trainer
-        if trainer.is_file():
-            state = json.loads(trainer.read_text())
-            summary.update(steps=state.get("step"), tokens=state.get("tokens_seen"))
-        metrics = run / "metrics.jsonl"
-        if metrics.is_file():
-            records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-            val = [r for r in records if r.get("kind") == "val"]
-            if val:
-                last = val[-1]
-                summary["evaluation"] = {
-                    f"validation {k} (step {last['step']})": float(v)
-                    for k, v in last.items()
-                    if k not in ("kind", "step") and isinstance(v, (int, float))
-                }
+    trainer = first("trainer.json")
+    if trainer is None:  # an exported model: the run's latest checkpoint knows the step and tokens
+        runs = [f for f in folders if (f / "checkpoints").is_dir()]
+        steps = sorted((runs[0] / "checkpoints").glob("step_*/trainer.json")) if runs else []
+        trainer = steps[-1] if steps else None
+    if trainer is not None:
+        state = json.loads(trainer.read_text())
+        summary.update({k: state[v] for k, v in (("steps", "step"), ("tokens", "tokens_seen")) if v in state})
+    metrics = first("metrics.jsonl")
+    if metrics is not None:
+        records = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+        val = [r for r in records if r.get("kind") == "val"]
+        if val:
+            last = val[-1]
+            summary["evaluation"] = {
+                f"validation {k} (step {last['step']})": float(v)
+                for k, v in last.items()
+                if k not in ("kind", "step") and isinstance(v, (int, float))
+            }
     return summary
 
 

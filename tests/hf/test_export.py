@@ -23,6 +23,7 @@ from retnet.hf import (
     load_hf_trained,
     to_hf_tokenizer,
 )
+from retnet.hf.export import training_summary
 from retnet.training.config import TrainConfig
 
 TEXT = "héllo wörld\n\tthe king <|endoftext|> 日本\x00"
@@ -73,6 +74,23 @@ def test_conversion_round_trip_is_bit_exact(tmp_path, run_dir, native):
     trained = load_hf_trained(hf_dir)
     assert isinstance(trained.tokenizer, ByteTokenizer) and trained.model.config == native.config
     assert (back_dir / "tokenizer" / "tokenizer_config.json").is_file()
+
+
+def test_training_summary_of_a_checkpoint_and_of_an_export(tmp_path):
+    run = tmp_path / "run"
+    ckpt = run / "checkpoints" / "step_00000020"
+    ckpt.mkdir(parents=True)
+    (run / "model").mkdir()
+    cfg = TrainConfig()
+    cfg.data.corpus = "tiny-corpus"
+    cfg.save(ckpt / "train_config.yaml")
+    (ckpt / "trainer.json").write_text(json.dumps({"step": 20, "tokens_seen": 5120}))
+    (run / "metrics.jsonl").write_text(json.dumps({"kind": "val", "step": 20, "loss": 1.5}) + "\n")
+    expected = {"data": "tiny-corpus", "tokenizer": "byte", "steps": 20, "tokens": 5120}
+    assert training_summary(ckpt) == {**expected, "evaluation": {"validation loss (step 20)": 1.5}}
+    cfg.save(run / "train_config.yaml")
+    assert training_summary(run / "model") == {**expected, "evaluation": {"validation loss (step 20)": 1.5}}
+    assert training_summary(tmp_path / "elsewhere") == {}
 
 
 def test_trust_remote_code_loads_without_importing_retnet(tmp_path, run_dir, native):
