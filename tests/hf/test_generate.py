@@ -107,5 +107,8 @@ def test_generation_arguments(wrapped):
     assert out.sequences.shape == (2, 8) and len(out.logits) == 3
     cache = out["cache"] if "cache" in out else out["past_key_values"]  # renamed in transformers 5.24
     assert cache.get_seq_length() == 7  # the last token is never fed back
+    full = torch.cat([out.sequences, torch.randint(0, 256, (2, 2))], dim=1)
+    more = wrapped(full[:, 7:], cache=cache).logits  # a returned cache continues with the tokens it has not seen
+    assert torch.allclose(more, wrapped(full, use_cache=False).logits[:, 7:], atol=1e-5)
     with pytest.raises(ValueError):
         wrapped.generate(ids, max_new_tokens=3, assistant_model=wrapped)
