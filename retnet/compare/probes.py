@@ -24,11 +24,14 @@ every next token, while an MQAR example must start at position 0 and only its an
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import math
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -44,6 +47,73 @@ BLANK = 0  # the MQAR filler token
 PASSKEY_INTRO = "There is an important number hidden inside a lot of irrelevant text. Find it and remember it.\n"
 PASSKEY_NEEDLE = "\nThe pass key is {key}. Remember it. {key} is the pass key.\n"
 PASSKEY_QUESTION = "\nWhat is the pass key? The pass key is"
+
+
+PROBES = ("mqar", "passkey", "extrapolation")
+
+
+@dataclass
+class ProbeSection:
+    """Recall probes and length extrapolation of a comparison (run after training, for the selected entries).
+
+    Attributes:
+        run: the probes to run, some of ``PROBES`` (``retnet compare --probes``); empty runs none.
+        mqar_vocab_size: MQAR vocabulary V (the probe trains fresh models of the matched sizes at this vocabulary).
+        mqar_seq_lens: sequence lengths T of the MQAR grid.
+        mqar_pairs: key-value pair counts P of the grid; settings with 4P > T (not every key queried) are left out.
+        mqar_steps: MQAR training steps (cycling over the grid's settings).
+        mqar_batch_size: MQAR examples per step.
+        mqar_examples: evaluation examples per setting.
+        passkey_lengths: passkey sequence lengths (tokens).
+        passkey_depths: needle depths in [0, 1].
+        passkey_trials: sequences per (length, depth).
+        passkey_corpus: filler: "" the in-domain held-out split, else one of ``compare.out_of_domain``.
+        extrapolation_factor: windows of this many times ``data.seq_len``.
+        extrapolation_windows: windows averaged per position.
+        extrapolation_corpus: "" the in-domain held-out split, else one of ``compare.out_of_domain``.
+    """
+
+    run: list[str] = field(default_factory=list)
+    mqar_vocab_size: int = 8192
+    mqar_seq_lens: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
+    mqar_pairs: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    mqar_steps: int = 2000
+    mqar_batch_size: int = 64
+    mqar_examples: int = 256
+    passkey_lengths: list[int] = field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384, 32768])
+    passkey_depths: list[float] = field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0])
+    passkey_trials: int = 5
+    passkey_corpus: str = ""
+    extrapolation_factor: int = 8
+    extrapolation_windows: int = 8
+    extrapolation_corpus: str = ""
+
+    def validate(self) -> None:
+        """Check the values.
+
+        Raises:
+            ValueError: an unknown probe, a non-positive size, a depth outside [0, 1], or an empty MQAR grid.
+        """
+        unknown = [p for p in self.run if p not in PROBES]
+        if unknown:
+            raise ValueError(f"unknown probe(s) {unknown} in probes.run; expected some of {', '.join(PROBES)}")
+        for name in ("mqar_steps", "mqar_batch_size", "mqar_examples", "passkey_trials", "extrapolation_factor",
+                     "extrapolation_windows"):  # fmt: skip
+            if getattr(self, name) < 1:
+                raise ValueError(f"config probes.{name}={getattr(self, name)!r} is invalid; it must be >= 1")
+        mqar_vocabulary(self.mqar_vocab_size)
+        if not self.mqar_tasks():
+            raise ValueError(
+                f"config probes.mqar_seq_lens={self.mqar_seq_lens} and probes.mqar_pairs={self.mqar_pairs} hold no "
+                "setting with 4 × pairs <= sequence length"
+            )
+        if any(not 0 <= d <= 1 for d in self.passkey_depths):
+            raise ValueError(f"config probes.passkey_depths={self.passkey_depths} is invalid; depths are in [0, 1]")
+
+    def mqar_tasks(self) -> list[MQARTask]:
+        """The MQAR grid: every (T, P) with room to query all P keys."""
+        keys = len(mqar_vocabulary(self.mqar_vocab_size)[0])
+        return [MQARTask(t, p) for t in self.mqar_seq_lens for p in self.mqar_pairs if 4 * p <= t and p <= keys]
 
 
 # ---- MQAR --------------------------------------------------------------------------------------------------------
@@ -342,7 +412,7 @@ def make_passkey(
 def passkey_accuracy(
     model: nn.Module,
     tokenizer,
-    filler_text: str,
+    filler: str | np.ndarray,
     *,
     lengths: Sequence[int],
     depths: Sequence[float],
@@ -357,7 +427,7 @@ def passkey_accuracy(
     Args:
         model: a RetNetForCausalLM or MixerLM using ``tokenizer``'s vocabulary.
         tokenizer: the model's tokenizer.
-        filler_text: the filler (e.g. held-out text of the training corpus).
+        filler: the filler text or its token ids (e.g. held-out tokens of the training corpus).
         lengths: sequence lengths in tokens.
         depths: needle depths in [0, 1].
         trials: sequences (different passkeys and filler offsets) per cell.
@@ -371,7 +441,8 @@ def passkey_accuracy(
     """
     if trials < 1:
         raise ValueError(f"trials={trials} is invalid; it must be >= 1")
-    filler = np.asarray(tokenizer.encode(filler_text), dtype=np.int64)
+    if isinstance(filler, str):
+        filler = np.asarray(tokenizer.encode(filler), dtype=np.int64)
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -403,3 +474,128 @@ def accuracy_table(rows: Sequence[dict], row_key: str, col_key: str, title: str 
         vals = [f"{cell[(rv, c)]:.1%}" if (rv, c) in cell else "—" for c in col_vals]
         lines.append(f"| {rv} | " + " | ".join(vals) + " |")
     return "\n".join(lines)
+
+
+# ---- running the probes of a comparison --------------------------------------------------------------------------
+def _cached(path: Path, key: str, compute) -> dict:
+    """``compute()``'s result, stored in ``path`` with ``key``; reused while the key is the same."""
+    if path.is_file():
+        doc = json.loads(path.read_text())
+        if doc.get("key") == key:
+            return doc["result"]
+    result = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
+    return result
+
+
+def _fields(section: ProbeSection, prefix: str) -> dict:
+    return {k: v for k, v in dataclasses.asdict(section).items() if k.startswith(prefix)}
+
+
+def run_probes(
+    config,
+    run_dir: Path,
+    matched: Mapping,
+    datasets: Mapping[str, Path],
+    trained: Mapping[str, tuple[str, Path]],
+    lrs: Mapping[str, float],
+) -> dict:
+    """Run ``config.probes.run`` for the entries of ``matched`` and write ``<run_dir>/probes/<probe>.{json,md}``.
+
+    MQAR trains a fresh model of each entry's matched config (at ``probes.mqar_vocab_size`` tokens) with the
+    recipe's optimizer at the entry's learning rate; passkey and extrapolation read each entry's trained model.
+    Each (probe, entry) result is kept in ``probes/<probe>/<entry>.json`` and reused while its inputs are the same.
+
+    Args:
+        config: the comparison (a CompareConfig).
+        run_dir: the run folder.
+        matched: ``{entry: MatchedModel}`` of the entries to probe.
+        datasets: prepared datasets by corpus: ``""`` the in-domain one, else the ``compare.out_of_domain`` names.
+        trained: ``{entry: (run key, exported model folder)}`` of the finished entries.
+        lrs: ``{entry: learning rate}`` (the sweep's choice, or ``optim.lr``).
+
+    Returns:
+        ``{probe: {entry: result}}``.
+    """
+    from ..data import PreparedDataset
+    from .entries import run_key
+    from .extrapolation import length_extrapolation, write_extrapolation
+    from .harness import load_entry_model
+
+    p, out_dir = config.probes, run_dir / "probes"
+    device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
+    out: dict[str, dict] = {}
+    for corpus in (p.passkey_corpus, p.extrapolation_corpus):
+        if corpus not in datasets:
+            raise ValueError(f"probe corpus {corpus!r} is not '' (in-domain) or one of compare.out_of_domain")
+    if "mqar" in p.run:
+        tasks = p.mqar_tasks()
+        out["mqar"] = {}
+        for name, m in matched.items():
+            optim = dataclasses.replace(config.optim, lr=lrs[name])
+            key = run_key({"model": m.config.to_dict(), "probe": _fields(p, "mqar"), "optim": dataclasses.asdict(optim),
+                           "seed": config.seed, "precision": config.precision, "form": config.form})  # fmt: skip
+
+            def train_and_score(m=m, optim=optim):
+                torch.manual_seed(config.seed)
+                from .archs import build_model
+
+                model = build_model(dataclasses.replace(m.config, vocab_size=p.mqar_vocab_size)).to(device)
+                kwargs = dict(vocab_size=p.mqar_vocab_size, seed=config.seed, precision=config.precision,
+                              form=config.form, chunk_size=config.chunk_size)  # fmt: skip
+                train = train_mqar(model, tasks, steps=p.mqar_steps, batch_size=p.mqar_batch_size, optim=optim,
+                                   **kwargs)  # fmt: skip
+                acc = evaluate_mqar(model, tasks, examples=p.mqar_examples, batch_size=p.mqar_batch_size, **kwargs)
+                return {"train": train, "accuracy": acc, "lr": optim.lr}
+
+            out["mqar"][name] = _cached(out_dir / "mqar" / f"{name}.json", key, train_and_score)
+            logger.info("MQAR %s: %s", name, [round(r["accuracy"], 3) for r in out["mqar"][name]["accuracy"]])
+    for probe in ("passkey", "extrapolation"):
+        if probe not in p.run:
+            continue
+        out[probe] = {}
+        ds = PreparedDataset(datasets[p.passkey_corpus if probe == "passkey" else p.extrapolation_corpus])
+        stream = ds.tokens("val")
+        for name in matched:
+            if name not in trained:
+                logger.warning("%s: %s has no trained model in this run folder; skipped", probe, name)
+                continue
+            entry_key, model_dir = trained[name]
+            key = run_key({"entry": entry_key, "probe": _fields(p, probe + "_"), "data": str(ds.manifest["tokenizer"]),
+                           "form": config.form})  # fmt: skip
+
+            def score(probe=probe, model_dir=model_dir, name=name, ds=ds, stream=stream):
+                model = load_entry_model(matched[name].config, model_dir, device)
+                if probe == "passkey":
+                    filler = np.asarray(stream[: 4 * max(p.passkey_lengths)], dtype=np.int64)
+                    return passkey_accuracy(model, ds.tokenizer, filler[filler != ds.sep_id],
+                                                lengths=p.passkey_lengths, depths=p.passkey_depths,
+                                                trials=p.passkey_trials, seed=config.seed,
+                                                precision=config.precision, form=config.form,
+                                                chunk_size=config.chunk_size)  # fmt: skip
+                return length_extrapolation(model, stream, train_len=config.data.seq_len,
+                                            factor=p.extrapolation_factor, windows=p.extrapolation_windows,
+                                            form=config.form, chunk_size=config.chunk_size,
+                                            autocast=_autocast(config.precision, device))  # fmt: skip
+
+            out[probe][name] = _cached(out_dir / probe / f"{name}.json", key, score)
+    _write_probe_reports(out, out_dir)
+    if out.get("extrapolation"):
+        write_extrapolation(out["extrapolation"], out_dir)
+    return out
+
+
+def _write_probe_reports(out: Mapping[str, dict], out_dir: Path) -> None:
+    from .archs import LABELS
+
+    for probe, key_row, key_col in (("mqar", "seq_len", "num_pairs"), ("passkey", "length", "depth")):
+        results = out.get(probe)
+        if not results:
+            continue
+        (out_dir / f"{probe}.json").write_text(json.dumps(results, indent=1) + "\n")
+        parts = [f"# {'MQAR' if probe == 'mqar' else 'Passkey retrieval'} accuracy", ""]
+        for name, r in results.items():
+            rows = r["accuracy"] if probe == "mqar" else r
+            parts += [f"## {LABELS.get(name, name)}", "", accuracy_table(rows, key_row, key_col), ""]
+        (out_dir / f"{probe}.md").write_text("\n".join(parts))
