@@ -212,6 +212,9 @@ class _Entries:
                 except NonFiniteLossError as err:  # a diverged rate loses the sweep; the others still run
                     logger.warning("%s at lr %g diverged: %s", name, cfg.optim.lr, err)
                     train, loss = {"diverged": str(err)}, None
+                # only the score is kept: the weights and optimizer state of every rate would fill the disk
+                for heavy in ("checkpoints", "model"):
+                    shutil.rmtree(entry_dir / "train" / heavy, ignore_errors=True)
                 return {"name": name, "label": LABELS[name], "train": train, "val_loss": loss,
                         "wall_time_s": time.time() - start}  # fmt: skip
             train = train_entry(model, cfg, self.in_dir, entry_dir / "train")

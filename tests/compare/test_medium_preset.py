@@ -47,6 +47,7 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
         "--probes.mqar_steps=3", "--probes.mqar_batch_size=4", "--probes.mqar_examples=4",
         "--probes.passkey_lengths=[200]", "--probes.passkey_depths=[0.0,1.0]", "--probes.passkey_trials=1",
         "--probes.extrapolation_factor=2", "--probes.extrapolation_windows=1",
+        "--sweep.lrs=[1e-3,2e-3,4e-3]", "--sweep.fraction=0.34",
     ]  # fmt: skip
     args, overrides = parser.parse_known_args(argv)
     args.overrides = overrides
@@ -55,6 +56,13 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
     assert doc["meta"]["out_of_domain"] == ["code", "mail", "notes_txt"]
     ood = doc["results"]["retnet"]["eval"]["out_of_domain"]
     assert set(ood) == {"code", "mail", "notes_txt"} and all(v["perplexity"] > 1 for v in ood.values())
+    sweep = doc["meta"]["sweep"]["results"]["retnet"]
+    assert set(map(float, sweep["losses"])) == {1e-3, 2e-3, 4e-3} and doc["meta"]["sweep"]["steps"] == 1
+    assert doc["results"]["retnet"]["lr"] == sweep["chosen"] == float(min(sweep["losses"], key=sweep["losses"].get))
+    for lr in ("0.001", "0.002", "0.004"):  # sweep runs keep their score, not their weights
+        train_dir = run / "retnet" / "sweep" / f"lr-{lr}" / "train"
+        assert (train_dir / "metrics.jsonl").is_file() and not (train_dir / "checkpoints").exists()
+    assert "## Learning-rate sweep" in (run / "results.md").read_text()
     probes = run / "probes"
     mqar = json.loads((probes / "mqar.json").read_text())["retnet"]
     assert [(r["seq_len"], r["num_pairs"]) for r in mqar["accuracy"]] == [(16, 2), (16, 4)]
