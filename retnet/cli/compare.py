@@ -40,6 +40,7 @@ def register(subparsers) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds of every architecture (--compare.seeds)")
     p.add_argument("--ood", nargs="+", default=[], metavar="PATH",
                    help="local text files or folders evaluated as extra out-of-domain corpora")  # fmt: skip
+    p.add_argument("--sweep-only", action="store_true", help="run only the learning-rate sweeps of the selection")
     p.add_argument("--probes", default=None, help="comma-separated probes to run: mqar, passkey, extrapolation")
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
     only = args.only.split(",") if args.only else None
     doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]),
-                         only=only)  # fmt: skip
+                         only=only, sweep_only=args.sweep_only)  # fmt: skip
     if not args.prepare_only:
         print(f"results: {config.compare.out_dir}/results.md")
     return 0 if doc is not None else 1

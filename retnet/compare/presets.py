@@ -60,9 +60,10 @@ COMPARE_PRESETS: dict[str, dict] = {
     "medium": dict(
         # one H200, a model per command (resumable): d = 768, 6 layers, 3 heads of 256 (42.5M non-embedding
         # parameters); 150,994,944 tokens of 1,024-token windows of the kernel's C (about 1.2 GB, so less than one
-        # epoch: no token is seen twice); a four-rate sweep; bf16 autocast, eager like every preset (the Linear
-        # Transformer's mixer does not compile yet)
-        steps=2304, batch_size=64, precision="bf16",
+        # epoch: no token is seen twice); a four-rate sweep; bf16 autocast and compiled blocks (the fast path;
+        # compilation is not part of a run's key, so an architecture that fails to compile can run with
+        # --compile=false in the same study)
+        steps=2304, batch_size=64, precision="bf16", compile=True,
         log_every=25,
         model=dict(preset="small", hidden_size=768, num_hidden_layers=6, num_heads=3, value_dim=1536, ffn_dim=1536,
                    flavour="paper"),

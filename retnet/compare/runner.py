@@ -112,13 +112,14 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         new = config.to_dict()
-        # what is selected, where results go, the sweep and the probes may change between calls; each model run is
-        # keyed by its own config (retnet.compare.entries); the shared recipe must stay the same
+        # what is selected, where results go, the sweep, the probes and compilation may change between calls; each
+        # model run is keyed by its own config (retnet.compare.entries); the shared recipe must stay the same
         for doc in (old, new):
             section = doc.get("compare", {})
             for key in ("archs", "out_dir", "seeds", "results_file"):
                 section.pop(key, None)
-            doc.pop("sweep", None), doc.pop("probes", None)
+            for key in ("sweep", "probes", "compile", "compile_backend"):
+                doc.pop(key, None)
         if old != new:
             raise ValueError(
                 f"{run_dir} holds a comparison with a different config; use another compare.out_dir or delete "
@@ -247,7 +248,12 @@ def _write_json(path: Path, doc: dict) -> None:
 
 
 def run_comparison(
-    config: CompareConfig, *, prepare_only: bool = False, command: str = "", only: list[str] | None = None
+    config: CompareConfig,
+    *,
+    prepare_only: bool = False,
+    command: str = "",
+    only: list[str] | None = None,
+    sweep_only: bool = False,
 ) -> dict:
     """Run (or resume) a comparison; returns the results document (also written to the run folder).
 
@@ -263,6 +269,7 @@ def run_comparison(
         command: the command line, recorded in the results.
         only: train and probe only these of ``compare.archs`` in this call (the report still lists every finished
             one).
+        sweep_only: stop each architecture after its sweep (a study split into shorter commands).
 
     Raises:
         ValueError: a run folder holding a different comparison, unmatchable sizes, or ``only`` naming an
@@ -306,6 +313,8 @@ def run_comparison(
     for name in selected:
         for lr in config.sweep.lrs:
             entries.run(sweep_config(config, lr), name, "sweep")
+        if sweep_only:
+            continue
         lr = entries.chosen_lr(name)[0]
         for seed in config.seeds:
             entries.run(_variant(config, seed, lr), name, "main")

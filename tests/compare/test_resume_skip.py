@@ -107,7 +107,7 @@ def test_the_key_covers_what_a_run_computes_and_nothing_about_where(tmp_path):
     base = key()
     assert base == key("--compare.out_dir=/elsewhere", "--data.cache_dir=/c", "--data.workers=4", "--threads=2",
                        "--checkpoint.every=7", "--compare.seeds=[0,3]", "--probes.run=[mqar]",
-                       "--sweep.lrs=[1e-3,2e-3,3e-3]")  # fmt: skip
+                       "--sweep.lrs=[1e-3,2e-3,3e-3]", "--compile=true")  # fmt: skip
     for changed in ("--seed=1", "--optim.lr=1e-3", "--steps=10", "--data.seq_len=128", "--compare.eval_tokens=99",
                     "--model.ffn_dim=128", "--baseline.num_heads=4"):  # fmt: skip
         assert key(changed) != base, changed
@@ -134,6 +134,8 @@ def test_sweep_picks_per_architecture_with_one_rule_and_is_recorded(tmp_path, co
     calls = fake_training
     sweep = ["--sweep.lrs=[1e-4,1e-3,1e-2]", "--sweep.fraction=0.25"]
     config = load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=sweep))
+    run_comparison(config, sweep_only=True)  # a study split into commands: the sweeps first
+    assert len(calls) == 6 and {c[1] for c in calls} == {"sweep"}
     doc = run_comparison(config)
     sweeps = [c for c in calls if c[1] == "sweep"]
     assert sorted(sweeps) == sorted((n, "sweep", 0, lr, 10) for n in ("retnet", "transformer")
