@@ -112,6 +112,12 @@ class CompareConfig(TrainConfig):
             raise ValueError(f"config compare.seeds={c.seeds} is invalid; give distinct seeds >= 0")
         self.sweep.validate()
         self.probes.validate()
+        for key in ("passkey_corpus", "extrapolation_corpus"):
+            corpus = getattr(self.probes, key)
+            if corpus and corpus not in c.out_of_domain:
+                raise ValueError(
+                    f"config probes.{key}={corpus!r} is invalid; give '' (in-domain) or one of compare.out_of_domain"
+                )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"config precision={self.precision!r} is invalid for a comparison; expected one of "

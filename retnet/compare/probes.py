@@ -599,3 +599,36 @@ def _write_probe_reports(out: Mapping[str, dict], out_dir: Path) -> None:
             rows = r["accuracy"] if probe == "mqar" else r
             parts += [f"## {LABELS.get(name, name)}", "", accuracy_table(rows, key_row, key_col), ""]
         (out_dir / f"{probe}.md").write_text("\n".join(parts))
+        _plot_accuracy(results, probe, out_dir / f"{probe}.png")
+
+
+def _plot_accuracy(results: Mapping[str, dict], probe: str, path: Path) -> None:
+    """MQAR: accuracy against pairs, one panel per sequence length; passkey: accuracy against length (mean over
+    depths); a line per entry."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .archs import LABELS
+
+    rows = {name: (r["accuracy"] if probe == "mqar" else r) for name, r in results.items()}
+    x_key, panel_key = ("num_pairs", "seq_len") if probe == "mqar" else ("length", None)
+    panels = sorted({r[panel_key] for rs in rows.values() for r in rs}) if panel_key else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels) + 1, 3.6), squeeze=False)
+    for ax, panel in zip(axes[0], panels):
+        for name, rs in rows.items():
+            xs = sorted({r[x_key] for r in rs if panel is None or r[panel_key] == panel})
+            ys = [np.mean([r["accuracy"] for r in rs if r[x_key] == x and (panel is None or r[panel_key] == panel)])
+                  for x in xs]  # fmt: skip
+            ax.plot(xs, ys, marker="o", label=LABELS.get(name, name), linewidth=1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("key-value pairs" if probe == "mqar" else "sequence length (tokens)")
+        ax.set_title(f"T = {panel}" if panel is not None else "passkey retrieval (mean over depths)", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("accuracy")
+    axes[0][-1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

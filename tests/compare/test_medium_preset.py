@@ -27,6 +27,9 @@ def test_medium_models_match_within_two_percent_at_40m_and_the_budget():
     assert c.tokens >= 150_000_000 and c.data.seq_len >= 1024 and c.precision == "bf16"
     assert c.data.corpus == "linux" and len(set(c.compare.out_of_domain) - {"linux"}) >= 3
     assert len(c.sweep.lrs) >= 3 and 0 < c.sweep.fraction < 1
+    assert c.probes.passkey_corpus == "sotu"  # prose filler, one of the out-of-domain corpora
+    with pytest.raises(ValueError, match="probes.passkey_corpus='pg19' is invalid"):
+        load_compare_config("medium", None, ["--probes.passkey_corpus=pg19"])
 
 
 def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp_path):
@@ -70,7 +73,8 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
     assert [(r["length"], r["depth"]) for r in passkey] == [(200, 0.0), (200, 1.0)]
     extra = json.loads((probes / "extrapolation.json").read_text())["retnet"]
     assert extra["eval_len"] == 64 and extra["train_len"] == 32
-    assert "| 16 |" in (probes / "mqar.md").read_text() and (probes / "extrapolation.png").is_file()
+    assert "| 16 |" in (probes / "mqar.md").read_text()
+    assert all((probes / f"{p}.png").stat().st_size > 0 for p in ("mqar", "passkey", "extrapolation"))
 
     args, overrides = parser.parse_known_args([*argv[:7], "--ood", str(tmp_path / "missing"), *argv[10:]])
     args.overrides = overrides
