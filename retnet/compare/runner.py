@@ -158,9 +158,9 @@ class _Entries:
             record = self.results.get(self.key(sweep_config(self.config, lr), name)[0])
             if record is None:
                 return self.config.optim.lr, None
-            loss = record["result"]["val_loss"]
-            losses[lr] = math.inf if loss is None else loss
-        return pick_learning_rate(losses), {"losses": losses, "chosen": pick_learning_rate(losses)}
+            losses[lr] = record["result"]["val_loss"]  # None: diverged (kept as null in the JSON)
+        chosen = pick_learning_rate({lr: math.inf if loss is None else loss for lr, loss in losses.items()})
+        return chosen, {"losses": losses, "chosen": chosen}
 
     def run(self, cfg: CompareConfig, name: str, role: str) -> dict:
         """The result of one model run: from the results file, a finished folder, or by training it now."""

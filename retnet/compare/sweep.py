@@ -73,7 +73,7 @@ def pick_learning_rate(losses: Mapping[float, float]) -> float:
 
 
 def sweep_table(sweeps: Mapping[str, dict]) -> str:
-    """Markdown: a row per architecture, its validation loss at each rate, the chosen rate in bold."""
+    """Markdown: a row per architecture, its validation loss at each rate (None: diverged), the chosen one in bold."""
     from .archs import LABELS
 
     lrs = sorted({float(lr) for s in sweeps.values() for lr in s["losses"]})
@@ -82,8 +82,11 @@ def sweep_table(sweeps: Mapping[str, dict]) -> str:
         by_lr = {float(lr): loss for lr, loss in s["losses"].items()}
         cells = []
         for lr in lrs:
-            loss = by_lr.get(lr)
-            text = "—" if loss is None else ("diverged" if not math.isfinite(loss) else f"{loss:.4f}")
+            loss = by_lr.get(lr, "missing")
+            if loss == "missing":
+                text = "—"
+            else:
+                text = "diverged" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
             cells.append(f"**{text}**" if lr == s["chosen"] else text)
         lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {s['chosen']:g} |")
     return "\n".join(lines)

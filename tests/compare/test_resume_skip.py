@@ -144,11 +144,15 @@ def test_sweep_picks_per_architecture_with_one_rule_and_is_recorded(tmp_path, co
     assert sorted(c[:4] for c in calls if c[1] == "main") == [("retnet", "main", 0, 1e-3),
                                                               ("transformer", "main", 0, 1e-3)]  # fmt: skip
     record = doc["meta"]["sweep"]
-    assert record["results"]["retnet"] == {"losses": {1e-4: 2.0, 1e-3: 1.0, 1e-2: math.inf}, "chosen": 1e-3}
+    assert record["results"]["retnet"] == {"losses": {1e-4: 2.0, 1e-3: 1.0, 1e-2: None}, "chosen": 1e-3}
     assert record["steps"] == 10 and record["rule"].startswith("lowest in-domain validation loss")
     text = (tmp_path / "run" / "results.md").read_text()
     assert "| RetNet | 2.0000 | **1.0000** | diverged | 0.001 |" in text
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["results"]["retnet"]["lr"] == 1e-3
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())  # standard JSON: a diverged run is null
+    assert (
+        saved["results"]["retnet"]["lr"] == 1e-3
+        and saved["meta"]["sweep"]["results"]["retnet"]["losses"]["0.01"] is None
+    )
     calls.clear()
     run_comparison(config)
     assert calls == []
