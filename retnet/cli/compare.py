@@ -10,6 +10,9 @@ Examples::
     retnet compare --config configs/compare/small.yaml --prepare-only
     retnet compare --preset tiny --steps=500 --data.corpus=shakespeare --compare.out_of_domain=[sotu,linux]
     retnet compare --preset tiny --optim.lr=1e-3 --baseline.num_heads=4
+    retnet compare --preset medium --only retnet --seeds 0,1   # part of a study; finished runs are skipped
+    retnet compare --preset tiny --ood ~/texts/novels ~/texts/mail.txt   # extra out-of-domain corpora
+    retnet compare --preset medium --probes mqar,extrapolation
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
+from pathlib import Path
 
 
 def register(subparsers) -> None:
@@ -27,11 +31,17 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", default="tiny", help="tiny (CPU), small (one H200) or 200m (paper Table 5)")
+    p.add_argument("--preset", default="tiny", help="tiny (CPU), small or medium (one H200), 200m (paper Table 5)")
     p.add_argument("--config", default=None, help="YAML file (configs/compare/*.yaml) applied over the preset")
     p.add_argument("--archs", default=None, help="comma-separated subset of architectures (--compare.archs)")
     p.add_argument("--out", default=None, help="run folder (--compare.out_dir; default runs/compare-<preset>)")
     p.add_argument("--prepare-only", action="store_true", help="only fetch and tokenise the corpora")
+    p.add_argument("--only", default=None, help="comma-separated architectures of compare.archs to train this time")
+    p.add_argument("--seeds", default=None, help="comma-separated seeds of every architecture (--compare.seeds)")
+    p.add_argument("--ood", nargs="+", default=[], metavar="PATH",
+                   help="local text files or folders evaluated as extra out-of-domain corpora")  # fmt: skip
+    p.add_argument("--sweep-only", action="store_true", help="run only the learning-rate sweeps of the selection")
+    p.add_argument("--probes", default=None, help="comma-separated probes to run: mqar, passkey, extrapolation")
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
@@ -44,8 +54,20 @@ def run(args: argparse.Namespace) -> int:
         overrides.append(f"--compare.archs={args.archs}")
     if args.out:
         overrides.append(f"--compare.out_dir={args.out}")
+    if args.seeds:
+        overrides.append(f"--compare.seeds=[{args.seeds}]")
+    if args.probes:
+        overrides.append(f"--probes.run=[{args.probes}]")
     config = load_compare_config(args.preset, args.config, overrides)
-    doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]))
+    if args.ood:
+        missing = [path for path in args.ood if not Path(path).expanduser().exists()]
+        if missing:
+            raise FileNotFoundError(f"--ood: no such file or folder: {', '.join(missing)}")
+        extra = [str(Path(path).expanduser()) for path in args.ood]
+        config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
+    only = args.only.split(",") if args.only else None
+    doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]),
+                         only=only, sweep_only=args.sweep_only)  # fmt: skip
     if not args.prepare_only:
         print(f"results: {config.compare.out_dir}/results.md")
     return 0 if doc is not None else 1

@@ -2,11 +2,13 @@
 shares, plus what is compared and how it is scored.
 
 A comparison config is a :class:`~retnet.training.TrainConfig` (same keys, same YAML layout, same
-``--optim.lr=3e-4`` overrides as ``retnet train``) with two more sections:
+``--optim.lr=3e-4`` overrides as ``retnet train``) with more sections:
 
 - ``compare``: the entries, the run folder and the out-of-domain evaluation (:class:`CompareSection`);
 - ``baseline``: the baselines' own :class:`~retnet.baselines.MixerLMConfig` fields
-  (:class:`~retnet.compare.archs.BaselineSettings`).
+  (:class:`~retnet.compare.archs.BaselineSettings`);
+- ``sweep``: the learning-rate sweep (:class:`~retnet.compare.sweep.SweepSection`);
+- ``probes``: the recall probes and length extrapolation (:class:`~retnet.compare.probes.ProbeSection`).
 
 The RetNet row is the model ``retnet train`` would build from the same config (``model.*``,
 :func:`retnet.training.build.model_config`); the baselines copy its width, depth, norm and FFN kind and add the
@@ -32,6 +34,8 @@ from ..training.config import TrainConfig
 from ..utils import config_loader
 from .archs import ENTRIES, BaselineSettings
 from .presets import COMPARE_PRESETS, RECIPE
+from .probes import ProbeSection
+from .sweep import SweepSection
 
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -49,6 +53,10 @@ class CompareSection:
         eval_tokens: at most this many tokens are scored per evaluation set.
         ffn_multiple: matched FFN widths are multiples of this.
         small_head_factor: the "reduce head dimension" ablation divides RetNet's q/k head dim by this.
+        seeds: seeds trained for every architecture (empty: the config's ``seed`` only); the ``seed`` run lives in
+            ``<out_dir>/<arch>/``, any other in ``<out_dir>/<arch>/seed-<k>/``.
+        results_file: the file of finished model runs keyed by their config (:mod:`retnet.compare.entries`);
+            empty is ``<out_dir>/entries.json``. Runs found there are skipped, on any machine.
     """
 
     preset: str = "tiny"
@@ -59,6 +67,8 @@ class CompareSection:
     eval_tokens: int = 32_768
     ffn_multiple: int = 8
     small_head_factor: int = 4
+    seeds: list[int] = field(default_factory=list)
+    results_file: str = ""
 
 
 @dataclass
@@ -72,6 +82,8 @@ class CompareConfig(TrainConfig):
     compile: bool | None = False
     compare: CompareSection = field(default_factory=CompareSection)
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
+    sweep: SweepSection = field(default_factory=SweepSection)
+    probes: ProbeSection = field(default_factory=ProbeSection)
 
     def validate(self) -> None:
         """Check the training values (:meth:`TrainConfig.validate`), then the comparison's.
@@ -96,6 +108,16 @@ class CompareConfig(TrainConfig):
         for name in ("ood_max_bytes", "eval_tokens", "ffn_multiple", "small_head_factor"):
             if getattr(c, name) < 1:
                 raise ValueError(f"config compare.{name}={getattr(c, name)!r} is invalid; it must be >= 1")
+        if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
+            raise ValueError(f"config compare.seeds={c.seeds} is invalid; give distinct seeds >= 0")
+        self.sweep.validate()
+        self.probes.validate()
+        for key in ("passkey_corpus", "extrapolation_corpus"):
+            corpus = getattr(self.probes, key)
+            if corpus and corpus not in c.out_of_domain:
+                raise ValueError(
+                    f"config probes.{key}={corpus!r} is invalid; give '' (in-domain) or one of compare.out_of_domain"
+                )
         if self.precision not in PRECISIONS:
             raise ValueError(
                 f"config precision={self.precision!r} is invalid for a comparison; expected one of "
@@ -124,6 +146,11 @@ class CompareConfig(TrainConfig):
         values["name"] = Path(run_dir).parent.name
         values["data"] = dataclasses.replace(self.data, dataset=str(dataset_dir))
         return TrainConfig(**values)
+
+    @property
+    def seeds(self) -> list[int]:
+        """The seeds every architecture trains with: ``compare.seeds``, or ``[seed]``."""
+        return list(self.compare.seeds) or [self.seed]
 
     @property
     def tokens(self) -> int:

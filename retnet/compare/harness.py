@@ -66,10 +66,11 @@ def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_
     }
 
 
-def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig) -> dict:
+def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig, *, second_half: bool = False) -> dict:
     """Loss, perplexity and bits per byte on the held-out split of a prepared dataset.
 
-    Windows of ``seq_len`` tokens in stream order, at most ``compare.eval_tokens`` scored tokens.
+    Windows of ``seq_len`` tokens in stream order, at most ``compare.eval_tokens`` scored tokens; from the split's
+    start, or with ``second_half`` from its middle (the learning-rate sweep's scores, apart from the reported ones).
 
     Returns:
         ``{"loss", "perplexity", "bits_per_byte", "tokens"}``.
@@ -80,6 +81,8 @@ def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig) -
 
     ds = PreparedDataset(dataset_dir)
     stream = ds.tokens("val")
+    if second_half:
+        stream = stream[len(stream) // 2 :]
     seq_len = min(config.data.seq_len, len(stream) - 1)
     max_windows = max(config.compare.eval_tokens // seq_len, 1)
     device = next(model.parameters()).device
@@ -90,3 +93,15 @@ def evaluate_entry(model: nn.Module, dataset_dir: Path, config: CompareConfig) -
         max_windows=max_windows, device=device, autocast=autocast,
     )  # fmt: skip
     return {"loss": r.loss, "perplexity": r.perplexity, "bits_per_byte": r.bits_per_byte, "tokens": r.tokens}
+
+
+def load_entry_model(model_config, model_dir: Path, device) -> nn.Module:
+    """The trained model an entry exported (``<entry>/train/model``), as the class its config builds."""
+    from ..generation import RetNetForCausalLM
+    from ..model import RetNetConfig
+
+    if isinstance(model_config, RetNetConfig):
+        return RetNetForCausalLM.from_pretrained(model_dir, device=device)
+    from ..baselines import MixerLM
+
+    return MixerLM.from_pretrained(model_dir, device=device)

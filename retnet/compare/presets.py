@@ -60,4 +60,23 @@ COMPARE_PRESETS: dict[str, dict] = {
         compare=dict(out_dir="runs/compare-200m", ood_max_bytes=50_000_000, eval_tokens=2_097_152),
         baseline=dict(num_heads=16),  # attention head dim 64
     ),
+    "medium": dict(
+        # one H200, a model per command (resumable): d = 768, 6 layers, 3 heads of 256 (42.5M non-embedding
+        # parameters); 150,994,944 tokens of 1,024-token windows of the kernel's C (about 1.2 GB, so less than one
+        # epoch: no token is seen twice); a four-rate sweep; bf16 autocast and compiled blocks (the fast path;
+        # compilation is not part of a run's key, so an architecture that fails to compile can run with
+        # --compile=false in the same study)
+        steps=2304, batch_size=64, precision="bf16", compile=True,
+        log_every=25,
+        model=dict(preset="small", hidden_size=768, num_hidden_layers=6, num_heads=3, value_dim=1536, ffn_dim=1536,
+                   flavour="paper"),
+        data=dict(corpus="linux", tokenizer="bpe", vocab_size=16384, seq_len=1024, val_fraction=0.01, workers=8),
+        optim=dict(lr=1e-3, warmup_steps=100),
+        checkpoint=dict(every=100),
+        compare=dict(out_dir="runs/compare-medium", out_of_domain=["sotu", "shakespeare", "python-docs"],
+                     ood_max_bytes=4_000_000, eval_tokens=1_048_576),
+        baseline=dict(num_heads=12, max_position_embeddings=1024),  # attention head dim 64; Hyena's filters span T
+        sweep=dict(lrs=[5e-4, 1e-3, 2e-3, 4e-3], fraction=0.1),
+        probes=dict(passkey_corpus="sotu", extrapolation_corpus=""),
+    ),
 }  # fmt: skip

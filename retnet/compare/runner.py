@@ -9,16 +9,24 @@ Run folder layout::
     models.json                # matched configs and exact parameter counts
     <arch>/train/              # the trainer's checkpoints (resumable)
     <arch>/result.json         # written last: an entry with it is done and skipped on resume
+    <arch>/run_key             # the key of the run the folder holds (retnet.compare.entries)
+    <arch>/seed-<k>/           # the same for another seed of compare.seeds
+    <arch>/sweep/lr-<lr>/      # a learning-rate sweep run (retnet.compare.sweep)
+    entries.json               # every finished model run by key (compare.results_file; may live elsewhere)
+    probes/                    # MQAR, passkey and length-extrapolation results (retnet.compare.probes)
     results.{json,md} loss_curves.png perplexity.png
 
 Every stage is skipped when its output is complete, so an interrupted comparison continues where it stopped:
-finished architectures are not retrained and an unfinished one resumes from its last checkpoint.
+finished runs are not retrained (found by key in the results file, or in their folder) and an unfinished one
+resumes from its last checkpoint.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -29,9 +37,11 @@ import torch
 from ..model import RetNetConfig
 from ..training.build import model_config
 from ..utils.environment import environment_stamp
-from .archs import LABELS, build_model, match_parameters
+from .archs import LABELS, TABLE5, TABLE6, build_model, match_parameters
 from .config import CompareConfig, save_config
+from .entries import ResultsFile, run_config, run_key, seed_summary, seed_table
 from .report import write_report
+from .sweep import RULE, pick_learning_rate, sweep_config, sweep_table
 
 logger = logging.getLogger(__name__)
 
@@ -102,10 +112,14 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
     if path.is_file():
         old = json.loads(path.read_text())
         new = config.to_dict()
-        # the list of architectures may grow or shrink between calls; everything else must be the same
+        # what is selected, where results go, the sweep, the probes and compilation may change between calls; each
+        # model run is keyed by its own config (retnet.compare.entries); the shared recipe must stay the same
         for doc in (old, new):
             section = doc.get("compare", {})
-            section.pop("archs", None), section.pop("out_dir", None)
+            for key in ("archs", "out_dir", "seeds", "results_file"):
+                section.pop(key, None)
+            for key in ("sweep", "probes", "compile", "compile_backend"):
+                doc.pop(key, None)
         if old != new:
             raise ValueError(
                 f"{run_dir} holds a comparison with a different config; use another compare.out_dir or delete "
@@ -114,27 +128,164 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
     save_config(config, path)
 
 
-def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command: str = "") -> dict:
+def _variant(config: CompareConfig, seed: int, lr: float) -> CompareConfig:
+    return dataclasses.replace(config, seed=seed, optim=dataclasses.replace(config.optim, lr=lr))
+
+
+class _Entries:
+    """The model runs of one comparison: their keys, folders, and the results file that marks them done."""
+
+    def __init__(self, config: CompareConfig, run_dir: Path, matched: dict, in_dir: Path, ood_dirs: dict) -> None:
+        self.config, self.run_dir, self.matched, self.in_dir, self.ood_dirs = config, run_dir, matched, in_dir, ood_dirs
+        self.results = ResultsFile(config.compare.results_file or run_dir / "entries.json")
+
+    def key(self, cfg: CompareConfig, name: str) -> tuple[str, dict]:
+        run = run_config(cfg, name, self.matched[name].config)
+        return run_key(run), run
+
+    def folder(self, name: str, seed: int, lr: float, role: str) -> Path:
+        if role == "sweep":
+            return self.run_dir / name / "sweep" / f"lr-{lr:g}"
+        return self.run_dir / name if seed == self.config.seed else self.run_dir / name / f"seed-{seed}"
+
+    def chosen_lr(self, name: str) -> tuple[float, dict | None]:
+        """The learning rate of ``name``'s full runs and its sweep (None without one, or while unfinished)."""
+        sweep = self.config.sweep
+        if not sweep.lrs:
+            return self.config.optim.lr, None
+        losses = {}
+        for lr in sweep.lrs:
+            record = self.results.get(self.key(sweep_config(self.config, lr), name)[0])
+            if record is None:
+                return self.config.optim.lr, None
+            losses[lr] = record["result"]["val_loss"]  # None: diverged (kept as null in the JSON)
+        chosen = pick_learning_rate({lr: math.inf if loss is None else loss for lr, loss in losses.items()})
+        return chosen, {"losses": losses, "chosen": chosen}
+
+    def run(self, cfg: CompareConfig, name: str, role: str) -> dict:
+        """The result of one model run: from the results file, a finished folder, or by training it now."""
+        key, run = self.key(cfg, name)
+        entry_dir = self.folder(name, cfg.seed, cfg.optim.lr, role)
+        done, marker = entry_dir / "result.json", entry_dir / "run_key"
+        record = self.results.get(key)
+        if record is not None:
+            if role == "main" and not done.is_file():  # a run finished elsewhere: its numbers join this report
+                entry_dir.mkdir(parents=True, exist_ok=True)
+                _write_json(done, record["result"])
+            logger.info("%s (%s, seed %d, lr %g): done already, skipped", name, role, cfg.seed, cfg.optim.lr)
+            return record["result"]
+        if done.is_file():
+            old = json.loads(done.read_text())
+            if old.get("key", key) != key:
+                raise ValueError(f"{entry_dir} holds run {old['key']}, not {key}; delete the folder to train this one")
+            old["key"] = key  # a result written before runs were keyed: the folder's config is this one
+            self.results.add(key, {"name": name, "role": role, "seed": cfg.seed, "lr": cfg.optim.lr, "run": run,
+                                   "result": old})  # fmt: skip
+            return old
+        if marker.is_file() and marker.read_text().strip() != key:
+            raise ValueError(
+                f"{entry_dir} holds an unfinished run {marker.read_text().strip()}, not {key}; delete the folder"
+            )
+        entry_dir.mkdir(parents=True, exist_ok=True)
+        marker.write_text(key + "\n")
+        result = self._train(cfg, name, role, entry_dir) | {"key": key, "role": role, "seed": cfg.seed,
+                                                              "lr": cfg.optim.lr}  # fmt: skip
+        _write_json(done, result)
+        self.results.add(key, {"name": name, "role": role, "seed": cfg.seed, "lr": cfg.optim.lr, "run": run,
+                               "result": result})  # fmt: skip
+        return result
+
+    def _train(self, cfg: CompareConfig, name: str, role: str, entry_dir: Path) -> dict:
+        from ..training import NonFiniteLossError
+        from .harness import evaluate_entry, train_entry
+
+        m = self.matched[name]
+        logger.info("%s (%s, seed %d, lr %g): %s non-embedding parameters (%+.2f%% vs RetNet)", LABELS[name], role,
+                    cfg.seed, cfg.optim.lr, f"{m.parameters:,}", 100 * m.deviation)  # fmt: skip
+        torch.manual_seed(cfg.seed)
+        model = build_model(m.config)
+        start = time.time()
+        try:
+            if role == "sweep":
+                try:
+                    train = train_entry(model, cfg, self.in_dir, entry_dir / "train")
+                    loss = evaluate_entry(model, self.in_dir, cfg, second_half=True)["loss"]
+                except NonFiniteLossError as err:  # a diverged rate loses the sweep; the others still run
+                    logger.warning("%s at lr %g diverged: %s", name, cfg.optim.lr, err)
+                    train, loss = {"diverged": str(err)}, None
+                # only the score is kept: the weights and optimizer state of every rate would fill the disk
+                for heavy in ("checkpoints", "model"):
+                    shutil.rmtree(entry_dir / "train" / heavy, ignore_errors=True)
+                return {"name": name, "label": LABELS[name], "train": train, "val_loss": loss,
+                        "wall_time_s": time.time() - start}  # fmt: skip
+            train = train_entry(model, cfg, self.in_dir, entry_dir / "train")
+            evaluation = {
+                "in_domain": evaluate_entry(model, self.in_dir, cfg),
+                "out_of_domain": {_corpus_slug(src): evaluate_entry(model, d, cfg) for src, d in self.ood_dirs.items()},
+            }
+        finally:
+            del model
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        logger.info("%s: in-domain perplexity %.2f", LABELS[name], evaluation["in_domain"]["perplexity"])
+        return {
+            "name": name,
+            "label": LABELS[name],
+            "parameters": m.parameters,
+            "total_parameters": m.total_parameters,
+            "target_parameters": m.target,
+            "config": m.config.to_dict(),
+            "train": train,
+            "eval": evaluation,
+            "wall_time_s": time.time() - start,
+        }
+
+
+def _write_json(path: Path, doc: dict) -> None:
+    tmp = path.with_name(path.name + ".partial")
+    tmp.write_text(json.dumps(doc, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def run_comparison(
+    config: CompareConfig,
+    *,
+    prepare_only: bool = False,
+    command: str = "",
+    only: list[str] | None = None,
+    sweep_only: bool = False,
+) -> dict:
     """Run (or resume) a comparison; returns the results document (also written to the run folder).
+
+    For each selected architecture: the learning-rate sweep when ``sweep.lrs`` names rates
+    (:mod:`retnet.compare.sweep`), then one full run per seed (``compare.seeds``); a model run found in the results
+    file (:mod:`retnet.compare.entries`) or finished in its folder is not trained again. Then the probes of
+    ``probes.run``, and the report of every finished architecture of ``compare.archs``.
 
     Args:
         config: the comparison.
         prepare_only: stop after preparing the data (e.g. on a machine with network, before moving the run
             folder to a machine without).
         command: the command line, recorded in the results.
+        only: train and probe only these of ``compare.archs`` in this call (the report still lists every finished
+            one).
+        sweep_only: stop each architecture after its sweep (a study split into shorter commands).
 
     Raises:
-        ValueError: a run folder holding a different comparison, or unmatchable sizes.
+        ValueError: a run folder holding a different comparison, unmatchable sizes, or ``only`` naming an
+            architecture outside ``compare.archs``.
     """
     from ..data import PreparedDataset
-    from .harness import evaluate_entry, train_entry
 
-    run_dir = Path(config.compare.out_dir)
+    c = config.compare
+    outside = [a for a in only or [] if a not in c.archs]
+    if outside:
+        raise ValueError(f"--only names {outside}, which compare.archs ({', '.join(c.archs)}) does not hold")
+    run_dir = Path(c.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, run_dir)
     in_dir, ood_dirs = prepare_data(config, run_dir)
     vocab = PreparedDataset(in_dir).tokenizer.vocab_size
-    c = config.compare
     matched = match_parameters(c.archs, base_config(config, vocab), config.baseline, ffn_multiple=c.ffn_multiple,
                                small_head_factor=c.small_head_factor)  # fmt: skip
     (run_dir / "models.json").write_text(
@@ -143,7 +294,7 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
              for n, m in matched.items()}, indent=2,
         ) + "\n"
     )  # fmt: skip
-    recipe = {k: v for k, v in config.to_dict().items() if k not in ("compare", "baseline")}
+    recipe = {k: v for k, v in config.to_dict().items() if k not in ("compare", "baseline", "probes")}
     meta = {
         "preset": c.preset,
         "command": command,
@@ -157,39 +308,56 @@ def run_comparison(config: CompareConfig, *, prepare_only: bool = False, command
     if prepare_only:
         logger.info("data prepared under %s", run_dir / "data")
         return {"meta": meta, "results": {}}
-    for name in c.archs:
-        entry_dir = run_dir / name
-        if (entry_dir / "result.json").is_file():
-            logger.info("%s: done already, skipped", name)
+    entries = _Entries(config, run_dir, matched, in_dir, ood_dirs)
+    selected = [a for a in c.archs if a in only] if only else list(c.archs)
+    for name in selected:
+        for lr in config.sweep.lrs:
+            entries.run(sweep_config(config, lr), name, "sweep")
+        if sweep_only:
             continue
-        m = matched[name]
-        logger.info("%s: %s non-embedding parameters (%+.2f%% vs RetNet)", LABELS[name], f"{m.parameters:,}",
-                    100 * m.deviation)  # fmt: skip
-        torch.manual_seed(config.seed)
-        model = build_model(m.config)
-        entry_dir.mkdir(exist_ok=True)
-        start = time.time()
-        train = train_entry(model, config, in_dir, entry_dir / "train")
-        evaluation = {
-            "in_domain": evaluate_entry(model, in_dir, config),
-            "out_of_domain": {_corpus_slug(src): evaluate_entry(model, d, config) for src, d in ood_dirs.items()},
-        }
-        result = {
-            "name": name,
-            "label": LABELS[name],
-            "parameters": m.parameters,
-            "total_parameters": m.total_parameters,
-            "target_parameters": m.target,
-            "config": m.config.to_dict(),
-            "train": train,
-            "eval": evaluation,
-            "wall_time_s": time.time() - start,
-        }
-        tmp = entry_dir / "result.json.partial"
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        os.replace(tmp, entry_dir / "result.json")
-        logger.info("%s: in-domain perplexity %.2f", LABELS[name], evaluation["in_domain"]["perplexity"])
-        del model
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    return write_report(run_dir, meta)
+        lr = entries.chosen_lr(name)[0]
+        for seed in config.seeds:
+            entries.run(_variant(config, seed, lr), name, "main")
+    return _report(config, entries, meta, selected)
+
+
+def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list[str]) -> dict:
+    """The report of every finished architecture: tables, seeds and sweep, then the probes of ``selected``."""
+    from .probes import run_probes
+
+    sweeps, keys, lrs = {}, [], {}
+    for name in config.compare.archs:
+        lrs[name], sweep = entries.chosen_lr(name)
+        if sweep is not None:
+            sweeps[name] = sweep
+        keys += [entries.key(_variant(config, seed, lrs[name]), name)[0] for seed in config.seeds]
+    if config.sweep.lrs:
+        steps = sweep_config(config, config.optim.lr).steps
+        meta["sweep"] = {"rule": RULE, "lrs": list(config.sweep.lrs), "fraction": config.sweep.fraction,
+                         "steps": steps, "results": sweeps}  # fmt: skip
+    summary = seed_summary(entries.results.records(role="main", keys=keys))
+    meta["seeds"] = {"seeds": config.seeds, "summary": summary}
+    doc = write_report(entries.run_dir, meta)
+    extra = []
+    if len(config.seeds) > 1 and summary:
+        names = [n for n in (*TABLE5, *TABLE6[1:]) if n in summary]
+        extra += ["## Mean ± standard deviation over seeds", "",
+                  seed_table(summary, names, meta["out_of_domain"]), ""]  # fmt: skip
+    if sweeps:
+        steps = sweep_config(config, config.optim.lr).steps
+        extra += ["## Learning-rate sweep", "", f"Rule: {RULE}; {steps} steps per run.", "",
+                  "In-domain validation loss per peak learning rate:", "", sweep_table(sweeps), ""]  # fmt: skip
+    if extra:
+        with open(entries.run_dir / "results.md", "a") as f:
+            f.write("\n".join(["", *extra]))
+    if config.probes.run:
+        trained = {}
+        for name in selected:
+            key = entries.key(_variant(config, config.seed, lrs[name]), name)[0]
+            model_dir = entries.run_dir / name / "train" / "model"
+            if key in entries.results and (model_dir / "config.json").is_file():
+                trained[name] = (key, model_dir)
+        datasets = {"": entries.in_dir, **entries.ood_dirs}
+        doc["probes"] = run_probes(config, entries.run_dir, {n: entries.matched[n] for n in selected}, datasets,
+                                   trained, lrs)  # fmt: skip
+    return doc

@@ -1,0 +1,92 @@
+"""The learning-rate sweep of a comparison: one rule, the same for every architecture.
+
+For each architecture, every learning rate of ``sweep.lrs`` (at least three) trains a shortened copy of the
+recipe — ``steps`` and ``optim.warmup_steps`` (and ``optim.decay_steps`` when set) times ``sweep.fraction``, the
+same schedule shape, seed and data order — and is scored by its in-domain validation loss on the second half of
+the held-out split (the reported evaluation reads windows from its start, so the two do not overlap unless
+``compare.eval_tokens`` exceeds half the split). :func:`pick_learning_rate` takes the lowest loss; a diverged run
+scores infinity. The full-budget runs of that architecture then use the chosen rate. Every sweep run is a model
+run of the results file (:mod:`retnet.compare.entries`), so a finished one is never repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+RULE = "lowest in-domain validation loss (second half of the held-out split) after a fraction of the budget"
+
+
+@dataclass
+class SweepSection:
+    """The learning-rate sweep.
+
+    Attributes:
+        lrs: candidate peak learning rates; empty trains every architecture at ``optim.lr`` without a sweep.
+        fraction: share of the budget (steps and warm-up) that each sweep run trains.
+    """
+
+    lrs: list[float] = field(default_factory=list)
+    fraction: float = 0.1
+
+    def validate(self) -> None:
+        """Check the values.
+
+        Raises:
+            ValueError: fewer than three or repeated rates, a rate that is not positive, or a fraction outside (0, 1].
+        """
+        if not self.lrs:
+            return
+        if len(self.lrs) < 3 or len(set(self.lrs)) != len(self.lrs):
+            raise ValueError(f"config sweep.lrs={self.lrs} is invalid; give at least three distinct rates (or none)")
+        if any(not lr > 0 for lr in self.lrs):
+            raise ValueError(f"config sweep.lrs={self.lrs} is invalid; every rate must be > 0")
+        if not 0 < self.fraction <= 1:
+            raise ValueError(f"config sweep.fraction={self.fraction!r} is invalid; it must be in (0, 1]")
+
+
+def sweep_config(config, lr: float):
+    """The shortened copy of ``config`` (a CompareConfig) that a sweep run at ``lr`` trains."""
+    f = config.sweep.fraction
+    optim = dataclasses.replace(
+        config.optim, lr=lr, warmup_steps=round(config.optim.warmup_steps * f),
+        decay_steps=round(config.optim.decay_steps * f),
+    )  # fmt: skip
+    return dataclasses.replace(config, steps=max(1, round(config.steps * f)), optim=optim)
+
+
+def pick_learning_rate(losses: Mapping[float, float]) -> float:
+    """The rate with the lowest loss (ties: the smaller rate); NaN counts as diverged.
+
+    Args:
+        losses: ``{learning rate: validation loss}``.
+
+    Raises:
+        ValueError: no rates, or every run diverged.
+    """
+    finite = {lr: loss for lr, loss in losses.items() if math.isfinite(loss)}
+    if not finite:
+        raise ValueError(f"every sweep run diverged or none ran ({dict(losses)}); try lower sweep.lrs")
+    return min(finite, key=lambda lr: (finite[lr], lr))
+
+
+def sweep_table(sweeps: Mapping[str, dict]) -> str:
+    """Markdown: a row per architecture, its validation loss at each rate (None: diverged), the chosen one in bold."""
+    from .archs import LABELS
+
+    lrs = sorted({float(lr) for s in sweeps.values() for lr in s["losses"]})
+    lines = ["| Method | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " | chosen |", "|" + "---|" * (len(lrs) + 2)]
+    for name, s in sweeps.items():
+        by_lr = {float(lr): loss for lr, loss in s["losses"].items()}
+        cells = []
+        for lr in lrs:
+            loss = by_lr.get(lr, "missing")
+            if loss == "missing":
+                text = "—"
+            else:
+                text = "diverged" if loss is None or not math.isfinite(loss) else f"{loss:.4f}"
+            cells.append(f"**{text}**" if lr == s["chosen"] else text)
+        lines.append(f"| {LABELS.get(name, name)} | " + " | ".join(cells) + f" | {s['chosen']:g} |")
+    return "\n".join(lines)

@@ -1,0 +1,82 @@
+"""The ``medium`` preset's sizes and budget, and the command line's ``--ood`` corpora and ``--probes`` end to end."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from retnet.cli import compare as compare_cli
+from retnet.compare import ENTRIES, load_compare_config
+from retnet.compare.archs import match_parameters
+from retnet.training.build import model_config
+
+from .test_compare_e2e import write_corpus
+
+
+def test_medium_models_match_within_two_percent_at_40m_and_the_budget():
+    c = load_compare_config("medium")
+    with torch.device("meta"):
+        base = model_config(c.model, c.data.vocab_size)
+        matched = match_parameters(ENTRIES, base, c.baseline, ffn_multiple=c.compare.ffn_multiple,
+                                   small_head_factor=c.compare.small_head_factor)  # fmt: skip
+    target = matched["retnet"].parameters
+    assert target >= 40_000_000
+    for name, m in matched.items():
+        assert abs(m.parameters / target - 1) <= 0.02, f"{name}: {m.parameters:,} vs {target:,}"
+    assert c.tokens >= 150_000_000 and c.data.seq_len >= 1024 and c.precision == "bf16"
+    assert c.data.corpus == "linux" and len(set(c.compare.out_of_domain) - {"linux"}) >= 3
+    assert len(c.sweep.lrs) >= 3 and 0 < c.sweep.fraction < 1
+    assert c.probes.passkey_corpus == "sotu"  # prose filler, one of the out-of-domain corpora
+    with pytest.raises(ValueError, match="probes.passkey_corpus='pg19' is invalid"):
+        load_compare_config("medium", None, ["--probes.passkey_corpus=pg19"])
+
+
+def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp_path):
+    corpus = write_corpus(tmp_path / "speeches", 0, docs=10, words=150)
+    mail, code = write_corpus(tmp_path / "mail", 1, docs=3, words=120), write_corpus(tmp_path / "code", 2, code=True)
+    single = tmp_path / "notes.txt"
+    single.write_text("a single file of notes, of some length. " * 40)
+    parser = argparse.ArgumentParser()
+    compare_cli.register(parser.add_subparsers())
+    run = tmp_path / "run"
+    argv = [
+        "compare", "--preset", "tiny", "--archs", "retnet", "--out", str(run), "--ood", mail, str(single),
+        "--probes", "mqar,passkey,extrapolation",
+        f"--data.corpus={corpus}", f"--compare.out_of_domain=[{code}]", "--data.fetch=false",
+        "--compare.eval_tokens=256", "--model.hidden_size=32", "--model.num_hidden_layers=1", "--model.value_dim=64",
+        "--model.ffn_dim=64", "--data.seq_len=32", "--batch_size=2", "--steps=3", "--log_every=1",
+        "--probes.mqar_vocab_size=17", "--probes.mqar_seq_lens=[16]", "--probes.mqar_pairs=[2,4]",
+        "--probes.mqar_steps=3", "--probes.mqar_batch_size=4", "--probes.mqar_examples=4",
+        "--probes.passkey_lengths=[200]", "--probes.passkey_depths=[0.0,1.0]", "--probes.passkey_trials=1",
+        "--probes.extrapolation_factor=2", "--probes.extrapolation_windows=1",
+        "--sweep.lrs=[1e-3,2e-3,4e-3]", "--sweep.fraction=0.34",
+    ]  # fmt: skip
+    args, overrides = parser.parse_known_args(argv)
+    args.overrides = overrides
+    assert args.func(args) == 0
+    doc = json.loads((run / "results.json").read_text())
+    assert doc["meta"]["out_of_domain"] == ["code", "mail", "notes_txt"]
+    ood = doc["results"]["retnet"]["eval"]["out_of_domain"]
+    assert set(ood) == {"code", "mail", "notes_txt"} and all(v["perplexity"] > 1 for v in ood.values())
+    sweep = doc["meta"]["sweep"]["results"]["retnet"]
+    assert set(map(float, sweep["losses"])) == {1e-3, 2e-3, 4e-3} and doc["meta"]["sweep"]["steps"] == 1
+    assert doc["results"]["retnet"]["lr"] == sweep["chosen"] == float(min(sweep["losses"], key=sweep["losses"].get))
+    for lr in ("0.001", "0.002", "0.004"):  # sweep runs keep their score, not their weights
+        train_dir = run / "retnet" / "sweep" / f"lr-{lr}" / "train"
+        assert (train_dir / "metrics.jsonl").is_file() and not (train_dir / "checkpoints").exists()
+    assert "## Learning-rate sweep" in (run / "results.md").read_text()
+    probes = run / "probes"
+    mqar = json.loads((probes / "mqar.json").read_text())["retnet"]
+    assert [(r["seq_len"], r["num_pairs"]) for r in mqar["accuracy"]] == [(16, 2), (16, 4)]
+    passkey = json.loads((probes / "passkey.json").read_text())["retnet"]
+    assert [(r["length"], r["depth"]) for r in passkey] == [(200, 0.0), (200, 1.0)]
+    extra = json.loads((probes / "extrapolation.json").read_text())["retnet"]
+    assert extra["eval_len"] == 64 and extra["train_len"] == 32
+    assert "| 16 |" in (probes / "mqar.md").read_text()
+    assert all((probes / f"{p}.png").stat().st_size > 0 for p in ("mqar", "passkey", "extrapolation"))
+
+    args, overrides = parser.parse_known_args([*argv[:7], "--ood", str(tmp_path / "missing"), *argv[10:]])
+    args.overrides = overrides
+    with pytest.raises(FileNotFoundError, match="--ood: no such file or folder"):
+        args.func(args)

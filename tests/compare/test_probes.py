@@ -1,0 +1,191 @@
+"""Recall probes: MQAR and passkey generators (deterministic, answers checkable by reading the sequence), the
+accuracy functions on planted predictions, and MQAR training through the comparison's models."""
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from retnet import RetNetConfig
+from retnet.compare.archs import BaselineSettings, build_model, match_parameters
+from retnet.compare.probes import (
+    BLANK,
+    PASSKEY_INTRO,
+    PASSKEY_NEEDLE,
+    PASSKEY_QUESTION,
+    MQARTask,
+    accuracy_table,
+    count_correct,
+    evaluate_mqar,
+    make_mqar,
+    make_passkey,
+    mqar_vocabulary,
+    passkey_accuracy,
+    train_mqar,
+)
+from retnet.data.tokenizer import ByteTokenizer
+from retnet.training.config import OptimSection
+
+FILLER = "The grass is green. The sky is blue. The sun is yellow. Here we go. There and back again. "
+
+
+def brute_force_answers(ids, num_pairs):
+    """Read one MQAR sequence like a person: the pairs, then every later key with what it was paired with."""
+    ids = ids.tolist()
+    pairs = {ids[2 * i]: ids[2 * i + 1] for i in range(num_pairs)}
+    return {t: pairs[tok] for t, tok in enumerate(ids) if t >= 2 * num_pairs and tok in pairs}
+
+
+@pytest.mark.parametrize("seq_len,num_pairs,vocab", [(16, 3, 17), (64, 8, 100), (45, 16, 40)])
+def test_mqar_is_deterministic_and_its_targets_are_the_paired_values(seq_len, num_pairs, vocab):
+    data = make_mqar(12, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab, seed=5)
+    again = make_mqar(12, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab, seed=5)
+    other = make_mqar(12, seq_len=seq_len, num_pairs=num_pairs, vocab_size=vocab, seed=6)
+    assert torch.equal(data.input_ids, again.input_ids) and torch.equal(data.targets, again.targets)
+    assert not torch.equal(data.input_ids, other.input_ids)
+    assert data.input_ids.shape == data.targets.shape == (12, seq_len)
+    keys, values = mqar_vocabulary(vocab)
+    queries = min(num_pairs, (seq_len - 2 * num_pairs) // 2)
+    for ids, targets in zip(data.input_ids, data.targets):
+        context = ids[: 2 * num_pairs].tolist()
+        assert all(k in keys for k in context[0::2]) and all(v in values for v in context[1::2])
+        assert len(set(context[0::2])) == num_pairs  # distinct keys: every query has one answer
+        expected = brute_force_answers(ids, num_pairs)
+        scored = {t: int(targets[t]) for t in range(seq_len) if targets[t] != -100}
+        assert scored == expected and len(scored) == queries
+        assert all(int(ids[t + 1]) == v for t, v in scored.items())  # the answer follows its query
+        rest = set(range(2 * num_pairs, seq_len)) - set(scored) - {t + 1 for t in scored}
+        assert all(int(ids[t]) == BLANK for t in rest)
+
+
+def test_mqar_bad_arguments():
+    with pytest.raises(ValueError, match="num_pairs=9 exceeds the 8 distinct keys"):
+        make_mqar(1, seq_len=64, num_pairs=9, vocab_size=17)
+    with pytest.raises(ValueError, match="seq_len=8 with num_pairs=4 leaves room for 0 queries"):
+        make_mqar(1, seq_len=8, num_pairs=4, vocab_size=17)
+    with pytest.raises(ValueError, match="num_queries=5"):
+        make_mqar(1, seq_len=64, num_pairs=4, vocab_size=17, num_queries=5)
+    with pytest.raises(ValueError, match="vocab_size=2"):
+        make_mqar(1, seq_len=8, num_pairs=1, vocab_size=2)
+    with pytest.raises(ValueError, match="num_examples=0"):
+        make_mqar(0, seq_len=8, num_pairs=1, vocab_size=17)
+
+
+def test_count_correct_on_planted_logits():
+    targets = torch.full((2, 5), -100)
+    targets[0, 1], targets[0, 3], targets[1, 4] = 7, 2, 5
+    logits = torch.zeros(2, 5, 9)
+    logits[0, 1, 7] = 1.0  # right
+    logits[0, 3, 4] = 1.0  # wrong
+    logits[1, 4, 5] = 2.0  # right
+    logits[1, 0, 3] = 5.0  # an unscored position does not count
+    assert count_correct(logits, targets) == (2, 3)
+    with pytest.raises(ValueError, match="must be"):
+        count_correct(logits[0], targets)
+
+
+class _PerfectRecall(nn.Module):
+    """Answers every MQAR query from the context (and nothing else): the accuracy is exactly known."""
+
+    def __init__(self, vocab, num_pairs, wrong_after=None):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.vocab, self.num_pairs, self.wrong_after = vocab, num_pairs, wrong_after
+
+    def forward(self, ids, form="chunkwise", chunk_size=None, **_):
+        logits = torch.zeros(*ids.shape, self.vocab)
+        for b, row in enumerate(ids):
+            for t, answer in brute_force_answers(row, self.num_pairs).items():
+                wrong = self.wrong_after is not None and t >= self.wrong_after
+                logits[b, t, (answer + 1) % self.vocab if wrong else answer] = 1.0
+        return type("Out", (), {"logits": logits})
+
+
+def test_evaluate_mqar_reports_the_planted_accuracy():
+    tasks = [MQARTask(32, 4)]
+    perfect = evaluate_mqar(_PerfectRecall(17, 4), tasks, vocab_size=17, examples=20, batch_size=8)
+    assert perfect == [{"seq_len": 32, "num_pairs": 4, "accuracy": 1.0, "queries": 80}]
+    # wrong on every query key at position >= 20: the expected accuracy is counted from the same examples
+    half = evaluate_mqar(_PerfectRecall(17, 4, wrong_after=20), tasks, vocab_size=17, examples=20, batch_size=8)
+    late = sum(
+        int(
+            (
+                (make_mqar(n, seq_len=32, num_pairs=4, vocab_size=17, seed=[0, 1, 32, 4, s]).targets[:, 20:]) != -100
+            ).sum()
+        )
+        for s, n in ((0, 8), (8, 8), (16, 4))
+    )
+    assert half[0]["accuracy"] == pytest.approx(1 - late / 80) and 0 < late < 80
+
+
+def test_train_mqar_learns_above_chance_in_the_comparison_models():
+    vocab = 17  # 8 keys, 8 values: chance is 1/8
+    base = RetNetConfig(flavour="paper", hidden_size=32, num_hidden_layers=1, num_heads=2, vocab_size=vocab,
+                        value_dim=64, ffn_dim=64)  # fmt: skip
+    model = build_model(match_parameters(["transformer"], base, BaselineSettings(num_heads=2))["transformer"].config)
+    tasks = [MQARTask(12, 2)]
+    before = evaluate_mqar(model, tasks, vocab_size=vocab, examples=64)[0]["accuracy"]
+    optim = OptimSection(lr=1e-2, warmup_steps=5, schedule="linear", weight_decay=0.0)
+    out = train_mqar(model, tasks, vocab_size=vocab, steps=60, batch_size=32, optim=optim, log_every=20)
+    after = evaluate_mqar(model, tasks, vocab_size=vocab, examples=64)[0]["accuracy"]
+    assert [p["step"] for p in out["loss_curve"]] == [20, 40, 60]
+    assert out["loss_curve"][-1]["loss"] < out["loss_curve"][0]["loss"]
+    assert after > max(2 / 8, before + 0.1), (before, after)
+
+
+def test_passkey_sequence_is_exact_and_deterministic():
+    tok = ByteTokenizer()
+    ex = make_passkey(tok, FILLER, length=400, depth=0.5, seed=3)
+    again = make_passkey(tok, FILLER, length=400, depth=0.5, seed=3)
+    assert np.array_equal(ex.input_ids, again.input_ids) and ex.passkey == again.passkey
+    assert make_passkey(tok, FILLER, length=400, depth=0.5, seed=4).passkey != ex.passkey
+    assert len(ex.input_ids) == 400 and 10_000 <= ex.passkey < 100_000
+    text = tok.decode(ex.input_ids.tolist())
+    needle = PASSKEY_NEEDLE.format(key=ex.passkey)
+    assert tok.decode(ex.input_ids[ex.needle_start : ex.needle_start + len(needle)].tolist()) == needle
+    assert text.endswith(f"What is the pass key? The pass key is {ex.passkey}")
+    assert tok.decode(ex.answer_ids.tolist()) == f" {ex.passkey}" and text.count(str(ex.passkey)) == 3
+    # depth moves the needle through the filler: 0 right after the intro, 1 right before the question
+    starts = [make_passkey(tok, FILLER, length=400, depth=d, seed=3).needle_start for d in (0.0, 0.5, 1.0)]
+    fixed = PASSKEY_INTRO + needle + PASSKEY_QUESTION + f" {ex.passkey}"
+    room = 400 - len(fixed.encode())  # filler bytes (byte tokens)
+    assert starts == [len(PASSKEY_INTRO) + round(d * room) for d in (0.0, 0.5, 1.0)]
+    with pytest.raises(ValueError, match="too short"):
+        make_passkey(tok, FILLER, length=50, depth=0.5)
+    with pytest.raises(ValueError, match="depth=1.5"):
+        make_passkey(tok, FILLER, length=400, depth=1.5)
+
+
+class _Oracle(nn.Module):
+    """Predicts every next token of the passkey sequences it was built from, except those whose needle sits deep."""
+
+    def __init__(self, examples, wrong_depth_from):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.full = {ex.input_ids[:-1].tobytes(): ex for ex in examples}
+        self.wrong_depth_from = wrong_depth_from
+
+    def forward(self, ids, form="chunkwise", chunk_size=None, **_):
+        ex = self.full[ids[0].numpy().tobytes()]
+        nxt = torch.from_numpy(ex.input_ids[1:])
+        if ex.needle_start >= self.wrong_depth_from:
+            nxt = (nxt + 1) % 256
+        return type("Out", (), {"logits": nn.functional.one_hot(nxt, 256).float()[None]})
+
+
+def test_passkey_accuracy_scores_exactly_the_answer_tokens():
+    tok = ByteTokenizer()
+    lengths, depths, trials = (300, 500), (0.0, 1.0), 2
+    examples = [make_passkey(tok, FILLER, length=n, depth=d, seed=[0, n, t]) for n in lengths for d in depths
+                for t in range(trials)]  # fmt: skip
+    rows = passkey_accuracy(_Oracle(examples, wrong_depth_from=10**9), tok, FILLER, lengths=lengths, depths=depths,
+                            trials=trials)  # fmt: skip
+    assert [r["accuracy"] for r in rows] == [1.0] * 4
+    deep = min(ex.needle_start for ex in examples if ex.input_ids.size == 500 and ex.needle_start > 250)
+    rows = passkey_accuracy(_Oracle(examples, wrong_depth_from=deep), tok, FILLER, lengths=lengths, depths=depths,
+                            trials=trials)  # fmt: skip
+    assert [(r["length"], r["depth"], r["accuracy"]) for r in rows] == [
+        (300, 0.0, 1.0), (300, 1.0, 1.0), (500, 0.0, 1.0), (500, 1.0, 0.0)
+    ]  # fmt: skip
+    table = accuracy_table(rows, "length", "depth", "Length")
+    assert "| 500 | 100.0% | 0.0% |" in table and table.startswith("| Length | depth 0.0 | depth 1.0 |")

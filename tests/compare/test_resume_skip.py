@@ -1,0 +1,164 @@
+"""Resume-and-skip of a comparison (runs keyed by their config, a results file shared between run folders,
+``--only`` and ``--seeds``) and the learning-rate sweep's rule, with the training replaced by a fast fake."""
+
+import json
+import math
+
+import pytest
+
+from retnet.compare import load_compare_config, report, run_comparison
+from retnet.compare.entries import ResultsFile, run_config, run_key, seed_summary
+from retnet.compare.runner import _Entries
+from retnet.compare.sweep import SweepSection, pick_learning_rate, sweep_config
+
+from .test_compare_e2e import write_corpus
+
+
+@pytest.fixture
+def corpora(tmp_path):
+    return {"in": write_corpus(tmp_path / "speeches", 0, docs=8, words=100),
+            "ood": write_corpus(tmp_path / "plays", 1, docs=4, words=100)}  # fmt: skip
+
+
+def overrides(tmp_path, corpora, out="run", archs=("retnet", "transformer"), extra=()):
+    return [
+        f"--compare.out_dir={tmp_path / out}", f"--compare.archs=[{','.join(archs)}]",
+        f"--data.corpus={corpora['in']}", f"--compare.out_of_domain=[{corpora['ood']}]", "--data.fetch=false",
+        "--model.hidden_size=32", "--model.num_hidden_layers=1", "--model.value_dim=64", "--model.ffn_dim=64",
+        "--baseline.num_heads=2", "--data.seq_len=16", "--batch_size=2", "--steps=40", "--optim.warmup_steps=10",
+        *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def fake_training(monkeypatch):
+    """Replace training by a function of (entry, seed, lr, steps); record what was trained."""
+    calls = []
+
+    def fake(self, cfg, name, role, entry_dir):
+        calls.append((name, role, cfg.seed, cfg.optim.lr, cfg.steps))
+        if role == "sweep":
+            loss = None if cfg.optim.lr > 5e-3 else (math.log10(cfg.optim.lr) + 3) ** 2 + (name == "retnet")
+            return {"name": name, "train": {"steps": cfg.steps}, "val_loss": loss, "wall_time_s": 0.0}
+        ppl = 10.0 + cfg.seed + (name == "retnet")
+        ev = {"perplexity": ppl, "loss": math.log(ppl), "bits_per_byte": 1.0, "tokens": 1}
+        return {"name": name, "label": name, "parameters": 100, "total_parameters": 200, "target_parameters": 100,
+                "config": {}, "eval": {"in_domain": ev, "out_of_domain": {"plays": ev}}, "wall_time_s": 0.0,
+                "train": {"tokens": cfg.tokens, "wall_time_s": 0.0, "loss_curve": [], "steps": cfg.steps}}  # fmt: skip
+
+    monkeypatch.setattr(_Entries, "_train", fake)
+    for plot in ("plot_loss_curves", "plot_perplexity"):  # the report's plots are tested end to end elsewhere
+        monkeypatch.setattr(report, plot, lambda *args: None)
+    return calls
+
+
+def test_finished_runs_are_skipped_by_key_also_from_another_folder(tmp_path, corpora, fake_training):
+    calls = fake_training
+    config = load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=["--compare.seeds=[0,1]"]))
+    doc = run_comparison(config)
+    assert sorted(c[:3] for c in calls) == [("retnet", "main", 0), ("retnet", "main", 1), ("transformer", "main", 0),
+                                           ("transformer", "main", 1)]  # fmt: skip
+    assert (tmp_path / "run" / "retnet" / "result.json").is_file()
+    assert (tmp_path / "run" / "retnet" / "seed-1" / "result.json").is_file()
+    summary = doc["meta"]["seeds"]["summary"]["retnet"]
+    assert summary["seeds"] == [0, 1] and summary["in_domain"] == pytest.approx((11.5, math.sqrt(0.5)))
+    assert "| RetNet | 0, 1 | 11.50 ± 0.71 | 11.50 ± 0.71 |" in (tmp_path / "run" / "results.md").read_text()
+
+    calls.clear()
+    run_comparison(config)  # everything is done
+    assert calls == []
+    # --only and --seeds pick a part: one more seed of one architecture
+    config3 = load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=["--compare.seeds=[0,1,2]"]))
+    run_comparison(config3, only=["transformer"])
+    assert [c[:3] for c in calls] == [("transformer", "main", 2)]
+    with pytest.raises(ValueError, match="--only names \\['h3'\\]"):
+        run_comparison(config3, only=["h3"])
+
+    # another machine, another folder: the results file carries the finished runs, and their numbers reach the report
+    calls.clear()
+    shared = str(tmp_path / "run" / "entries.json")
+    elsewhere = load_compare_config("tiny", None, overrides(tmp_path, corpora, out="other", extra=[
+        "--compare.seeds=[0,1,2]", f"--compare.results_file={shared}", "--checkpoint.every=7"]))  # fmt: skip
+    doc = run_comparison(elsewhere)
+    assert [c[:3] for c in calls] == [("retnet", "main", 2)]
+    assert set(doc["results"]) == {"retnet", "transformer"}
+    assert doc["results"]["transformer"]["eval"]["in_domain"]["perplexity"] == 10.0
+    assert len(ResultsFile(shared).entries) == 6
+
+    # a changed recipe is another run: its key differs, so it trains (in a folder of its own)
+    calls.clear()
+    changed = load_compare_config("tiny", None, overrides(tmp_path, corpora, out="lr", extra=[
+        f"--compare.results_file={shared}", "--optim.lr=1e-3"]))  # fmt: skip
+    run_comparison(changed)
+    assert sorted(c[:4] for c in calls) == [("retnet", "main", 0, 1e-3), ("transformer", "main", 0, 1e-3)]
+    with pytest.raises(ValueError, match="different config"):
+        run_comparison(load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=["--optim.lr=1e-3"])))
+
+
+def test_the_key_covers_what_a_run_computes_and_nothing_about_where(tmp_path):
+    from retnet.compare.archs import match_parameters
+    from retnet.training.build import model_config
+
+    def key(*extra, name="retnet"):
+        config = load_compare_config("tiny", None, list(extra))
+        m = match_parameters([name], model_config(config.model, 256), config.baseline)[name]
+        return run_key(run_config(config, name, m.config))
+
+    base = key()
+    assert base == key("--compare.out_dir=/elsewhere", "--data.cache_dir=/c", "--data.workers=4", "--threads=2",
+                       "--checkpoint.every=7", "--compare.seeds=[0,3]", "--probes.run=[mqar]",
+                       "--sweep.lrs=[1e-3,2e-3,3e-3]", "--compile=true")  # fmt: skip
+    for changed in ("--seed=1", "--optim.lr=1e-3", "--steps=10", "--data.seq_len=128", "--compare.eval_tokens=99",
+                    "--model.ffn_dim=128", "--baseline.num_heads=4"):  # fmt: skip
+        assert key(changed) != base, changed
+    assert key(name="transformer") != base and len(base) == 16
+
+
+def test_sweep_rule_on_fake_losses():
+    assert pick_learning_rate({1e-3: 2.5, 3e-3: 2.1, 1e-2: 2.4}) == 3e-3
+    assert pick_learning_rate({1e-3: 2.0, 3e-3: 2.0, 1e-2: math.nan}) == 1e-3  # tie: the smaller rate
+    assert pick_learning_rate({1e-3: math.inf, 3e-3: 3.0, 1e-2: math.nan}) == 3e-3  # diverged runs lose
+    with pytest.raises(ValueError, match="every sweep run diverged"):
+        pick_learning_rate({1e-3: math.nan, 3e-3: math.inf})
+    with pytest.raises(ValueError, match="at least three distinct"):
+        SweepSection(lrs=[1e-3, 2e-3]).validate()
+    with pytest.raises(ValueError, match="sweep.fraction"):
+        SweepSection(lrs=[1e-3, 2e-3, 3e-3], fraction=0).validate()
+    with pytest.raises(ValueError, match="sweep.lrs"):
+        load_compare_config("tiny", None, ["--sweep.lrs=[1e-3,1e-3,2e-3]"])
+    short = sweep_config(load_compare_config("tiny", None, ["--sweep.fraction=0.2"]), 5e-4)
+    assert (short.steps, short.optim.warmup_steps, short.optim.lr) == (50, 4, 5e-4)  # tiny: 250 steps, warm-up 20
+
+
+def test_sweep_picks_per_architecture_with_one_rule_and_is_recorded(tmp_path, corpora, fake_training):
+    calls = fake_training
+    sweep = ["--sweep.lrs=[1e-4,1e-3,1e-2]", "--sweep.fraction=0.25"]
+    config = load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=sweep))
+    run_comparison(config, sweep_only=True)  # a study split into commands: the sweeps first
+    assert len(calls) == 6 and {c[1] for c in calls} == {"sweep"}
+    doc = run_comparison(config)
+    sweeps = [c for c in calls if c[1] == "sweep"]
+    assert sorted(sweeps) == sorted((n, "sweep", 0, lr, 10) for n in ("retnet", "transformer")
+                                    for lr in (1e-4, 1e-3, 1e-2))  # fmt: skip
+    # fake loss (log10 lr + 3)^2 is lowest at 1e-3; 1e-2 "diverged"; the full runs use the chosen rate
+    assert sorted(c[:4] for c in calls if c[1] == "main") == [("retnet", "main", 0, 1e-3),
+                                                              ("transformer", "main", 0, 1e-3)]  # fmt: skip
+    record = doc["meta"]["sweep"]
+    assert record["results"]["retnet"] == {"losses": {1e-4: 2.0, 1e-3: 1.0, 1e-2: None}, "chosen": 1e-3}
+    assert record["steps"] == 10 and record["rule"].startswith("lowest in-domain validation loss")
+    text = (tmp_path / "run" / "results.md").read_text()
+    assert "| RetNet | 2.0000 | **1.0000** | diverged | 0.001 |" in text
+    saved = json.loads((tmp_path / "run" / "results.json").read_text())  # standard JSON: a diverged run is null
+    assert (
+        saved["results"]["retnet"]["lr"] == 1e-3
+        and saved["meta"]["sweep"]["results"]["retnet"]["losses"]["0.01"] is None
+    )
+    calls.clear()
+    run_comparison(config)
+    assert calls == []
+
+
+def test_seed_summary_of_one_seed_has_no_spread():
+    ev = {"in_domain": {"perplexity": 5.0}, "out_of_domain": {"a": {"perplexity": 7.0}}}
+    s = seed_summary([{"name": "h3", "seed": 0, "result": {"eval": ev}}])
+    assert s["h3"] == {"seeds": [0], "in_domain": (5.0, 0.0), "out_of_domain": {"a": (7.0, 0.0)}}
