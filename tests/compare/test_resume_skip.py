@@ -48,7 +48,7 @@ def fake_training(monkeypatch):
 
     monkeypatch.setattr(_Entries, "_train", fake)
     for plot in ("plot_loss_curves", "plot_perplexity"):  # the report's plots are tested end to end elsewhere
-        monkeypatch.setattr(report, plot, lambda *args: None)
+        monkeypatch.setattr(report, plot, lambda *args, **kwargs: None)
     return calls
 
 
