@@ -4,6 +4,8 @@ kernels that return wrong values under ``torch.compile``).
 Two paths: the pure-PyTorch chunkwise form (the CPU training path), traced whole by dynamo and AOTAutograd
 (``aot_eager``: inductor's C++ build of its graphs takes longer than this suite can spend), and the Triton custom
 ops under the interpreter, compiled by inductor. Both compile with ``fullgraph=True``, so a graph break fails too.
+The custom ops' fake implementations, which the compiler traces instead of the kernels, are checked against what
+the kernels return.
 """
 
 from __future__ import annotations
@@ -85,3 +87,30 @@ def test_triton_custom_ops_compiled_match_eager():
         torch.set_float32_matmul_precision(old)
     for name, a, b in zip(("o", "S", "z", "dq", "dk", "dv"), compiled, eager):
         assert torch.equal(a, b), f"compiled {name} differs from eager"
+
+
+@pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
+def test_fake_implementations_describe_what_the_kernels_return():
+    """``torch.compile`` traces the custom ops through their fake implementations: every output's shape, dtype and
+    layout there must be what the kernels return (``torch.library.opcheck``), for the forward with and without a
+    state, kept states and the final state, the backward, and the in-place decode step."""
+    pytest.importorskip("triton")
+    from retnet.ops.retention.triton import KernelTuning
+
+    B, T, H, K, V = 2, 20, 2, 16, 8
+    g = torch.Generator().manual_seed(2)
+    q, k, v = (torch.randn(B, T, H, d, generator=g).to(DEVICE) for d in (K, K, V))
+    S0 = torch.randn(B, H, K, V, generator=g).to(DEVICE)
+    z0 = torch.randn(B, H, K, generator=g).to(DEVICE)
+    position = torch.tensor([-3, 50], device=DEVICE)
+    lg = log_decay_schedule(H, device=DEVICE)
+    tuning = KernelTuning().to_ints()
+    ops = torch.ops.retnet
+    fwd = (q, k, v, lg, S0, z0, position, True, True, tuning, True)
+    for args in (fwd, (q, k, v, lg, None, None, position, False, False, tuning, False)):
+        torch.library.opcheck(ops.chunk_retention_fwd.default, args, test_utils=("test_faketensor",))
+    _, rden, _, _, h = ops.chunk_retention_fwd(*fwd)
+    bwd = (q, k, v, lg, S0, position, rden, torch.randn_like(v), torch.randn_like(S0), h, tuning, True)
+    torch.library.opcheck(ops.chunk_retention_bwd.default, bwd, test_utils=("test_faketensor",))
+    step = (q[:, :1], k[:, :1], v[:, :1], lg, S0.clone(), z0.clone(), position.clone(), True, tuning)
+    torch.library.opcheck(ops.retention_step_.default, step, test_utils=("test_faketensor",))

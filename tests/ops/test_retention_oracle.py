@@ -193,3 +193,20 @@ def test_triton_matches_the_oracle(schedule, normalize, with_state):
     _check(qkv, start, S0, z0, schedule, normalize, "parallel", "triton", torch.float32, 1e-4, grads=False)
     short = [x[:, :5] for x in qkv]
     _check(short, start, S0, z0, schedule, normalize, "recurrent", "triton", torch.float32, 1e-4, grads=False)
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_selected_rows_of_a_state_continue_as_the_oracle(form):
+    """Rows picked from a state (beam search, dropping finished rows: ``RetentionState.index_select``) continue as
+    those rows of one call over the whole sequence: S, z and each row's own position travel together."""
+    qkv, _, _, _ = _inputs(3, 12, 2, 4, 3, False, seed=20)
+    start = torch.tensor([0, 5, 900])
+    lg = log_decay_schedule(2, "paper", dtype=F64)
+    _, state = retention(*(x[:, :7] for x in qkv), lg, form=form, offset=start, output_final_state=True)
+    rows = torch.tensor([2, 0])
+    o, final = retention(*(x[rows, 7:] for x in qkv), lg, form=form, initial_state=state.index_select(rows),
+                         output_final_state=True, chunk_size=2)  # fmt: skip
+    o_x, S_x, _ = retention_oracle(*(x[rows] for x in qkv), schedule_gammas("paper", 2), start[rows])
+    assert_close(o.reshape(-1, 3), o_x[:, 7:].reshape(-1, 3), 1e-10, f"{form} continued rows")
+    assert_close(final.S.reshape(-1, 3), S_x.reshape(-1, 3), 1e-10, f"{form} final S")
+    assert final.position.tolist() == (start[rows] + 12).tolist()
