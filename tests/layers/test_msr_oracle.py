@@ -150,16 +150,19 @@ def test_layer_on_triton_matches_the_oracle(schedule, head_norm, with_state):
 
 @pytest.mark.parametrize("schedule", SCHEDULES)
 def test_static_decoding_matches_the_oracle(schedule):
-    """``prefill_decode_state_`` over 6 tokens, then 3 ``decode_step_`` calls (the decoding engine's path, PyTorch
-    step in float64): every output equals the oracle's over the 9 tokens."""
+    """The decoding engine's path (PyTorch step in float64): ``prefill_decode_state_`` over 6 tokens, then 3
+    ``decode_step_`` calls; and 9 ``decode_step_`` calls from a fresh state (position 0 onwards). Every output
+    equals the oracle's over the 9 tokens."""
     layer = make_layer(schedule, "rms")
     B, T, prompt = 2, 9, 6
     x = torch.randn(B, T, D, dtype=F64)
     expected, _, _ = msr_oracle(layer, x, torch.zeros(B, dtype=torch.long), schedule, "rms")
-    state = layer.allocate_decode_state(B, T, torch.device("cpu"), F64)
     rows = torch.arange(B)
-    with torch.no_grad():
-        outs = [layer.prefill_decode_state_(x[:, :prompt], state, rows, 0, chunk_size=4)]
-        outs += [layer.decode_step_(x[:, t], state)[:, None] for t in range(prompt, T)]
-    assert_close(torch.cat(outs, 1).reshape(-1, D), expected.reshape(-1, D), 1e-10, f"{schedule} decoding")
-    assert state.position.tolist() == [T, T]
+    for first in (prompt, 0):
+        state = layer.allocate_decode_state(B, T, torch.device("cpu"), F64)
+        with torch.no_grad():
+            outs = [layer.prefill_decode_state_(x[:, :first], state, rows, 0, chunk_size=4)] if first else []
+            outs += [layer.decode_step_(x[:, t], state)[:, None] for t in range(first, T)]
+        name = f"{schedule} decoding after a prefill of {first}"
+        assert_close(torch.cat(outs, 1).reshape(-1, D), expected.reshape(-1, D), 1e-10, name)
+        assert state.position.tolist() == [T, T]
