@@ -16,7 +16,7 @@ Usage::
     python scripts/mutation.py --list
     python scripts/mutation.py --out mutation.json                      # every mutant
     python scripts/mutation.py --only T1,D4 --out some.json             # some mutants
-    python scripts/mutation.py --survivors-of before.json --out after.json --extra-tests tests/ops/x.py
+    python scripts/mutation.py --survivors-of before.json --within tests/ops/test_new.py --out after.json
     python scripts/mutation.py --tests tests/ops --out ops.json         # one test set for every mutant
     python scripts/mutation.py --resume part.json --out all.json        # continue an interrupted job
     python scripts/mutation.py --ignore tests/ops/test_triton_loops.py  # leave some tests out (a "before" score)
@@ -320,6 +320,21 @@ def copy_tree(dest: Path) -> None:
             shutil.copy2(ROOT / name, dest / name)
 
 
+def restrict(tests: list[str], within: list[str]) -> list[str]:
+    """The part of a mutant's test selection that lies in ``within`` (files or folders): a selected file or test
+    inside one of them, or one of them inside a selected folder."""
+    out = []
+    for test in tests:
+        base = test.split("::")[0].rstrip("/")
+        for w in within:
+            w = w.rstrip("/")
+            if base == w or base.startswith(w + "/"):
+                out.append(test)
+            elif w.startswith(base + "/"):
+                out.append(w)
+    return list(dict.fromkeys(out))
+
+
 def _first_failure(output: str) -> str | None:
     for line in output.splitlines():
         if line.startswith(("FAILED ", "ERROR ")):
@@ -377,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tests", nargs="+", help="run these tests for every mutant instead of each mutant's own")
     parser.add_argument("--extra-tests", nargs="+", default=[], help="tests added to each mutant's own")
     parser.add_argument("--ignore", nargs="+", default=[], help="test files left out of every run")
+    parser.add_argument("--within", nargs="+", help="run only the part of each mutant's tests inside these paths")
     parser.add_argument("--resume", type=Path, help="keep this file's results; run the mutants it lacks (or timed out)")
     parser.add_argument("--timeout", type=float, default=900.0, help="seconds per mutant (default 900)")
     parser.add_argument("--out", type=Path, default=Path("mutation.json"), help="result file (JSON)")
@@ -414,6 +430,11 @@ def main(argv: list[str] | None = None) -> int:
             tests = list(args.tests) if args.tests else [*mutant.tests, *args.extra_tests]
             tests = [t for t in dict.fromkeys(tests) if (work / t.split("::")[0]).exists()]
             tests = [t for t in tests if t.split("::")[0] not in args.ignore]
+            if args.within:
+                tests = restrict(tests, args.within)
+                if not tests:  # none of its tests is among these: an earlier result stands
+                    print(f"[{i}/{len(mutants)}] {mutant.id:4} skipped (none of its tests in --within)", flush=True)
+                    continue
             result = run_mutant(mutant, work, tests, args.timeout, sys.executable, args.ignore)
             results.append(result)
             print(f"[{i}/{len(mutants)}] {result.id:4} {result.status:8} {result.seconds:6.1f} s  {result.what}"
