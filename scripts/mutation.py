@@ -211,7 +211,8 @@ MUTANTS = [
        "kernels: the transposed decay mask drops its diagonal (backward only)", KERNEL_TESTS),
     _m("T20", TILES, "return x + tl.cast(i_b, tl.int64) * T * (H * D) + i_h * D",
        "return x + tl.cast(i_b, tl.int64) * T * (H * D)",
-       "int64 offsets: the head offset dropped", KERNEL_TESTS),
+       "int64 offsets: the head offset dropped",
+       [*KERNEL_TESTS, "tests/ops/test_triton_retention.py::test_int64_offsets_give_the_same_results"]),
     _m("T21", FWD, "b_r = row_scale(b_qz * b_xi + tl.sum(b_A, axis=1)", "b_r = row_scale(b_qz + tl.sum(b_A, axis=1)",
        "output kernel: the incoming key sum's term not decayed by ξ", KERNEL_TESTS),
     # ---- what only torch.compile sees
