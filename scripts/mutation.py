@@ -65,7 +65,11 @@ LAYER_TESTS = [
     "tests/generation/test_decode_logits.py",
 ]
 GENERATION_TESTS = ["tests/generation"]
-CHECKPOINT_TESTS = ["tests/training/test_exact_resume.py", "tests/training/test_checkpoint_safety.py"]
+CHECKPOINT_TESTS = [
+    "tests/training/test_exact_resume.py",
+    "tests/training/test_checkpoint_safety.py",
+    "tests/training/test_train.py::test_loss_decreases_and_artifacts",  # counts the checkpoints kept
+]
 
 
 @dataclass(frozen=True)
