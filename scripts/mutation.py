@@ -8,7 +8,7 @@ modified (not even when the job is killed). A mutant is *killed* when a test fai
 *survives* when its tests pass. The score is killed / mutants.
 
 Each mutant names the tests it runs (the tests of the code it changes: a test selection, as mutation tools do),
-so that the job takes about 40 minutes on one core rather than the whole suite's minutes per mutant. See
+so that all of them run in about an hour on a busy 2-core machine, rather than the whole suite per mutant. See
 ``docs/testing.md`` for the last score and its survivors.
 
 Usage::
