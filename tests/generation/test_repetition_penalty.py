@@ -79,3 +79,22 @@ def test_padding_is_not_penalised(model):
             [short, long], max_new_tokens=3, pad_token_id=pad, repetition_penalty=PENALTY, use_engine=use_engine
         )
         assert torch.equal(batch[0, -3:], alone), use_engine
+
+
+def test_the_engine_penalises_the_prompts_tokens(model):
+    """The engine's seen set starts with the prompt: with a penalty strong enough to forbid a token, its first
+    greedy token is the argmax of the logits with every prompt token penalised (and the model's own favourite,
+    placed in the prompt, is never chosen)."""
+    from retnet.generation import DecodeEngine, SamplingConfig
+
+    probe = [5, 6, 7]
+    favourite = int(model(torch.tensor([probe]), form="parallel").logits[0, -1].argmax())
+    prompt = [favourite, *probe]  # the favourite is in the prompt, not just among the next choices
+    logits = model(torch.tensor([prompt]), form="parallel").logits[0, -1]
+    seen = torch.zeros(1, VOCAB, dtype=torch.bool)
+    seen[0, prompt] = True
+    expected = int(apply_repetition_penalty(logits[None].float(), seen, PENALTY)[0].argmax())
+    engine = DecodeEngine(model, max_batch=1, max_len=8, sampling=SamplingConfig(repetition_penalty=PENALTY))
+    engine.add([prompt])
+    first = int(engine.step()[0])
+    assert first == expected and first not in prompt
