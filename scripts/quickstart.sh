@@ -2,8 +2,8 @@
 # Quick start: create .venv if missing, install retnet (pinned CPU PyTorch), train the default small RetNet on
 # Shakespeare (fetched on first use), then generate a sample from it.
 # Threads: `retnet train` uses --threads=N if given, else OMP_NUM_THREADS if set, else the CPUs this process may
-# run on, and after about 10 steps it logs "about N min for the run at this speed". On a machine that other jobs
-# keep busy, fewer threads are faster: OMP_NUM_THREADS=1 bash scripts/quickstart.sh (or --threads=1).
+# run on that other work leaves free (one thread on two CPUs while another job keeps one busy), and after about 10
+# steps it logs "about N min for the run at this speed".
 # Extra arguments go to `retnet train` (for example --steps=100, --threads=1 or --config configs/debug.yaml).
 set -euo pipefail
 cd "$(dirname "$0")/.."

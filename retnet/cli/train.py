@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import time
 from collections.abc import Mapping
 
 from .options import add_checkpoint_trust_options
@@ -113,6 +114,44 @@ def choose_threads(requested: int, environ: Mapping[str, str], cpus: int) -> tup
     return max(cpus, 1), "CPU affinity"
 
 
+def read_cpu_times(cpus: set[int], stat_path: str = "/proc/stat") -> dict[int, tuple[int, int]] | None:
+    """``{cpu: (busy, total)}`` clock ticks of the given CPUs from ``/proc/stat`` (None where it cannot be read)."""
+    try:
+        with open(stat_path, encoding="ascii") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    times = {}
+    for line in lines:
+        name, *fields = line.split()
+        if name.startswith("cpu") and name[3:].isdigit() and int(name[3:]) in cpus:
+            ticks = [int(x) for x in fields[:8]]  # user nice system idle iowait irq softirq steal
+            idle = ticks[3] + ticks[4]
+            times[int(name[3:])] = (sum(ticks) - idle, sum(ticks))
+    return times or None
+
+
+def busy_cpus(interval: float = 0.25, read=read_cpu_times) -> float | None:
+    """How many of this process's CPUs other work keeps busy right now: their non-idle share over ``interval``
+    seconds while this process sleeps (None where ``/proc/stat`` is not available)."""
+    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    before = read(cpus)
+    time.sleep(interval)
+    after = read(cpus)
+    if not before or not after:
+        return None
+    busy = 0.0
+    for cpu, (b1, t1) in after.items():
+        b0, t0 = before.get(cpu, (b1, t1))
+        busy += (b1 - b0) / (t1 - t0) if t1 > t0 else 0.0
+    return busy
+
+
+def free_cpu_threads(cpus: int, busy: float | None) -> int:
+    """Threads that do not oversubscribe: the CPUs not kept busy by other work (at least one)."""
+    return cpus if busy is None else max(1, cpus - round(busy))
+
+
 def busy_hint(threads: int, cpus: int, load: float) -> str | None:
     """A hint when ``threads`` plus the other work already running (``load``) exceed the ``cpus``."""
     if threads > 1 and load >= 1 and threads + load > cpus + 0.5:
@@ -129,9 +168,13 @@ def set_threads(requested: int) -> int:
 
     cpus = usable_cpus()
     threads, source = choose_threads(requested, os.environ, cpus)
+    busy = busy_cpus() if source == "CPU affinity" and cpus > 1 else None
+    if busy is not None:
+        threads = free_cpu_threads(cpus, busy)
+        source = f"CPU affinity, {busy:.1f} of {cpus} CPUs busy with other work"
     torch.set_num_threads(threads)
     logger.info("%d CPU thread%s (from %s)", threads, "" if threads == 1 else "s", source)
     hint = busy_hint(threads, cpus, os.getloadavg()[0]) if hasattr(os, "getloadavg") else None
-    if hint and source == "CPU affinity":
+    if hint and source == "CPU affinity":  # only where the busy CPUs could not be measured
         logger.warning(hint)
     return threads

@@ -66,8 +66,41 @@ def test_set_threads_respects_the_environment(monkeypatch, restore_threads):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     assert train_cli.set_threads(0) == 1 and torch.get_num_threads() == 1
     monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(train_cli, "busy_cpus", lambda: 0.0)  # an idle machine
     assert train_cli.set_threads(0) == train_cli.usable_cpus() == torch.get_num_threads()
     assert train_cli.set_threads(1) == 1 and torch.get_num_threads() == 1
+
+
+def test_a_busy_machine_gets_only_its_free_cpus(monkeypatch, restore_threads):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(train_cli, "usable_cpus", lambda: 4)
+    monkeypatch.setattr(train_cli, "busy_cpus", lambda: 2.7)  # another job keeps about three CPUs busy
+    assert train_cli.set_threads(0) == 1 == torch.get_num_threads()
+    monkeypatch.setattr(train_cli, "busy_cpus", lambda: 1.2)
+    assert train_cli.set_threads(0) == 3
+    monkeypatch.setattr(train_cli, "busy_cpus", lambda: None)  # not measurable: every CPU, with the load hint
+    assert train_cli.set_threads(0) == 4
+    assert train_cli.set_threads(2) == 2  # an explicit choice is kept
+    assert [train_cli.free_cpu_threads(2, b) for b in (0.0, 0.4, 0.6, 1.7, 5.0)] == [2, 2, 1, 1, 1]
+
+
+def test_busy_cpus_from_proc_stat(tmp_path):
+    stat = tmp_path / "stat"
+
+    def write(ticks):  # per CPU: (busy user ticks, idle ticks)
+        rows = [f"cpu{i} {u} 0 0 {idle} 0 0 0 0 0 0" for i, (u, idle) in enumerate(ticks)]
+        stat.write_text("cpu  1 2 3 4 5 6 7 8 0 0\n" + "\n".join(rows) + "\nintr 1 2\n")
+
+    write([(100, 100), (100, 100), (0, 0)])
+    assert train_cli.read_cpu_times({0, 1}, str(stat)) == {0: (100, 200), 1: (100, 200)}
+    states = iter([[(100, 100), (100, 100)], [(175, 125), (100, 200)]])  # CPU 0: 75 % busy, CPU 1: idle
+
+    def read(cpus):
+        write(next(states))
+        return train_cli.read_cpu_times({0, 1}, str(stat))
+
+    assert train_cli.busy_cpus(interval=0.0, read=read) == pytest.approx(0.75)
+    assert train_cli.read_cpu_times({0}, str(tmp_path / "missing")) is None
 
 
 def test_threads_setting_is_validated():
