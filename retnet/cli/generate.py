@@ -86,7 +86,6 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run(args) -> int:
-    from ..hf.directory import is_hf_directory
     from ..training.artifacts import load_trained
     from ..training.text_samples import random_seed, sample_seeds
 
@@ -97,17 +96,12 @@ def run(args) -> int:
     seed = random_seed() if args.seed is None else args.seed
     sample_seeds(seed, 1, 1)  # checks the seed before the model loads
     stop = [unescape(s) for s in args.stop]
-    if is_hf_directory(args.model):  # a transformers directory (retnet convert hf, a Trainer checkpoint)
-        from ..hf.export import load_hf_trained
-
-        trained = load_hf_trained(args.model, device=args.device)
-    else:
-        trained = load_trained(
-            args.model,
-            device=args.device,
-            trust_checkpoint=args.trust_checkpoint,
-            allow_unverified=args.allow_unverified,
-        )
+    trained = load_trained(  # also a transformers directory (retnet convert hf, a Trainer checkpoint)
+        args.model,
+        device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+        allow_unverified=args.allow_unverified,
+    )
     options = dict(
         num_samples=args.num_samples,
         seed=seed,

@@ -111,7 +111,7 @@ def evaluate_task_files(
     """Load a trained model and evaluate it on JSONL task files (``retnet eval MODEL --tasks ...``).
 
     Args:
-        model_path: run folder, checkpoint folder or exported model folder.
+        model_path: run folder, checkpoint folder, exported model folder or Hugging Face directory.
         task_paths: task files in the format of :mod:`.tasks`.
         num_fewshot, seed: prompts (:mod:`.prompts`).
         form, chunk_size, batch_size, max_length: scoring (:func:`.scoring.score_tokens`).

@@ -179,7 +179,7 @@ def convert_to_hf(
 
 
 def load_hf_trained(directory, device: torch.device | str = "cpu", *, require_tokenizer: bool = True) -> Trained:
-    """The native model and retnet tokenizer of a Hugging Face directory (for ``retnet generate``).
+    """The native model and retnet tokenizer of a Hugging Face directory (what :func:`load_trained` returns for one).
 
     The tokenizer is read from the directory, else from the folder above it (a ``Trainer`` checkpoint inside its
     output folder).
