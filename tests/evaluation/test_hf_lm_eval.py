@@ -1,10 +1,12 @@
 """lm-eval's own ``hf`` model on a directory written by ``retnet convert hf`` (loaded with ``trust_remote_code``, no
 network): the same log-likelihoods and accuracy as lm-eval's ``retnet`` model on that directory and as
-``retnet eval --tasks``, on the local YAML task of ``test_lm_eval.py``."""
+``retnet eval --tasks``, on the local YAML task of ``test_lm_eval.py``; the same rolling log-likelihoods and greedy
+``generate_until`` text."""
 
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import pytest
 
@@ -15,6 +17,7 @@ from lm_eval import simple_evaluate  # noqa: E402
 
 from retnet.cli.__main__ import main as retnet_main  # noqa: E402
 from retnet.evaluation import evaluate_task_files, lm_eval_cli  # noqa: E402
+from retnet.evaluation.lm_eval_adapter import RetNetLM  # noqa: E402
 from retnet.hf import convert_to_hf  # noqa: E402
 
 from .conftest import DOCS, hand_accuracy, write_jsonl  # noqa: E402
@@ -90,3 +93,17 @@ def test_hf_model_equals_the_retnet_model_and_retnet_eval(
     assert retnet_main(["eval", "--table3", "--lm-eval-results", str(results_path)]) == 0
     row = capsys.readouterr().out.splitlines()[2]
     assert row.split("|")[4].strip() == f"{100 * expected['acc']:.1f}"
+
+
+def test_hf_model_rolling_log_likelihoods_and_greedy_text_equal_the_retnet_model(hf_dir):
+    from lm_eval.models.huggingface import HFLM
+
+    hf = HFLM(pretrained=str(hf_dir), trust_remote_code=True, batch_size=2, device="cpu")
+    native = RetNetLM(str(hf_dir), batch_size=2)
+    texts = [SimpleNamespace(args=(t,)) for t in ("Sixteen bytes...", "The quick brown fox jumps over the lazy dog.")]
+    expected = native.loglikelihood_rolling(texts, disable_tqdm=True)
+    assert hf.loglikelihood_rolling(texts, disable_tqdm=True) == pytest.approx(expected, rel=1e-5)
+    gen = {"until": ["\n\n"], "max_gen_toks": 8, "do_sample": False}
+    prompts = [SimpleNamespace(args=(p, dict(gen))) for p in ("Once upon a time", "The cat")]
+    text = native.generate_until(prompts, disable_tqdm=True)
+    assert all(text) and hf.generate_until(prompts, disable_tqdm=True) == text
