@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="run folder, checkpoint folder or exported model folder")
+    p.add_argument("model", help="run, checkpoint or exported model folder, or a Hugging Face directory")
     p.add_argument("prompt", nargs="?", default=None, help="prompt text; '-' or omitted reads standard input")
     p.add_argument("--file", metavar="FILE", help="prompts, one per line (blank lines skipped); '-' reads stdin")
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt (default 1)")
