@@ -171,8 +171,11 @@ def convert_to_hf(
     """``retnet convert hf``: a retnet run, checkpoint or model folder to a Hugging Face directory.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`retnet.training.artifacts.load_trained`.
+        FileNotFoundError / ValueError: as :func:`retnet.training.artifacts.load_trained`; ValueError: ``source`` is
+            a Hugging Face directory already.
     """
+    if is_hf_directory(source):
+        raise ValueError(f"{source} is a transformers directory already (to a retnet model folder: --to native)")
     trained = load_trained(source, trust_checkpoint=trust_checkpoint, allow_unverified=allow_unverified)
     native_to_hf(trained.model, directory, tokenizer=trained.tokenizer, training=training_summary(trained.source))
     return trained.model
