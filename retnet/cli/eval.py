@@ -27,7 +27,7 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", nargs="?", help="run folder, checkpoint folder or exported model folder")
+    p.add_argument("model", nargs="?", help="run, checkpoint or exported model folder, or a Hugging Face directory")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--data", help="prepared dataset folder (default: the run's dataset)")
     src.add_argument("--text", help="text/JSONL file or folder, tokenized with the model's tokenizer")

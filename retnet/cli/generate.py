@@ -36,7 +36,7 @@ def register(subparsers) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("model", help="run folder, checkpoint folder or exported model folder")
+    p.add_argument("model", help="run, checkpoint or exported model folder, or a Hugging Face directory")
     p.add_argument("prompt", nargs="?", default=None, help="prompt text; '-' or omitted reads standard input")
     p.add_argument("--file", metavar="FILE", help="prompts, one per line (blank lines skipped); '-' reads stdin")
     p.add_argument("--num-samples", type=int, default=1, metavar="N", help="samples per prompt (default 1)")
@@ -86,7 +86,6 @@ def read_prompts(path: str) -> list[str]:
 
 
 def run(args) -> int:
-    from ..hf.directory import is_hf_directory
     from ..training.artifacts import load_trained
     from ..training.text_samples import random_seed, sample_seeds
 
@@ -97,17 +96,12 @@ def run(args) -> int:
     seed = random_seed() if args.seed is None else args.seed
     sample_seeds(seed, 1, 1)  # checks the seed before the model loads
     stop = [unescape(s) for s in args.stop]
-    if is_hf_directory(args.model):  # a transformers directory (retnet convert hf, a Trainer checkpoint)
-        from ..hf.export import load_hf_trained
-
-        trained = load_hf_trained(args.model, device=args.device)
-    else:
-        trained = load_trained(
-            args.model,
-            device=args.device,
-            trust_checkpoint=args.trust_checkpoint,
-            allow_unverified=args.allow_unverified,
-        )
+    trained = load_trained(  # also a transformers directory (retnet convert hf, a Trainer checkpoint)
+        args.model,
+        device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+        allow_unverified=args.allow_unverified,
+    )
     options = dict(
         num_samples=args.num_samples,
         seed=seed,

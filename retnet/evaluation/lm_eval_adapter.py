@@ -13,7 +13,8 @@ find it. The stock ``lm_eval`` command cannot: lm-eval reads no plugin entry poi
 - ``generate_until``: batched decoding (prefill, then the recurrent form) that stops a row at the separator, at
   ``max_gen_toks`` or once its text holds one of the ``until`` strings; the text is cut before that string.
 
-Model arguments (``--model_args key=value,...``): ``pretrained`` (required), ``form`` (``chunkwise``),
+Model arguments (``--model_args key=value,...``): ``pretrained`` (required: any folder
+:func:`retnet.training.artifacts.load_trained` reads, a Hugging Face directory included), ``form`` (``chunkwise``),
 ``chunk_size`` (the model's), ``max_length`` (2048), ``device`` (``cpu``; lm-eval's default ``cuda:0`` runs on the CPU
 when there is no GPU), ``batch_size`` (also ``--batch_size``; ``auto`` means ``max_batch_size``, 64 unless given),
 ``trust_checkpoint`` and ``allow_unverified`` (docs/security.md).
@@ -25,6 +26,9 @@ import json
 import logging
 from collections.abc import Sequence
 
+# lm-eval adds its own models (hf, vllm, ...) to its registry only while the registry is empty at the first lookup:
+# added here before ``retnet`` is registered, or ``--model hf`` would be unknown in this process.
+import lm_eval.models  # noqa: F401
 import torch
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
@@ -70,8 +74,8 @@ class RetNetLM(LM):
     """The native retnet model as an lm-eval ``LM`` (arguments in the module docstring).
 
     Args:
-        pretrained: run folder, checkpoint folder or exported model folder, or an already loaded
-            :class:`retnet.training.artifacts.Trained`.
+        pretrained: run folder, checkpoint folder, exported model folder or Hugging Face directory, or an already
+            loaded :class:`retnet.training.artifacts.Trained`.
 
     Raises:
         ValueError: a bad form, batch size, chunk size or max length.

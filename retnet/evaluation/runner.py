@@ -111,13 +111,18 @@ def evaluate_task_files(
     """Load a trained model and evaluate it on JSONL task files (``retnet eval MODEL --tasks ...``).
 
     Args:
-        model_path: run folder, checkpoint folder or exported model folder.
+        model_path: run folder, checkpoint folder, exported model folder or Hugging Face directory.
         task_paths: task files in the format of :mod:`.tasks`.
-        num_fewshot, seed: prompts (:mod:`.prompts`).
-        form, chunk_size, batch_size, max_length: scoring (:func:`.scoring.score_tokens`).
+        num_fewshot: solved examples before each question (:mod:`.prompts`).
+        seed: seed of the few-shot draw (:mod:`.prompts`).
+        form: ``"parallel"``, ``"chunkwise"`` or ``"recurrent"`` (scoring: :func:`.scoring.score_tokens`).
+        chunk_size: chunk size of the chunkwise form.
+        batch_size: rows per forward pass.
+        max_length: keep at most this many tokens per row, the oldest context tokens dropped first (None: all).
         device: where the model runs.
         progress: show a progress bar on stderr.
-        trust_checkpoint, allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
+        trust_checkpoint: see :func:`retnet.training.artifacts.load_trained`.
+        allow_unverified: see :func:`retnet.training.artifacts.load_trained`.
 
     Raises:
         FileNotFoundError: a missing model or task file.

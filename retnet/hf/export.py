@@ -171,15 +171,18 @@ def convert_to_hf(
     """``retnet convert hf``: a retnet run, checkpoint or model folder to a Hugging Face directory.
 
     Raises:
-        FileNotFoundError / ValueError: as :func:`retnet.training.artifacts.load_trained`.
+        FileNotFoundError / ValueError: as :func:`retnet.training.artifacts.load_trained`; ValueError: ``source`` is
+            a Hugging Face directory already.
     """
+    if is_hf_directory(source):
+        raise ValueError(f"{source} is a transformers directory already (to a retnet model folder: --to native)")
     trained = load_trained(source, trust_checkpoint=trust_checkpoint, allow_unverified=allow_unverified)
     native_to_hf(trained.model, directory, tokenizer=trained.tokenizer, training=training_summary(trained.source))
     return trained.model
 
 
 def load_hf_trained(directory, device: torch.device | str = "cpu", *, require_tokenizer: bool = True) -> Trained:
-    """The native model and retnet tokenizer of a Hugging Face directory (for ``retnet generate``).
+    """The native model and retnet tokenizer of a Hugging Face directory (what :func:`load_trained` returns for one).
 
     The tokenizer is read from the directory, else from the folder above it (a ``Trainer`` checkpoint inside its
     output folder).

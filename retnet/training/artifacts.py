@@ -39,8 +39,10 @@ def load_trained(
     """Load a model for evaluation or generation (safetensors and JSON only, unless ``trust_checkpoint``).
 
     Args:
-        path: a run folder (its latest valid checkpoint, else its exported ``model/``), a checkpoint folder, or
-            a ``save_pretrained`` folder with a ``tokenizer/`` inside or beside it.
+        path: a run folder (its latest valid checkpoint, else its exported ``model/``), a checkpoint folder, a
+            ``save_pretrained`` folder with a ``tokenizer/`` inside or beside it, or a Hugging Face directory
+            (``retnet convert hf``, a ``Trainer`` checkpoint: :func:`retnet.hf.export.load_hf_trained`, which needs
+            ``transformers``; safetensors and JSON, which carry no retnet checksums).
         device: where to put the model.
         trust_checkpoint: also read checkpoints in torch.distributed.checkpoint's pickled format (code in such
             files runs; ``docs/security.md``).
@@ -50,9 +52,15 @@ def load_trained(
         FileNotFoundError: nothing loadable at ``path``.
         ValueError: a corrupt, unverifiable or (without ``trust_checkpoint``) pickled checkpoint.
     """
+    from ..hf.directory import is_hf_directory
+
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"no such run, checkpoint or model folder: {path}")
+    if is_hf_directory(path):
+        from ..hf.export import load_hf_trained
+
+        return load_hf_trained(path, device)
     if (path / WEIGHTS_NAME).is_file():
         model = load_pretrained(RetNetForCausalLM, path, allow_unverified=allow_unverified)
         tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path.parent / "tokenizer"

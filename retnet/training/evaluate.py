@@ -131,7 +131,7 @@ def evaluate_source(
     """``retnet eval``: evaluate a trained model on a prepared dataset, text files, or its run's dataset.
 
     Args:
-        model_path: run folder, checkpoint folder or exported model folder.
+        model_path: run folder, checkpoint folder, exported model folder or Hugging Face directory.
         data: a prepared dataset folder (its tokenizer must be the model's).
         text: text/JSONL file or folder, tokenized with the model's tokenizer.
         split: dataset split when ``data`` (or the run's dataset) is used.
