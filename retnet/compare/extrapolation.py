@@ -120,7 +120,11 @@ def length_extrapolation(
         train_len: the training sequence length T.
         factor: windows are ``factor × T`` tokens.
         buckets_per_train_len: buckets of ``T / buckets_per_train_len`` positions.
-        windows, batch_size, form, chunk_size, autocast: see :func:`position_losses`.
+        windows: see :func:`position_losses`.
+        batch_size: see :func:`position_losses`.
+        form: see :func:`position_losses`.
+        chunk_size: see :func:`position_losses`.
+        autocast: see :func:`position_losses`.
 
     Returns:
         ``{"train_len", "eval_len", "windows", "form", "buckets": [...]}`` (:func:`bucket_losses`), with

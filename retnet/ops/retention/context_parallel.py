@@ -262,11 +262,15 @@ def context_parallel_retention(
     rank r is rank r's slice of what :func:`retnet.ops.retention` returns for the whole sequence on one device.
 
     Args:
-        q, k: ``(B, T_r, H, K)`` this rank's slice (rotated at global positions; k scaled by K^−½).
+        q: ``(B, T_r, H, K)`` this rank's slice of the queries (rotated at global positions).
+        k: ``(B, T_r, H, K)`` the keys likewise (rotated at global positions, scaled by K^−½).
         v: ``(B, T_r, H, V)``.
         log_decay: ``(H,)`` log γ.
         cp_group: the group and this rank's slice (``T_r`` must equal ``cp_group.length``).
-        form, chunk_size, normalize, backend: as for :func:`retnet.ops.retention`, for this rank's own work.
+        form: as for :func:`retnet.ops.retention`, for this rank's own work.
+        chunk_size: likewise.
+        normalize: likewise.
+        backend: likewise.
         initial_state: the state before the sequence's first token, the same on every rank (its gradient is the
             whole sequence's, on every rank).
         output_final_state: return the state after this rank's slice (the last rank's is the sequence's).
