@@ -13,7 +13,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from ..layers.packing import PackedProjection, pack_linears_
+from ..layers.packing import PackedProjection, current_packing, pack_linears_
 from ..layers.position import apply_rotation
 from .base import RecurrentMixer
 
@@ -160,7 +160,8 @@ class CausalSelfAttention(RecurrentMixer):
         B, D = x_t.shape
         L = state.k.shape[2]
         position = state.position  # (B,)
-        q, k, v = self._qkv(x_t[:, None], position[:, None], self._packed_decode)  # each (B, H, 1, K)
+        packed = current_packing(self._packed_decode, self.q_proj)
+        q, k, v = self._qkv(x_t[:, None], position[:, None], packed)  # each (B, H, 1, K)
         slot = position.clamp(max=L - 1)[:, None, None, None].expand_as(k)  # (B, H, 1, K)
         state.k.scatter_(2, slot, k.to(state.k.dtype))
         state.v.scatter_(2, slot, v.to(state.v.dtype))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .packing import PackedProjection, pack_linears_
+from .packing import PackedProjection, current_packing, pack_linears_
 
 ACTIVATIONS = {"swish": nn.functional.silu, "silu": nn.functional.silu, "gelu": nn.functional.gelu, "relu": torch.relu}
 
@@ -61,9 +61,10 @@ class FeedForward(nn.Module):
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """The forward of decoding, ``(..., D) -> (..., D)``: one product for fc1 and the gate when packed (then
         with no gradient to the weights), else :meth:`forward`."""
-        if self._packed_decode is None:
+        packed = current_packing(self._packed_decode, self.fc1)
+        if packed is None:
             return self.forward(x)
-        a, b = self._packed_decode(x)  # (..., F) each
+        a, b = packed(x)  # (..., F) each
         return self.fc2(self.act(a) * b)
 
 

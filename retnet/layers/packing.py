@@ -34,6 +34,15 @@ class PackedProjection(NamedTuple):
         return nn.functional.linear(x, self.weight).split(self.sizes, dim=-1)
 
 
+def current_packing(packed: PackedProjection | None, first: nn.Linear) -> PackedProjection | None:
+    """``packed`` if ``first``'s weight is still the start of its buffer, else None (the parameters were replaced,
+    e.g. in a deep copy or by assignment, and the buffer may be stale). Checked in eager code only: under
+    ``torch.compile`` the engine packs right before compiling."""
+    if packed is None or torch.compiler.is_compiling():
+        return packed
+    return packed if first.weight.data_ptr() == packed.weight.data_ptr() else None
+
+
 def pack_linears_(linears: Sequence[nn.Linear]) -> PackedProjection:
     """Stack the weights of ``linears`` into one buffer, making each weight a view of it (values unchanged).
 

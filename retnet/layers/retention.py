@@ -16,7 +16,7 @@ from ..ops.retention import RetentionState, log_decay_schedule, retention
 from ..ops.retention.decay import compute_dtype
 from ..ops.retention.reference import normalize_rows
 from .norm import HeadNorm
-from .packing import PackedProjection, pack_linears_
+from .packing import PackedProjection, current_packing, pack_linears_
 from .position import apply_rotation
 
 if TYPE_CHECKING:
@@ -230,7 +230,7 @@ class MultiScaleRetention(nn.Module):
 
     def _decode_projections(self, x: torch.Tensor):
         """``(B, 1, D)`` → q, k (unscaled), v, gate input (or None), from one product when packed."""
-        packed: PackedProjection | None = self._packed_decode
+        packed = current_packing(self._packed_decode, self.q_proj)
         if packed is not None:
             q, k, v, *g = packed(x)
             return q, k, v, (g[0] if g else None)

@@ -101,3 +101,20 @@ def test_a_model_packed_by_the_engine_saves_and_loads_unchanged(tmp_path):
     loaded = RetNetForCausalLM.from_pretrained(tmp_path)
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_a_deep_copy_does_not_decode_with_a_stale_buffer():
+    import copy
+
+    torch.manual_seed(0)
+    msr = MultiScaleRetention(32, 2, value_dim=64).double()
+    msr.pack_decode_weights_()
+    twin = copy.deepcopy(msr)  # its parameters are fresh tensors; its stacked buffer a copy of the old values
+    with torch.no_grad():
+        twin.q_proj.weight.mul_(3.0)
+    x = torch.randn(2, 32, dtype=torch.float64)
+    state = twin.allocate_decode_state(2, 8, torch.device("cpu"), torch.float64)
+    y = twin.decode_step_(x, state)
+    twin._packed_decode = None
+    state = twin.allocate_decode_state(2, 8, torch.device("cpu"), torch.float64)
+    assert_close(y, twin.decode_step_(x, state), 1e-13)  # the updated weights, not the stale copy
