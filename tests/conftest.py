@@ -33,6 +33,15 @@ def _one_thread():
 
 
 @pytest.fixture
+def exact_fp32_dots():
+    """Exact float32 dots in the Triton kernels, which follow torch's float32 matmul precision (restored after)."""
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    yield
+    torch.set_float32_matmul_precision(old)
+
+
+@pytest.fixture
 def device():
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

@@ -137,15 +137,11 @@ def test_layer_without_gate_matches_the_oracle():
     "schedule,head_norm,with_state", [("paper", "groupnorm", True), ("torchscale", "rms", False)],
     ids=["paper-groupnorm-state", "torchscale-rms-offset"],
 )  # fmt: skip
+@pytest.mark.usefixtures("exact_fp32_dots")
 def test_layer_on_triton_matches_the_oracle(schedule, head_norm, with_state):
     pytest.importorskip("triton")
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # exact float32 dots in the kernels
-    try:
-        layer = make_layer(schedule, head_norm, backend="triton", dtype=torch.float32)
-        _compare(layer, schedule, head_norm, "chunkwise", with_state, torch.float32, 1e-4)
-    finally:
-        torch.set_float32_matmul_precision(old)
+    layer = make_layer(schedule, head_norm, backend="triton", dtype=torch.float32)
+    _compare(layer, schedule, head_norm, "chunkwise", with_state, torch.float32, 1e-4)
 
 
 @pytest.mark.parametrize("schedule", SCHEDULES)

@@ -66,25 +66,21 @@ def test_pytorch_chunkwise_compiled_matches_eager():
 
 
 @pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
+@pytest.mark.usefixtures("exact_fp32_dots")
 def test_triton_custom_ops_compiled_match_eager():
     """The Triton forward and backward ops (interpreter on CPU) inside an inductor graph, from no state (the
     kernels' empty-state path) with one row left-padded: the same bits as eager, gradients included."""
     pytest.importorskip("triton")
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")  # exact float32 dots in the kernels
-    try:
-        q, k, v, _, _, w_o, w_S = _inputs(2, 40, 2, 16, 24, torch.float32, seed=1)
-        lg = log_decay_schedule(2, device=DEVICE)
-        offset = torch.tensor([-3, 50], device=DEVICE)
+    q, k, v, _, _, w_o, w_S = _inputs(2, 40, 2, 16, 24, torch.float32, seed=1)
+    lg = log_decay_schedule(2, device=DEVICE)
+    offset = torch.tensor([-3, 50], device=DEVICE)
 
-        def run(q, k, v):
-            o, final = retention(q, k, v, lg, offset=offset, output_final_state=True, backend="triton")
-            return o, final.S, final.z
+    def run(q, k, v):
+        o, final = retention(q, k, v, lg, offset=offset, output_final_state=True, backend="triton")
+        return o, final.S, final.z
 
-        eager = _forward_backward(run, (q, k, v), (), w_o, w_S)
-        compiled = _forward_backward(torch.compile(run, fullgraph=True), (q, k, v), (), w_o, w_S)
-    finally:
-        torch.set_float32_matmul_precision(old)
+    eager = _forward_backward(run, (q, k, v), (), w_o, w_S)
+    compiled = _forward_backward(torch.compile(run, fullgraph=True), (q, k, v), (), w_o, w_S)
     for name, a, b in zip(("o", "S", "z", "dq", "dk", "dv"), compiled, eager):
         assert torch.equal(a, b), f"compiled {name} differs from eager"
 

@@ -169,16 +169,7 @@ def test_torch_forms_match_the_oracle(form, schedule, normalize, with_state):
 TRITON_CASES = [("torchscale", True, True), ("none", True, True), ("paper", True, False), ("single", False, True)]
 
 
-@pytest.fixture
-def _ieee_fp32():
-    """Exact float32 dots in the kernels (they follow torch's float32 matmul precision)."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
-
-
-@pytest.mark.usefixtures("_ieee_fp32")
+@pytest.mark.usefixtures("exact_fp32_dots")
 @pytest.mark.parametrize(
     "schedule,normalize,with_state",
     TRITON_CASES,

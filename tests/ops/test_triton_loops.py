@@ -29,16 +29,10 @@ T = 80
 RTOL = 1e-4  # float32 kernels against float64 (docs/architecture.md, "Tests")
 GRAD_RTOL = 2e-4
 
-pytestmark = pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
-
-
-@pytest.fixture(autouse=True)
-def _ieee_fp32():
-    """Exact float32 dots in the kernels (they follow torch's float32 matmul precision)."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated"),
+    pytest.mark.usefixtures("exact_fp32_dots"),
+]
 
 
 def _inputs(B, T, H, with_state, position, seed=0):

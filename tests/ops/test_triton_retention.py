@@ -33,16 +33,10 @@ RMS = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
-pytestmark = pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
-
-
-@pytest.fixture(autouse=True)
-def _ieee_fp32():
-    """Exact float32 dots in the kernels (they follow torch's float32 matmul precision)."""
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated"),
+    pytest.mark.usefixtures("exact_fp32_dots"),
+]
 
 
 def _inputs(B, T, H, K, V, dtype, offset, with_state, seed=0):

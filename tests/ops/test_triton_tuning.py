@@ -30,15 +30,10 @@ from retnet.ops.retention.triton import (  # noqa: E402
 )
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-pytestmark = pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated")
-
-
-@pytest.fixture(autouse=True)
-def _ieee_fp32():
-    old = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision("highest")
-    yield
-    torch.set_float32_matmul_precision(old)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:tl.make_block_ptr is deprecated"),
+    pytest.mark.usefixtures("exact_fp32_dots"),
+]
 
 
 @pytest.mark.parametrize(
