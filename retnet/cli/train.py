@@ -82,11 +82,16 @@ def run(args) -> int:
     return 0
 
 
-def usable_cpus() -> int:
+def usable_cpu_set() -> set[int]:
     """The CPUs this process may run on (its affinity mask where the OS has one)."""
     if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
+        return set(os.sched_getaffinity(0))
+    return set(range(os.cpu_count() or 1))
+
+
+def usable_cpus() -> int:
+    """How many CPUs this process may run on."""
+    return len(usable_cpu_set())
 
 
 def choose_threads(requested: int, environ: Mapping[str, str], cpus: int) -> tuple[int, str]:
@@ -134,7 +139,7 @@ def read_cpu_times(cpus: set[int], stat_path: str = "/proc/stat") -> dict[int, t
 def busy_cpus(interval: float = 0.25, read=read_cpu_times) -> float | None:
     """How many of this process's CPUs other work keeps busy right now: their non-idle share over ``interval``
     seconds while this process sleeps (None where ``/proc/stat`` is not available)."""
-    cpus = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+    cpus = usable_cpu_set()
     before = read(cpus)
     time.sleep(interval)
     after = read(cpus)
