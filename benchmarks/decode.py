@@ -24,7 +24,8 @@ measured steps with inductor (one compilation per batch size and ``max_len``: li
 
 Optional outside references, timed when they import (skipped with a note otherwise): transformers'
 ``LlamaForCausalLM`` of the Transformer's size with ``cache_implementation="static"`` and a compiled forward, and
-flash-linear-attention's RetNet ``generate``; their tokens/s is the difference of two generation lengths.
+flash-linear-attention's RetNet ``generate``; their tokens/s is the difference of two generation lengths. With
+``fla-retnet`` its prefill is timed too, at every ``--prefill-lengths`` (its backbone's forward with the cache on).
 
     python benchmarks/decode.py --preset 1.3b --out bench_decode
     python benchmarks/decode.py --preset 6.7b --contexts 1024 8192 65536 --batches 1 8 32 --steps 32 --out b67
@@ -276,6 +277,24 @@ def _outside_model(name: str, config, context: int, args, device) -> tuple[torch
     )  # fmt: skip
     with torch.device(device):
         return FlaRetNet(cfg).to(DTYPES[args.dtype]).eval(), {}
+
+
+def reference_prefill_row(config, T: int, args, device) -> dict:
+    """Tokens/s of flash-linear-attention's RetNet prefilling one prompt of T tokens: its backbone's forward with
+    ``use_cache=True`` (its chunk kernels, the states it returns), without the LM head, as retnet's prefill computes
+    only the last position's logits. A first call warms its kernels up."""
+    _free(device)
+    model, _ = _outside_model("fla-retnet", config, T, args, device)
+    ids = torch.randint(0, config.vocab_size, (1, T), device=device)
+    with torch.no_grad():
+        model.model(input_ids=ids, use_cache=True)
+        _sync(device)
+        t0 = time.perf_counter()
+        model.model(input_ids=ids, use_cache=True)
+        _sync(device)
+    seconds = time.perf_counter() - t0
+    del model
+    return {"T": T, "tokens_per_s": T / seconds, "ms": seconds * 1e3, "peak_gib": _peak_gib(device)}
 
 
 def reference_row(name: str, config, B: int, context: int, args, device) -> dict:
@@ -590,6 +609,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
             results["references"][name] = {"skipped": "its counterpart model is not in --models"}
         else:
             results["references"][name] = reference_row(name, source, ref_B, ref_L, args, device)
+            if name == "fla-retnet" and device.type == "cuda" and "skipped" not in results["references"][name]:
+                rows = results["prefill"][name] = []
+                for T in args.prefill_lengths:
+                    timed = functools.partial(reference_prefill_row, source, T, args, device)
+                    rows.append(common.fits_in_memory(timed, {"T": T}, device))
+                    save()
         save()
     results["summary"] = summarize(results)
     print(write_report(results, out))

@@ -319,15 +319,16 @@ def time_variants(label, variants, measure, higher_is_better=False, show="{:.3f}
     return {"results": res, "best": best}
 
 
-def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192):
-    """Time launch configurations per kernel (others at their table value) at one T; returns every timing.
+def sweep(cfgs, kernels=SWEEP_KERNELS, T=8192, tokens=TOKENS):
+    """Time launch configurations per kernel (others at their table value) at one T and B·T = ``tokens``; returns
+    every timing.
 
     Forward kernels are timed forward only, backward kernels forward+backward (their share is the difference).
     """
     out = {}
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
-        B = TOKENS // T
+        B = max(1, tokens // T)
         lg = log_decay_schedule(H, device="cuda")
         fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
         shape = (B, T, H, K, V)
@@ -344,16 +345,17 @@ SEGMENT_SWEEP = {"A": (32768, 65536), "B": (8192, 32768, 65536)}
 """T per cfg at which ``--sweep-segments`` times segment counts (where the scans have few programs)."""
 
 
-def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
+def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16), tokens=TOKENS, lengths=None):
     """Time forward and forward+backward with the state scans cut into each of ``counts`` segments (both
-    directions; ``retention_tuning(segment_chunks=...)``) against the planner's own choice; returns every timing."""
+    directions; ``retention_tuning(segment_chunks=...)``) against the planner's own choice, at B·T = ``tokens`` and
+    each of ``lengths`` (default ``SEGMENT_SWEEP[cfg]``); returns every timing."""
     out = {}
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
         lg = log_decay_schedule(H, device="cuda")
         fn = lambda q, k, v, lg=lg: retention(q, k, v, lg, backend="triton")[0]
-        for T in SEGMENT_SWEEP[cfg]:
-            B, NT = TOKENS // T, triton.cdiv(T, CHUNK)
+        for T in lengths or SEGMENT_SWEEP[cfg]:
+            B, NT = max(1, tokens // T), triton.cdiv(T, CHUNK)
             for backward in (False, True):
                 chunks = {"planner": {}}
                 chunks |= {
@@ -366,14 +368,14 @@ def sweep_segments(cfgs, counts=(1, 2, 3, 4, 6, 8, 12, 16)):
     return out
 
 
-def profile_kernels(cfgs, T=8192):
-    """CUDA time per kernel of our forward+backward (torch.profiler), averaged over 5 steps."""
+def profile_kernels(cfgs, T=8192, tokens=TOKENS):
+    """CUDA time per kernel of our forward+backward (torch.profiler) at B·T = ``tokens``, averaged over 5 steps."""
     from torch.profiler import ProfilerActivity, profile
 
     out = {}
     for cfg in cfgs:
         H, K, V = CFGS[cfg]
-        B = TOKENS // T
+        B = max(1, tokens // T)
         lg = log_decay_schedule(H, device="cuda")
         q, k, v = make_inputs(B, T, H, K, V, True)
         do = torch.randn(B, T, H, V, device="cuda", dtype=torch.bfloat16)
@@ -510,9 +512,14 @@ def main(argv=None):
     ap.add_argument("--ops", nargs="+", default=None, help="time only these ops (e.g. ours fla sdpa_cudnn)")
     ap.add_argument(
         "--sweep", nargs="*", choices=SWEEP_KERNELS, default=None,
-        help="time launch variants of these kernels first (all when none is named; T = 8192)",
+        help="time launch variants of these kernels first (all when none is named; at --sweep-T)",
     )  # fmt: skip
-    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times of ours at T = 8192")
+    ap.add_argument("--profile", action="store_true", help="per-kernel CUDA times of ours at T = --sweep-T")
+    ap.add_argument("--sweep-T", type=int, default=8192, help="T of --sweep, --profile (and --sweep-segments)")
+    ap.add_argument(
+        "--tokens", type=int, default=TOKENS,
+        help="B·T of --sweep, --sweep-segments and --profile (a training step's tokens; the table keeps 65,536)",
+    )  # fmt: skip
     ap.add_argument("--no-decode", action="store_true", help="skip the decode-step benchmark")
     ap.add_argument("--no-chunkwise", action="store_true", help="skip the chunkwise benchmark")
     ap.add_argument(
@@ -552,16 +559,17 @@ def run(args):
             json.dump(result, f, indent=1)
 
     if args.sweep is not None:
-        result["sweep"] = sweep(args.cfg, args.sweep or SWEEP_KERNELS)
+        result["sweep"] = sweep(args.cfg, args.sweep or SWEEP_KERNELS, args.sweep_T, args.tokens)
         save()
     if args.sweep_decode:
         result["decode_sweep"] = sweep_decode(bw)
         save()
     if args.sweep_segments:
-        result["segment_sweep"] = sweep_segments(args.cfg)
+        lengths = None if args.sweep_T == 8192 else [args.sweep_T]
+        result["segment_sweep"] = sweep_segments(args.cfg, tokens=args.tokens, lengths=lengths)
         save()
     if args.profile:
-        result["profile"] = profile_kernels(args.cfg)
+        result["profile"] = profile_kernels(args.cfg, args.sweep_T, args.tokens)
         save()
     if not args.no_decode:
         result["decode"] = bench_decode(bw)
