@@ -120,6 +120,7 @@ def build(name: str, cfg: RetNetConfig, args, device: torch.device):
             compile=device.type == "cuda" or args.compile_cpu,
             compile_backend="inductor" if device.type == "cuda" else "aot_eager",
             activation_checkpointing=args.activation_checkpointing,
+            activation_memory_budget=args.activation_memory_budget,
             data=DataSection(reset_at_boundaries=False),  # rows of random ids: no documents to reset at
         )
         prepare_model(model, train_cfg, device)
@@ -374,6 +375,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tokens-per-step", type=int, nargs="+", default=[8192, 32768])
     p.add_argument("--precision", choices=("bf16", "mixed"), default="bf16")
     p.add_argument("--activation-checkpointing", choices=("none", "selective", "full"), default="none")
+    p.add_argument(
+        "--activation-memory-budget", type=float, default=TrainConfig.activation_memory_budget,
+        help="share of each compiled block's activations its backward may keep (retnet train's default)",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--profile", choices=MODELS, default=None, help="profile one step of this model at every row")

@@ -21,12 +21,22 @@ from pathlib import Path
 from .archs import LABELS
 
 # Settings that say where or how a run happened, not what it computed, are left out of the key: folders, caches,
-# workers, checkpoint cadence, and compilation (compiled blocks compute the same function; an architecture whose
-# mixer does not compile can then run eager in the same study).
+# workers, checkpoint cadence, and compilation with its memory budget (compiled blocks compute the same function; an
+# architecture whose mixer does not compile can then run eager in the same study).
 _NOT_IN_KEY = {
     "compare": ("archs", "out_dir", "seeds", "results_file"),
     "data": ("cache_dir", "fetch", "workers"),
-    "": ("threads", "tensorboard", "checkpoint", "probes", "sweep", "name", "compile", "compile_backend"),
+    "": (
+        "threads",
+        "tensorboard",
+        "checkpoint",
+        "probes",
+        "sweep",
+        "name",
+        "compile",
+        "compile_backend",
+        "activation_memory_budget",
+    ),
 }
 
 

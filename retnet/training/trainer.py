@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch._functorch import config as functorch_config
 from tqdm import tqdm
 
 from ..data import PreparedDataset, WindowSampler, make_batch
@@ -95,9 +96,10 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
 
     This is the fast training path of ``retnet train`` (and of ``benchmarks/train.py``, which times it): bf16
     parameters when ``cfg.param_dtype`` says so, per-block activation checkpointing, and every block compiled as
-    one graph (``fullgraph``: a graph break is an error, not a silent slowdown). Packed documents
-    (``data.reset_at_boundaries``) are the exception: the op groups documents by length on the host, so each block
-    compiles into graphs around that step instead of one.
+    one graph (``fullgraph``: a graph break is an error, not a silent slowdown) under the process-wide
+    ``torch._functorch.config.activation_memory_budget``, set from ``cfg`` (read when each graph is built). Packed
+    documents (``data.reset_at_boundaries``) are the exception: the op groups documents by length on the host, so
+    each block compiles into graphs around that step instead of one.
     """
     if cfg.param_dtype == "bf16":
         model.to(torch.bfloat16)
@@ -107,6 +109,7 @@ def prepare_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> n
         whole = not cfg.data.reset_at_boundaries and cfg.parallel.context == 1
         if not whole:
             logger.info("packed documents or context parallelism: compiled blocks break their graphs around that step")
+        functorch_config.activation_memory_budget = cfg.activation_memory_budget
         for block in blocks:
             block.compile(backend=cfg.compile_backend, fullgraph=whole)
     return model

@@ -29,6 +29,8 @@ def test_yaml_then_overrides(tmp_path):
         (["--steps=1.5"], "steps=1.5 is invalid; expected int"),
         (["--precision=fp8"], "precision='fp8' is invalid; expected one of auto, fp32, bf16, fp16"),
         (["--optim.lr=-1"], "optim.lr=-1.0 is invalid"),
+        (["--activation_memory_budget=0"], "activation_memory_budget=0.0 is invalid; it must be in (0, 1]"),
+        (["--activation_memory_budget=1.5"], "activation_memory_budget=1.5 is invalid"),
         (["--model=3"], "config model must be a mapping"),
         (["--steps"], "has no value"),
         (["steps=3"], "overrides look like --key=value"),
@@ -70,3 +72,19 @@ def test_schedule_shapes():
     lin = OptimSection(lr=1.0, warmup_steps=0, min_lr_ratio=0.0, schedule="linear")
     assert lr_at(50, 100, lin) == pytest.approx(0.5)
     assert lr_at(50, 100, OptimSection(lr=2.0, schedule="constant", warmup_steps=0)) == 2.0
+
+
+def test_compiled_blocks_get_the_activation_memory_budget(monkeypatch):
+    import torch
+    from torch._functorch import config as functorch_config
+
+    from retnet import RetNetConfig, RetNetForCausalLM
+    from retnet.training.trainer import prepare_model
+
+    monkeypatch.setattr(functorch_config, "activation_memory_budget", 1.0)
+    model = RetNetForCausalLM(RetNetConfig.from_preset("debug"))
+    cfg = TrainConfig(compile=True, compile_backend="aot_eager", activation_memory_budget=0.4)
+    prepare_model(model, cfg, torch.device("cpu"))
+    assert functorch_config.activation_memory_budget == 0.4
+    prepare_model(RetNetForCausalLM(RetNetConfig.from_preset("debug")), TrainConfig(compile=False), torch.device("cpu"))
+    assert functorch_config.activation_memory_budget == 0.4  # only compiling sets it
