@@ -25,7 +25,8 @@ measured steps with inductor (one compilation per batch size and ``max_len``: li
 Optional outside references, timed when they import (skipped with a note otherwise): transformers'
 ``LlamaForCausalLM`` of the Transformer's size with ``cache_implementation="static"`` and a compiled forward, and
 flash-linear-attention's RetNet ``generate``; their tokens/s is the difference of two generation lengths. With
-``fla-retnet`` its prefill is timed too, at every ``--prefill-lengths`` (its backbone's forward with the cache on).
+``--prefill-peers``, flash-linear-attention's prefill is timed beside retnet's at every ``--prefill-lengths`` (its
+backbone's forward with the cache on).
 
     python benchmarks/decode.py --preset 1.3b --out bench_decode
     python benchmarks/decode.py --preset 6.7b --contexts 1024 8192 65536 --batches 1 8 32 --steps 32 --out b67
@@ -495,6 +496,10 @@ def parse_args(argv):
     p.add_argument("--max-search-batch", type=int, default=1024)
     p.add_argument("--sdpa-backends", nargs="+", choices=SDPA_BACKENDS, default=["auto", "efficient", "cudnn"])
     p.add_argument("--references", nargs="*", choices=REFERENCES, default=list(REFERENCES))
+    p.add_argument(
+        "--prefill-peers", action="store_true",
+        help="also time flash-linear-attention's RetNet prefill at every --prefill-lengths (CUDA)",
+    )  # fmt: skip
     p.add_argument("--no-graph", action="store_true", help="run the engine's step eagerly (no CUDA graph)")
     p.add_argument(
         "--compile", action="store_true", help="compile the engine's step with inductor (once per batch size)"
@@ -609,13 +614,20 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> dict:
             results["references"][name] = {"skipped": "its counterpart model is not in --models"}
         else:
             results["references"][name] = reference_row(name, source, ref_B, ref_L, args, device)
-            if name == "fla-retnet" and device.type == "cuda" and "skipped" not in results["references"][name]:
-                rows = results["prefill"][name] = []
-                for T in args.prefill_lengths:
-                    timed = functools.partial(reference_prefill_row, source, T, args, device)
-                    rows.append(common.fits_in_memory(timed, {"T": T}, device))
-                    save()
         save()
+    if args.prefill_peers and device.type == "cuda" and "retnet" in configs:
+        try:
+            import fla  # noqa: F401
+        except ImportError as err:
+            results["prefill"]["fla-retnet"] = [
+                {"T": T, "skipped": f"not importable: {err}"} for T in args.prefill_lengths
+            ]
+        else:
+            rows = results["prefill"]["fla-retnet"] = []
+            for T in args.prefill_lengths:
+                timed = functools.partial(reference_prefill_row, configs["retnet"], T, args, device)
+                rows.append(common.fits_in_memory(timed, {"T": T}, device))
+                save()
     results["summary"] = summarize(results)
     print(write_report(results, out))
     save()
