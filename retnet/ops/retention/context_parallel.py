@@ -241,6 +241,14 @@ def slice_summary(
     return _slice_summary(k, v, log_decay.to(compute_dtype(v.dtype)), positions, tail_start, impl)
 
 
+def _summary_is_folded(start: int, length: int, total_length: int, bounds: list[int] | None) -> bool:
+    """Whether a later rank reads the summary of the slice [start, start + length): not when it is the last slice,
+    nor when a document starts right after it (document boundaries ``bounds``), where the next rank's state resets
+    and its own carry is 0, so that no rank after it sees this one's state either."""
+    end = start + length
+    return end < total_length and (bounds is None or end not in bounds)
+
+
 def _local_summary(k, v, lg, layout: _SliceLayout, impl: str, used: bool) -> torch.Tensor:
     """This rank's X_r, or zeros of its shape when no rank folds it (``used`` False): the last rank's, and one
     followed by a slice that starts a document (the next rank resets its state). The zeros need a gradient when
@@ -393,9 +401,7 @@ def context_parallel_retention(
     else:
         bounds = _check_global_documents(cu_seqlens, q, initial_state, offset, cp_group.total_length)
         layout = _layout_of_documents(bounds, cp_group.start, T, q.device)
-    # No rank folds the last rank's summary, nor one whose next slice starts a document (that rank resets).
-    end = cp_group.start + T
-    used = end < cp_group.total_length and (cu_seqlens is None or end not in bounds)
+    used = _summary_is_folded(cp_group.start, T, cp_group.total_length, None if cu_seqlens is None else bounds)
     needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
     impl = _summary_backend(backend, k, v, form, needs_grad) if used else "torch"
     X_local = _local_summary(k, v, lg, layout, impl, used)  # (B, H, K, V + 1)
