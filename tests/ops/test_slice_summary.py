@@ -201,6 +201,7 @@ def test_one_rank_runs_the_plain_op(backend, monkeypatch):
         for cp in (None, ContextParallelGroup.balanced(T)):
             q, k, v = (x.clone().requires_grad_() for x in base)
             o, final = retention(q, k, v, lg, offset=offset, output_final_state=True, backend=backend, cp_group=cp)
+            o.mul_(2.0)  # the output is the caller's to modify, as the plain op's is
             ((o * w).sum() + final.S.sum()).backward()
             results.append([o, final.S, final.z, final.position, q.grad, k.grad, v.grad])
     finally:

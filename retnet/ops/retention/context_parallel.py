@@ -6,11 +6,15 @@ token to the next (docs/spec.md §3), so the slices only need the state that ent
 1. Each rank summarises its slice as the state it would leave behind from an empty start,
    X_r = Σ_m γ^(T_r−1−m) k_mᵀ [v_m | 1] over the tokens after its last document start (S and the key sum z in one
    ``(B, H, K, V + 1)`` tensor), and the factor A_r that carries an incoming state through the slice: γ^(T_r), or
-   0 when a document starts inside the slice (its state resets there).
+   0 when a document starts inside the slice (its state resets there). X_r runs on the Triton state scan where the
+   op does (``triton/summary.py``), else as an ``einsum``; a rank whose summary no rank folds (the last, or one
+   followed by a document start) sends zeros instead.
 2. One all-gather exchanges the summaries; rank r folds those before it:
    X_in(r) = A_{r−1} X_in(r−1) + X_{r−1}, X_in(0) = the sequence's initial state (or 0).
 3. Each rank finishes its slice with the ordinary op (any form, any backend) from the incoming state, at its
-   global position, so outputs, the normaliser and the final state equal the single-device call.
+   global position, so outputs, the normaliser and the final state equal the single-device call. Where that state
+   is provably empty (the sequence's start without an initial state, a document starting at the slice) the op
+   runs from an empty state instead, which skips reading it and its gradient.
 
 The backward pass runs the same fold the other way: with G_r the gradient of X_in(r), the gradient of X_j is
 D_j = G_{j+1} + A_{j+1} D_{j+1} (D_{last} = 0), from one all-gather of the G_r; the initial state's gradient is
@@ -142,17 +146,18 @@ class _ExchangeStates(torch.autograd.Function):
 
 
 class _JoinGraph(torch.autograd.Function):
-    """``o`` unchanged, with ``X_in`` (an incoming state that provably contributes nothing) kept in its graph: the
-    backward returns zeros for ``X_in``, so this rank joins the backward all-gather like every other rank."""
+    """An op input ``x`` unchanged, with ``X_in`` (an incoming state that provably contributes nothing) kept in its
+    graph: the backward returns zeros for ``X_in``, so this rank joins the backward all-gather like every other
+    rank. Applied to an input of the op (never to its output, which the caller may modify in place)."""
 
     @staticmethod
-    def forward(ctx, o, X_in):
+    def forward(ctx, x, X_in):
         ctx.state_shape, ctx.state_options = X_in.shape, {"dtype": X_in.dtype, "device": X_in.device}
-        return o.view_as(o)
+        return x.view_as(x)
 
     @staticmethod
-    def backward(ctx, grad_o):
-        return grad_o, torch.zeros(ctx.state_shape, **ctx.state_options)
+    def backward(ctx, grad_x):
+        return grad_x, torch.zeros(ctx.state_shape, **ctx.state_options)
 
 
 def _check_layout(metas: list[list[int]]) -> None:
@@ -409,18 +414,21 @@ def context_parallel_retention(
     carry = carry_H.expand(B, H).contiguous()  # (B, H)
     X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group, used)  # (B, H, K, V + 1)
     head_end = layout.head_end
-    head = (q[:, :head_end], k[:, :head_end], v[:, :head_end], log_decay)
+    q_h, k_h, v_h = q[:, :head_end], k[:, :head_end], v[:, :head_end]
     common = {"form": form, "output_final_state": output_final_state, "chunk_size": chunk_size,
               "normalize": normalize, "backend": backend}  # fmt: skip
     if layout.continues and (cp_group.start > 0 or X0 is not None):
         incoming = RetentionState(X_in[..., :V].contiguous(), X_in[..., V].contiguous(), layout.head_position)
-        o, final = retention(*head, initial_state=incoming, **common)
+        o, final = retention(q_h, k_h, v_h, log_decay, initial_state=incoming, **common)
     else:
         # The incoming state is provably empty (the sequence's start without an initial state, or a document
-        # starting at the slice): the op runs from an empty state, which skips reading it and its gradient.
-        o, final = retention(*head, offset=layout.head_position, **common)
-        if X_in.requires_grad:
-            o = _JoinGraph.apply(o, X_in)
+        # starting at the slice): the op runs from an empty state, which skips reading it and its gradient. Here
+        # X0 is None, so X_in needs a gradient exactly when k or v does.
+        if X_in.requires_grad and k_h.requires_grad:
+            k_h = _JoinGraph.apply(k_h, X_in)
+        elif X_in.requires_grad:
+            v_h = _JoinGraph.apply(v_h, X_in)
+        o, final = retention(q_h, k_h, v_h, log_decay, offset=layout.head_position, **common)
     if head_end == T:
         return o, final
     rest = [b - head_end for b in layout.starts if b > head_end] + [T - head_end]
