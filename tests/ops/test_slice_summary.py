@@ -105,6 +105,26 @@ def test_kernels_match_the_einsum(B, T, H, K, V, dtype, offset, tail_start, segm
         assert not dk[0, :pad].any() and not dv[0, :pad].any()
 
 
+GPU_CASES = [
+    (B, T, H, K, V, dt, off, tail, seg)
+    for dt in (torch.bfloat16, torch.float16, torch.float32)
+    for B, T, H, K, V, off, tail, seg in (
+        (1, 1000, 2, 256, 512, 0, 0, None),
+        (1, 1000, 2, 256, 512, 0, 0, 3),
+        (2, 333, 2, 64, 96, [-17, 4], 0, None),
+        (1, 300, 2, 256, 432, 0, 77, 2),  # the torchscale 1.3B geometry, a document start inside the slice
+    )
+]
+GPU_IDS = [f"B{B}-T{T}-K{K}-V{V}-{str(dt)[6:]}-tail{tail}-seg{seg}" for B, T, H, K, V, dt, off, tail, seg in GPU_CASES]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("B,T,H,K,V,dtype,offset,tail_start,segment_chunks", GPU_CASES, ids=GPU_IDS)
+def test_kernels_match_the_einsum_gpu(B, T, H, K, V, dtype, offset, tail_start, segment_chunks):
+    test_kernels_match_the_einsum(B, T, H, K, V, dtype, offset, tail_start, segment_chunks)
+
+
 def test_fully_padded_rows_and_one_sided_gradients():
     """A row that is all left padding summarises to zeros; a loss on S alone or on z alone gives the einsum's
     gradients (the other output gets none)."""
@@ -128,8 +148,7 @@ def test_backends_and_bad_arguments():
     lg = log_decay_schedule(2)
     positions = torch.arange(20)[None]
     exact = context_parallel._slice_summary(k, v, lg, positions, 0)
-    if not torch.cuda.is_available():  # "auto" takes the kernels only on CUDA
-        assert torch.equal(slice_summary(k, v, lg), exact)
+    assert torch.equal(slice_summary(k, v, lg), exact)  # "auto" takes the kernels only for CUDA tensors
     assert torch.equal(slice_summary(k, v, lg, backend="torch"), exact)
     big = torch.randn(1, 4, 1, 2 * MAX_K)
     with pytest.raises(NotImplementedError, match="K <= 256"):
@@ -189,7 +208,8 @@ def test_one_rank_runs_the_plain_op(backend, monkeypatch):
     calls = []
     real = context_parallel._slice_summary
     monkeypatch.setattr(context_parallel, "_slice_summary", lambda *a, **kw: calls.append(1) or real(*a, **kw))
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
+    group_backend = "nccl" if DEVICE.type == "cuda" else "gloo"
+    dist.init_process_group(group_backend, init_method=f"tcp://127.0.0.1:{_free_port()}", rank=0, world_size=1)
     try:
         g = torch.Generator().manual_seed(5)
         B, T, H, K, V = 2, 70, 2, 16, 8
