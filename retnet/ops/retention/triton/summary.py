@@ -46,8 +46,14 @@ def summary_segments(
 
     Unlike the op's scan (:func:`~.tuning.plan_segments`), this one writes no per-chunk states, so every segment but
     the last runs in the parallel pre-pass: it is split until the pre-pass has about ``SEGMENT_PROGRAMS_PER_SM``
-    programs per multiprocessor, in segments of at least ``MIN_SEGMENT_CHUNKS`` chunks. ``segment_chunks``
-    (``KernelTuning.segment_chunks``) fixes the segment length instead.
+    programs per multiprocessor, in segments of at least ``MIN_SEGMENT_CHUNKS`` chunks (a rule by construction,
+    not yet timed on a GPU; ``benchmarks/context_parallel.py`` times the summary).
+
+    Args:
+        NT: chunks in the slice.
+        programs_per_segment: programs of one segment's scan ((K blocks)·(V blocks)·batch·heads).
+        device: where the scan runs (its multiprocessor count).
+        segment_chunks: a fixed segment length in chunks (``KernelTuning.segment_chunks``), or None to choose.
     """
     if segment_chunks is not None:
         seg_nt = max(1, min(segment_chunks, NT))
@@ -169,9 +175,13 @@ def slice_summary_bwd(
     """Gradients of k and v from those of the summary's S ``(B, H, K, V)`` and z ``(B, H, K)`` (float32).
 
     Args:
-        k, v, log_decay, position, plan: as for :func:`slice_summary_fwd`.
+        k: ``(B, T, H, K)`` as for :func:`slice_summary_fwd`.
+        v: ``(B, T, H, V)`` likewise.
+        log_decay: ``(H,)`` likewise.
+        position: ``(B,)`` likewise.
         dS: ``(B, H, K, V)`` gradient of S (rounded to k's dtype for the dots).
         dz: ``(B, H, K)`` gradient of z, float32.
+        plan: the forward call's launches.
 
     Returns:
         ``(dk, dv)`` with the shapes and dtypes of k and v.
