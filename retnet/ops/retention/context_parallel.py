@@ -422,12 +422,9 @@ def context_parallel_retention(
         o, final = retention(q_h, k_h, v_h, log_decay, initial_state=incoming, **common)
     else:
         # The incoming state is provably empty (the sequence's start without an initial state, or a document
-        # starting at the slice): the op runs from an empty state, which skips reading it and its gradient. Here
-        # X0 is None, so X_in needs a gradient exactly when k or v does.
-        if X_in.requires_grad and k_h.requires_grad:
+        # starting at the slice): the op runs from an empty state, which skips reading it and its gradient.
+        if X_in.requires_grad:
             k_h = _JoinGraph.apply(k_h, X_in)
-        elif X_in.requires_grad:
-            v_h = _JoinGraph.apply(v_h, X_in)
         o, final = retention(q_h, k_h, v_h, log_decay, offset=layout.head_position, **common)
     if head_end == T:
         return o, final
