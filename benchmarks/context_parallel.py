@@ -4,7 +4,10 @@ sequence length and the number of ranks, beside the single-GPU op, forward + bac
 For each sequence length T and each number of ranks n (powers of two up to the world size, or ``--ranks``), the
 first n ranks run ``retention(..., cp_group=)`` on their slices of one sequence of T tokens; the step time is the
 slowest rank's. The single-GPU row runs the plain op on all T tokens on rank 0; the 1-rank row runs the split path
-without partners, which is its overhead against the plain op. Launch under torchrun (one process per GPU)::
+without partners, which is its overhead against the plain op. A single rank is the first and the last: it computes
+no summary (no rank folds it) and runs its op from an empty state, so two more rows on rank 0 give what a rank that
+is not the last pays besides: the plain op from a non-empty state (with its gradient), and the slice summary of T
+tokens alone, forward + backward (``slice_summary``). Launch under torchrun (one process per GPU)::
 
     torchrun --nproc_per_node=8 benchmarks/context_parallel.py --out bench_cp --lengths 8192 32768 131072
 
@@ -30,8 +33,8 @@ import torch.distributed as dist
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from retnet.ops.retention import log_decay_schedule, retention  # noqa: E402
-from retnet.ops.retention.context_parallel import ContextParallelGroup  # noqa: E402
+from retnet.ops.retention import RetentionState, log_decay_schedule, retention  # noqa: E402
+from retnet.ops.retention.context_parallel import ContextParallelGroup, slice_summary  # noqa: E402
 from retnet.utils.environment import environment_stamp  # noqa: E402
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -95,22 +98,52 @@ def _time_steps(step, device: torch.device, warmup: int, steps: int) -> tuple[fl
     return statistics.median(times), peak
 
 
-def _op_step(q, k, v, log_decay, args, cp_group=None):
+def _op_step(q, k, v, log_decay, args, cp_group=None, initial_state=None):
     def step():
-        for x in (q, k, v):
+        for x in (q, k, v, *(() if initial_state is None else initial_state[:1])):
             x.grad = None
-        o, _ = retention(q, k, v, log_decay, form=args.form, backend=args.backend, cp_group=cp_group)
+        o, _ = retention(
+            q, k, v, log_decay, form=args.form, backend=args.backend, cp_group=cp_group, initial_state=initial_state
+        )
         o.float().square().mean().backward()
 
     return step
 
 
-def single_row(T: int, args, device: torch.device, log_decay) -> dict:
-    """The plain op on all T tokens, on this rank alone."""
-    q, k, v = _inputs(args.batch, T, args.heads, args.key_dim, args.value_dim, DTYPES[args.dtype], device, 0)
-    seconds, peak = _time_steps(_op_step(q, k, v, log_decay, args), device, args.warmup, args.steps)
-    return {"T": T, "ranks": 0, "kind": "single", "ms": 1e3 * seconds, "tokens_per_s": args.batch * T / seconds,
+def _row(T: int, kind: str, ranks: int, seconds: float, peak: float | None, args) -> dict:
+    return {"T": T, "ranks": ranks, "kind": kind, "ms": 1e3 * seconds, "tokens_per_s": args.batch * T / seconds,
             "peak_gib_per_gpu": peak}  # fmt: skip
+
+
+def single_row(T: int, args, device: torch.device, log_decay, from_state: bool = False) -> dict:
+    """The plain op on all T tokens, on this rank alone; ``from_state``: from a random state that takes a gradient
+    (as a rank that is not the first runs its slice)."""
+    B, H, K, V = args.batch, args.heads, args.key_dim, args.value_dim
+    q, k, v = _inputs(B, T, H, K, V, DTYPES[args.dtype], device, 0)
+    state = None
+    if from_state:
+        g = torch.Generator(device=device).manual_seed(2)
+        S = (0.1 * torch.randn(B, H, K, V, generator=g, device=device)).requires_grad_(True)
+        z = torch.randn(B, H, K, generator=g, device=device).abs()
+        state = RetentionState(S, z, torch.full((B,), 4 * T, dtype=torch.long, device=device))
+    step = _op_step(q, k, v, log_decay, args, initial_state=state)
+    seconds, peak = _time_steps(step, device, args.warmup, args.steps)
+    return _row(T, "single_state" if from_state else "single", 0, seconds, peak, args)
+
+
+def summary_row(T: int, args, device: torch.device, log_decay) -> dict:
+    """The slice summary of T tokens alone, forward + backward: what a rank that is not the last adds to its op."""
+    _, k, v = _inputs(args.batch, T, args.heads, args.key_dim, args.value_dim, DTYPES[args.dtype], device, 0)
+    g = torch.Generator(device=device).manual_seed(3)
+    cotangent = torch.randn(args.batch, args.heads, args.key_dim, args.value_dim + 1, generator=g, device=device)
+
+    def step():
+        k.grad = v.grad = None
+        X = slice_summary(k, v, log_decay, backend=args.backend)  # (B, H, K, V + 1)
+        X.backward(cotangent.to(X.dtype))
+
+    seconds, peak = _time_steps(step, device, args.warmup, args.steps)
+    return _row(T, "summary", 1, seconds, peak, args)
 
 
 def split_row(T: int, n: int, group, args, device: torch.device, log_decay) -> dict | None:
@@ -121,12 +154,40 @@ def split_row(T: int, n: int, group, args, device: torch.device, log_decay) -> d
     stats = torch.tensor([seconds, peak or 0.0], dtype=torch.float64, device=device)
     dist.all_reduce(stats, op=dist.ReduceOp.MAX, group=group)
     seconds, peak_max = stats.tolist()
-    return {"T": T, "ranks": n, "kind": "split", "ms": 1e3 * seconds, "tokens_per_s": args.batch * T / seconds,
-            "peak_gib_per_gpu": peak_max if peak is not None else None}  # fmt: skip
+    return _row(T, "split", n, seconds, peak_max if peak is not None else None, args)
+
+
+LABELS = {"single": "one device (plain op)", "single_state": "one device, from a state", "summary": "summary alone"}
+
+
+def _pays_table(rows: list[dict]) -> list[str]:
+    """Per T, on one GPU: the plain op, the op from a state, the 1-rank split path and the summary alone."""
+    by = {(r["T"], r["kind"], r["ranks"]): r["ms"] for r in rows}
+    lines = [
+        "",
+        "What a rank pays on one device, forward + backward, ms (no communication). One rank is the first and the "
+        "last: no summary, its op from an empty state. A rank that is not the last adds the summary of its slice; "
+        "one that is not the first runs its op from a state.",
+        "",
+        "| T | plain op | split path, one rank | one-rank overhead | plain op from a state | summary alone | "
+        "summary / plain op |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for T in sorted({r["T"] for r in rows}):
+        plain, split = by.get((T, "single", 0)), by.get((T, "split", 1))
+        state, summary = by.get((T, "single_state", 0)), by.get((T, "summary", 1))
+        if None in (plain, split, state, summary):
+            continue
+        lines.append(
+            f"| {T} | {plain:.2f} | {split:.2f} | {split / plain:.2f}× | {state:.2f} | {summary:.2f} | "
+            f"{summary / plain:.2f} |"
+        )
+    return lines
 
 
 def report(results: dict, out: Path) -> str:
-    """``results.md``: one row per (T, ranks), with the speed-up over the single-GPU op at that T."""
+    """``results.md``: one row per (T, ranks), with the speed-up over the single-GPU op at that T, and the table
+    of what a rank pays on one GPU (:func:`_pays_table`)."""
     single = {r["T"]: r for r in results["rows"] if r["kind"] == "single"}
     a = results["args"]
     lines = [
@@ -139,14 +200,14 @@ def report(results: dict, out: Path) -> str:
     for r in results["rows"]:
         n = r["ranks"] or 1
         base = single.get(r["T"])
-        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base else "—"
+        ratio = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}" if base and r["kind"] != "summary" else "—"
         peak = "—" if r["peak_gib_per_gpu"] is None else f"{r['peak_gib_per_gpu']:.2f}"
-        label = "one device (plain op)" if r["kind"] == "single" else str(r["ranks"])
+        label = LABELS.get(r["kind"], str(r["ranks"]))
         lines.append(
             f"| {r['T']} | {label} | {r['ms']:.2f} | {r['tokens_per_s']:,.0f} | {r['tokens_per_s'] / n:,.0f} | "
             f"{ratio} | {peak} |"
         )
-    text = "\n".join(lines) + "\n"
+    text = "\n".join(lines + _pays_table(results["rows"])) + "\n"
     (out / "results.md").write_text(text)
     return text
 
@@ -161,9 +222,9 @@ def plot(results: dict, out: Path) -> None:
     except ImportError:
         return
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
-    for key in sorted({(r["kind"], r["ranks"]) for r in results["rows"]}):
+    for key in sorted({(r["kind"], r["ranks"]) for r in results["rows"] if r["kind"] in ("single", "split")}):
         rows = sorted((r for r in results["rows"] if (r["kind"], r["ranks"]) == key), key=lambda r: r["T"])
-        label = "one device (plain op)" if key[0] == "single" else f"{key[1]} ranks"
+        label = LABELS["single"] if key[0] == "single" else f"{key[1]} ranks"
         ax1.plot([r["T"] for r in rows], [r["tokens_per_s"] for r in rows], marker="o", label=label)
         if all(r["peak_gib_per_gpu"] is not None for r in rows):
             ax2.plot([r["T"] for r in rows], [r["peak_gib_per_gpu"] for r in rows], marker="o", label=label)
@@ -208,6 +269,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     for T in args.lengths:
         if rank == 0:
             record(single_row(T, args, device, log_decay))
+            record(single_row(T, args, device, log_decay, from_state=True))
+            record(summary_row(T, args, device, log_decay))
         dist.barrier()
         for n in counts:
             if T < n:

@@ -8,6 +8,7 @@ import importlib.util
 import json
 import multiprocessing
 import random
+import re
 import socket
 from pathlib import Path
 
@@ -214,16 +215,20 @@ def test_context_parallel_equals_single_process(tmp_path):
     multiprocessing.set_forkserver_preload(["torch", "retnet.ops.retention", __name__])
     out = tmp_path / "bench"
     mp.start_processes(_worker, args=(_free_port(), str(out)), nprocs=WORLD, join=True, start_method="forkserver")
-    # The benchmark's smoke run: the plain op and 1, 2 and 4 ranks at each length, written as JSON, table and plot.
+    # The benchmark's smoke run: the plain op (from no state and from a state), the summary alone, and 1, 2 and 4
+    # ranks at each length, written as JSON, tables and plot.
     results = json.loads((out / "results.json").read_text())
     rows = [(r["T"], r["kind"], r["ranks"]) for r in results["rows"]]
-    assert rows == [(T, "single", 0) for T in (8,)] + [(8, "split", n) for n in (1, 2, 4)] + [
-        (13, "single", 0),
-        *((13, "split", n) for n in (1, 2, 4)),
+    assert rows == [
+        row
+        for T in (8, 13)
+        for row in [(T, "single", 0), (T, "single_state", 0), (T, "summary", 1), *((T, "split", n) for n in (1, 2, 4))]
     ]
     assert all(r["tokens_per_s"] > 0 and r["ms"] > 0 for r in results["rows"])
     assert results["environment"]["world_size"] == WORLD and results["environment"]["torch"]
-    assert "| 13 | 4 |" in (out / "results.md").read_text()
+    table = (out / "results.md").read_text()
+    assert "| 13 | 4 |" in table and "| 13 | summary alone |" in table
+    assert "| summary / plain op |" in table and re.search(r"\n\| 13 \| [\d.]+ \| [\d.]+ \| [\d.]+× \|", table)
     assert (out / "context_parallel.png").is_file()
 
 

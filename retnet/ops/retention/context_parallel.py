@@ -6,11 +6,15 @@ token to the next (docs/spec.md §3), so the slices only need the state that ent
 1. Each rank summarises its slice as the state it would leave behind from an empty start,
    X_r = Σ_m γ^(T_r−1−m) k_mᵀ [v_m | 1] over the tokens after its last document start (S and the key sum z in one
    ``(B, H, K, V + 1)`` tensor), and the factor A_r that carries an incoming state through the slice: γ^(T_r), or
-   0 when a document starts inside the slice (its state resets there).
+   0 when a document starts inside the slice (its state resets there). X_r runs on the Triton state scan where the
+   op does (``triton/summary.py``), else as an ``einsum``; a rank whose summary no rank folds (the last, or one
+   followed by a document start) sends zeros instead.
 2. One all-gather exchanges the summaries; rank r folds those before it:
    X_in(r) = A_{r−1} X_in(r−1) + X_{r−1}, X_in(0) = the sequence's initial state (or 0).
 3. Each rank finishes its slice with the ordinary op (any form, any backend) from the incoming state, at its
-   global position, so outputs, the normaliser and the final state equal the single-device call.
+   global position, so outputs, the normaliser and the final state equal the single-device call. Where that state
+   is provably empty (the sequence's start without an initial state, a document starting at the slice) the op
+   runs from an empty state instead, which skips reading it and its gradient.
 
 The backward pass runs the same fold the other way: with G_r the gradient of X_in(r), the gradient of X_j is
 D_j = G_{j+1} + A_{j+1} D_{j+1} (D_{last} = 0), from one all-gather of the G_r; the initial state's gradient is
@@ -27,7 +31,7 @@ import torch
 import torch.distributed as dist
 
 from .decay import compute_dtype, decay_powers
-from .dispatch import _check_inputs, _check_state_and_offset_types, _resolve_state, retention
+from .dispatch import _check_inputs, _check_state_and_offset_types, _pick_backend, _resolve_state, retention
 from .state import RetentionState
 
 
@@ -99,8 +103,9 @@ class _ExchangeStates(torch.autograd.Function):
     """X_in(r) from every rank's summary (X_j, A_j) with one all-gather; exact gradients by the reverse fold."""
 
     @staticmethod
-    def forward(ctx, X_local, carry, X0, cp: ContextParallelGroup):
-        # X_local: (B, H, K, V + 1) summary of this slice; carry: (B, H) A_r; X0: initial (B, H, K, V + 1) or None.
+    def forward(ctx, X_local, carry, X0, cp: ContextParallelGroup, local_used: bool):
+        # X_local: (B, H, K, V + 1) summary of this slice (zeros when no rank folds it: ``local_used`` False);
+        # carry: (B, H) A_r; X0: initial (B, H, K, V + 1) or None.
         meta = torch.tensor([cp.start, cp.length, cp.total_length], dtype=torch.long, device=X_local.device)
         # One byte buffer per rank: the layout (int64) first, so that every part starts aligned to its dtype.
         parts = (_bytes(meta), _bytes(X_local), _bytes(carry))
@@ -116,7 +121,7 @@ class _ExchangeStates(torch.autograd.Function):
         X_in = torch.zeros_like(X_local) if X0 is None else X0.to(X_local.dtype).clone()
         for j in range(rank):
             X_in = carries[j] * X_in + X_all[j]
-        ctx.carries, ctx.cp, ctx.has_X0 = carries, cp, X0 is not None
+        ctx.carries, ctx.cp, ctx.has_X0, ctx.local_used = carries, cp, X0 is not None, local_used
         return X_in
 
     @staticmethod
@@ -135,7 +140,24 @@ class _ExchangeStates(torch.autograd.Function):
                     break
             D = G[i] + carries[i] * D
         grad_X0 = D if ctx.has_X0 else None
-        return grad_local, None, grad_X0, None
+        if not ctx.local_used:  # this rank sent zeros in place of its summary (``_local_summary``)
+            grad_local = None
+        return grad_local, None, grad_X0, None, None
+
+
+class _JoinGraph(torch.autograd.Function):
+    """An op input ``x`` unchanged, with ``X_in`` (an incoming state that provably contributes nothing) kept in its
+    graph: the backward returns zeros for ``X_in``, so this rank joins the backward all-gather like every other
+    rank. Applied to an input of the op (never to its output, which the caller may modify in place)."""
+
+    @staticmethod
+    def forward(ctx, x, X_in):
+        ctx.state_shape, ctx.state_options = X_in.shape, {"dtype": X_in.dtype, "device": X_in.device}
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad_x):
+        return grad_x, torch.zeros(ctx.state_shape, **ctx.state_options)
 
 
 def _check_layout(metas: list[list[int]]) -> None:
@@ -152,15 +174,95 @@ def _check_layout(metas: list[list[int]]) -> None:
         raise ValueError(f"context-parallel slices cover {expected} tokens, not the sequence's {metas[0][2]}: {metas}")
 
 
-def _slice_summary(k, v, lg, positions, tail_start: int):
+def _slice_summary(k, v, lg, positions, tail_start: int, backend: str = "torch"):
     """X_r ``(B, H, K, V + 1)``: the state an empty start reaches at the slice's end, from tokens >= tail_start.
 
-    ``positions`` ``(B, T)`` are the tokens' absolute positions (negative ones are left padding: they contribute
-    nothing). Only decays γ^(T−1−m) ≤ 1 are formed. Computed in ``lg``'s dtype (float32 or float64) even under
-    autocast: a state is never rounded to 16 bits (docs/spec.md §3, "Numerics").
+    ``positions`` ``(B, T)`` or ``(1, T)`` are the tokens' absolute positions (negative ones are left padding: they
+    contribute nothing), rising by one from ``tail_start`` on. ``backend`` ``"torch"`` computes it as a
+    ``lg``-dtype (float32 or float64) ``einsum``, the reference; ``"triton"`` runs the state-scan kernels
+    (``triton/summary.py``: operands in the input dtype, as in the op's own scan, float32 accumulation). Only decays
+    γ^(T−1−m) ≤ 1 are formed; the state stays float32 or better even under autocast: a state is never rounded to
+    16 bits (docs/spec.md §3, "Numerics").
     """
+    if backend == "triton":
+        from .triton.summary import slice_summary
+
+        first = positions[:, tail_start].expand(k.shape[0]).contiguous()  # (B,)
+        S, z = slice_summary(k[:, tail_start:], v[:, tail_start:], lg, first)
+        return torch.cat([S, z[..., None]], dim=-1)  # (B, H, K, V + 1)
     with torch.autocast(k.device.type, enabled=False):
         return _slice_summary_exact(k, v, lg, positions, tail_start)
+
+
+def _summary_backend(backend: str, k: torch.Tensor, v: torch.Tensor, form: str, needs_grad: bool) -> str:
+    """The summary's implementation: the chunkwise kernels where the call's own backend is Triton and they
+    cover the head dim and dtype, else the ``einsum`` reference (float64, K > ``MAX_K``, no Triton)."""
+    if _pick_backend(backend, k, form, needs_grad) != "triton" or v.dtype == torch.float64:
+        return "torch"
+    from .triton import MAX_K
+
+    return "triton" if k.shape[-1] <= MAX_K else "torch"
+
+
+def slice_summary(
+    k: torch.Tensor,
+    v: torch.Tensor,
+    log_decay: torch.Tensor,
+    *,
+    offset: int | torch.Tensor = 0,
+    tail_start: int = 0,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """The summary X ``(B, H, K, V + 1)`` that a rank which is not the last computes and sends (docs/parallel.md).
+
+    X = Σ_m γ^(T−1−m) k_mᵀ [v_m | 1] over the tokens m >= ``tail_start`` at non-negative positions: the state S
+    and key sum z an empty start reaches after the last token, in one tensor. Differentiable in k and v.
+
+    Args:
+        k: ``(B, T, H, K)`` keys (scaled by K^−½).
+        v: ``(B, T, H, V)`` values of k's dtype.
+        log_decay: ``(H,)`` float32/float64 log γ.
+        offset: absolute position of the first token, an int or ``(B,)`` integer tensor (negative: left padding).
+        tail_start: first token summed (a document start inside the slice).
+        backend: ``"auto"``, ``"torch"`` (the ``einsum``) or ``"triton"``, chosen as for
+            :func:`retnet.ops.retention`.
+
+    Returns:
+        X in float32 (float64 for float64 inputs).
+
+    Raises:
+        TypeError / ValueError: as :func:`retnet.ops.retention` for k, v and log_decay; ``tail_start`` outside
+            ``[0, T)``.
+    """
+    _check_inputs(k, k, v, log_decay, "chunkwise", None, backend)
+    _check_state_and_offset_types(None, offset, k.shape[1])
+    B, T = k.shape[:2]
+    if isinstance(tail_start, bool) or not isinstance(tail_start, int) or not 0 <= tail_start < T:
+        raise ValueError(f"tail_start must be an int in [0, T) = [0, {T}), got {tail_start!r}")
+    start = _resolve_state(None, offset, k, v).position.expand(B)  # (B,)
+    positions = start[:, None] + torch.arange(T, device=k.device)  # (B, T)
+    needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    impl = _summary_backend(backend, k, v, "chunkwise", needs_grad)
+    return _slice_summary(k, v, log_decay.to(compute_dtype(v.dtype)), positions, tail_start, impl)
+
+
+def _summary_is_folded(start: int, length: int, total_length: int, bounds: list[int] | None) -> bool:
+    """Whether a later rank reads the summary of the slice [start, start + length): not when it is the last slice,
+    nor when a document starts right after it (document boundaries ``bounds``), where the next rank's state resets
+    and its own carry is 0, so that no rank after it sees this one's state either."""
+    end = start + length
+    return end < total_length and (bounds is None or end not in bounds)
+
+
+def _local_summary(k, v, lg, layout: _SliceLayout, impl: str, used: bool) -> torch.Tensor:
+    """This rank's X_r, or zeros of its shape when no rank folds it (``used`` False): the last rank's, and one
+    followed by a slice that starts a document (the next rank resets its state). The zeros need a gradient when
+    k or v do, so that this rank joins the backward all-gather as the ranks that computed theirs do."""
+    if used:
+        return _slice_summary(k, v, lg, layout.positions, layout.tail_start, impl)
+    B, _, H, K = k.shape
+    zeros = torch.zeros(B, H, K, v.shape[-1] + 1, dtype=lg.dtype, device=k.device)  # (B, H, K, V + 1)
+    return zeros.requires_grad_(torch.is_grad_enabled() and (k.requires_grad or v.requires_grad))
 
 
 def _slice_summary_exact(k, v, lg, positions, tail_start: int):
@@ -304,18 +406,26 @@ def context_parallel_retention(
     else:
         bounds = _check_global_documents(cu_seqlens, q, initial_state, offset, cp_group.total_length)
         layout = _layout_of_documents(bounds, cp_group.start, T, q.device)
-    X_local = _slice_summary(k, v, lg, layout.positions, layout.tail_start)  # (B, H, K, V + 1)
+    used = _summary_is_folded(cp_group.start, T, cp_group.total_length, None if cu_seqlens is None else bounds)
+    needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
+    impl = _summary_backend(backend, k, v, form, needs_grad) if used else "torch"
+    X_local = _local_summary(k, v, lg, layout, impl, used)  # (B, H, K, V + 1)
     carry_H = torch.zeros_like(lg) if layout.resets else decay_powers(lg, torch.tensor(T, device=q.device))
     carry = carry_H.expand(B, H).contiguous()  # (B, H)
-    X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group)  # (B, H, K, V + 1)
-    if not layout.continues:  # a document starts at the slice: the state resets, and stays in the graph
-        X_in = torch.where(torch.zeros((), dtype=torch.bool, device=q.device), X_in, 0.0)
-    incoming = RetentionState(X_in[..., :V].contiguous(), X_in[..., V].contiguous(), layout.head_position)
+    X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group, used)  # (B, H, K, V + 1)
     head_end = layout.head_end
-    o, final = retention(
-        q[:, :head_end], k[:, :head_end], v[:, :head_end], log_decay, form=form, initial_state=incoming,
-        output_final_state=output_final_state, chunk_size=chunk_size, normalize=normalize, backend=backend,
-    )  # fmt: skip
+    q_h, k_h, v_h = q[:, :head_end], k[:, :head_end], v[:, :head_end]
+    common = {"form": form, "output_final_state": output_final_state, "chunk_size": chunk_size,
+              "normalize": normalize, "backend": backend}  # fmt: skip
+    if layout.continues and (cp_group.start > 0 or X0 is not None):
+        incoming = RetentionState(X_in[..., :V].contiguous(), X_in[..., V].contiguous(), layout.head_position)
+        o, final = retention(q_h, k_h, v_h, log_decay, initial_state=incoming, **common)
+    else:
+        # The incoming state is provably empty (the sequence's start without an initial state, or a document
+        # starting at the slice): the op runs from an empty state, which skips reading it and its gradient.
+        if X_in.requires_grad:
+            k_h = _JoinGraph.apply(k_h, X_in)
+        o, final = retention(q_h, k_h, v_h, log_decay, offset=layout.head_position, **common)
     if head_end == T:
         return o, final
     rest = [b - head_end for b in layout.starts if b > head_end] + [T - head_end]

@@ -4,6 +4,7 @@
 * ``backward.py``: the chunkwise backward kernels (reverse scan, dQ/dK, dV) and their launcher.
 * ``op.py``: the differentiable op (``torch.library`` custom ops with autograd, traced whole by ``torch.compile``).
 * ``step.py``: the fused decode step (recurrent form, in place, CUDA-graph safe).
+* ``summary.py``: context parallelism's slice summary (a final-state-only scan and its chunk-parallel gradient).
 * ``tuning.py``: every launch choice (block table, segment planning, keep-states policy, decode launch) as values,
   with overrides scoped by :func:`retention_tuning`.
 * ``tiles.py``: device helpers the kernels share (block pointers, decays, masks, the normaliser).

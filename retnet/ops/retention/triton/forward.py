@@ -11,7 +11,9 @@ backward pass. Kernels:
 
 * ``_state_fwd_kernel``: the sequential scan over chunks, one program per (K block, V block, segment,
   batch·head); it writes every chunk's incoming state ``h`` (in the input dtype, a dot operand), optionally the
-  incoming key sums ``zh`` and the final state. The backward pass reuses it to recompute ``h``.
+  incoming key sums ``zh`` and the final state. The backward pass reuses it to recompute ``h``; a launch
+  without ``h`` (``STORE_H`` off) gives the final state alone (context parallelism's slice summary,
+  ``summary.py``).
 * ``_segment_state_kernel``: when (K blocks)·(V blocks)·batch·heads is too few programs to fill the GPU (long
   sequences, small batches), the chunks are cut into segments scanned in parallel; this pre-pass sums what each
   segment but the last adds to the state, and each segment's scan starts from the decayed sum of the earlier
@@ -73,12 +75,19 @@ def _state_fwd_kernel(
     T, NT, SEG_NT, BH,
     H: tl.constexpr, K: tl.constexpr, V: tl.constexpr,
     BT: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
-    HAS_S0: tl.constexpr, STORE_Z: tl.constexpr, STORE_FINAL: tl.constexpr, IP: tl.constexpr, WIDE: tl.constexpr,
+    HAS_S0: tl.constexpr, STORE_H: tl.constexpr, STORE_Z: tl.constexpr, STORE_FINAL: tl.constexpr,
+    IP: tl.constexpr, WIDE: tl.constexpr,
 ):  # fmt: skip
     """h[i] = S_{i−1} (and zh[i] = z_{i−1}), the state entering chunk i, for the chunks of segment s; the final
-    state after the last chunk. Segment s starts from γ^(s·N) S0 + Σ_{j<s} γ^((s−1−j)·N) S_seg[j], N its tokens."""
+    state after the last chunk. Segment s starts from γ^(s·N) S0 + Σ_{j<s} γ^((s−1−j)·N) S_seg[j], N its tokens.
+
+    Without ``STORE_H`` only the final state is wanted: the launch has one program per (K block, V block,
+    batch·head), each running the last segment only (the earlier ones come summed from the pre-pass)."""
     i_k, i_v, i_sbh = tl.program_id(0), tl.program_id(1), tl.program_id(2)
-    i_s, i_bh = i_sbh // BH, i_sbh % BH
+    if STORE_H:
+        i_s, i_bh = i_sbh // BH, i_sbh % BH
+    else:
+        i_s, i_bh = tl.cdiv(NT, SEG_NT) - 1, i_sbh
     i_b, i_h = i_bh // H, i_bh % H
     lg = tl.load(log_decay + i_h).to(tl.float32)
     p0 = tl.load(position + i_b)
@@ -99,8 +108,9 @@ def _state_fwd_kernel(
         b_z += tl.load(z_seg + (j * BH + i_bh) * K + o_k, mask=m_k, other=0.0) * g_j
     t_end = tl.minimum(NT, (i_s + 1) * SEG_NT)
     for i_t in range(i_s * SEG_NT, t_end):
-        p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
-        tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
+        if STORE_H:
+            p_h = state_block(h, i_bh * NT + i_t, K, V, i_k, i_v, BK, BV, WIDE)
+            tl.store(p_h, b_S.to(p_h.dtype.element_ty), boundary_check=(0, 1))
         if STORE_Z:
             tl.store(zh + (i_bh * NT + i_t) * K + o_k, b_z, mask=m_k & (i_v == 0))
         b_S, b_gL, b_kz = state_tile_step(k, v, b_S, lg, p0, i_b, i_h, i_k, i_v, i_t, T, H, K, V, BT, BK, BV, IP, WIDE)
@@ -177,15 +187,23 @@ def _output_fwd_kernel(
 # ---------------------------------------------------------------------------------------------------------
 
 
-def state_scan(k, v, S0, z0, position, log_decay, BT, plan: ChunkPlan, *, store_z, store_final, ip):
+def state_scan(
+    k, v, S0, z0, position, log_decay, BT, plan: ChunkPlan, *, store_z, store_final, ip, store_h=True, segments=None
+):
     """Run the state scan with the ``state_fwd`` launch of ``plan``; returns ``(h, zh, S, z)``: h
-    ``(B, H, N, K, V)`` in k's dtype, zh ``(B, H, N, K)`` float32 (when ``store_z``), and the final S, z in
-    float32 (when ``store_final``; else empty)."""
+    ``(B, H, N, K, V)`` in k's dtype (when ``store_h``; else empty), zh ``(B, H, N, K)`` float32 (when
+    ``store_z``), and the final S, z in float32 (when ``store_final``; else empty). ``segments`` fixes
+    ``(chunks per segment, segments)`` instead of :func:`~.tuning.plan_segments`' choice.
+
+    Without ``store_h`` (the final state alone, ``store_final`` and not ``store_z``), every segment but the last
+    is summed by the pre-pass in parallel, and one program per tile scans the last segment from their sum."""
     B, T, H, K = k.shape
     V = v.shape[-1]
     NT = triton.cdiv(T, BT)
     f32 = {"device": k.device, "dtype": torch.float32}
-    h = k.new_empty(B, H, NT, K, V)
+    if not store_h and (store_z or not store_final):
+        raise ValueError("a scan without per-chunk states (store_h=False) returns the final state only")
+    h = k.new_empty(B, H, NT, K, V) if store_h else k.new_empty(0)
     zh = torch.empty(B, H, NT, K, **f32) if store_z else h.new_empty(0)
     S = torch.empty(B, H, K, V, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
     z = torch.empty(B, H, K, **f32) if store_final else h.new_empty(0, dtype=torch.float32)
@@ -194,7 +212,7 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, plan: ChunkPlan, *, store_
     launch = plan.launch("state_fwd")
     BK, BV, cfg = launch.BK, launch.BV, launch.options
     NK, NV = triton.cdiv(K, BK), triton.cdiv(V, BV)
-    seg_nt, nseg = plan_segments(NT, NK * NV * B * H, k.device, plan.segment_chunks)
+    seg_nt, nseg = segments or plan_segments(NT, NK * NV * B * H, k.device, plan.segment_chunks)
     S_seg = z_seg = h  # unread without segments
     if nseg > 1:
         S_seg = torch.empty(nseg - 1, B * H, K, V, **f32)
@@ -203,11 +221,11 @@ def state_scan(k, v, S0, z0, position, log_decay, BT, plan: ChunkPlan, *, store_
             k, v, position, log_decay, S_seg, z_seg, T, seg_nt, B * H,
             H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, IP=ip, WIDE=wide, **cfg,
         )  # fmt: skip
-    _state_fwd_kernel[(NK, NV, nseg * B * H)](
+    _state_fwd_kernel[(NK, NV, (nseg if store_h else 1) * B * H)](
         k, v, S0 if has_s0 else h, z0 if has_s0 else h, S_seg, z_seg, position, log_decay, h, zh, S, z,
         T, NT, seg_nt, B * H,
-        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_S0=has_s0, STORE_Z=store_z, STORE_FINAL=store_final, IP=ip,
-        WIDE=wide, **cfg,
+        H=H, K=K, V=V, BT=BT, BK=BK, BV=BV, HAS_S0=has_s0, STORE_H=store_h, STORE_Z=store_z,
+        STORE_FINAL=store_final, IP=ip, WIDE=wide, **cfg,
     )  # fmt: skip
     return h, zh, S, z
 
