@@ -277,9 +277,8 @@ class MultiScaleRetention(nn.Module):
 
         Each row is rotated at its own position, read from ``state.position`` on the device (by the caller, once
         for every layer, when it passes ``rotation``), so the step has no host synchronisation and can be captured
-        in a CUDA graph. On CUDA (and with ``backend="triton"``)
-        the fused Triton step runs; otherwise an in-place PyTorch step that performs the recurrent reference's
-        operations in the same order (bit-identical to it).
+        in a CUDA graph. On CUDA (and with ``backend="triton"``) the fused Triton step runs; otherwise an in-place
+        PyTorch step that performs the recurrent reference's operations in the same order (bit-identical to it).
 
         Args:
             x_t: ``(B, D)`` normalised block input, one token per row.
