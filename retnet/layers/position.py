@@ -105,7 +105,9 @@ def apply_rotation(x: torch.Tensor, rotation: RotationTable | torch.Tensor) -> t
     B, T, _, K = x.shape
     if cos.dtype != dt:
         raise ValueError(f"rotation is {cos.dtype} but inputs of {x.dtype} rotate in {dt} (docs/spec.md §2)")
-    if cos.dim() != 4 or cos.shape[0] not in (1, B) or cos.shape[1] not in (1, T) or cos.shape[2:] != (1, K // 2):
+    # Sizes compared with ==, not `in`: torch.compile answers `in` over a tuple holding a symbolic size with False.
+    fits = cos.dim() == 4 and cos.shape[2] == 1 and cos.shape[3] == K // 2
+    if not (fits and (cos.shape[0] == 1 or cos.shape[0] == B) and (cos.shape[1] == 1 or cos.shape[1] == T)):
         raise ValueError(
             f"rotation must be ({B} or 1, {T} or 1, 1, {K // 2}) for x of shape {tuple(x.shape)}, "
             f"got {tuple(cos.shape)}"

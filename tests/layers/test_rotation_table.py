@@ -32,6 +32,18 @@ def test_table_rotates_bit_identically_to_the_formula(dtype):
         assert torch.equal(apply_rotation(x, positions), rotation_by_formula(x, positions))
 
 
+def test_compiled_rotation_with_symbolic_sizes():
+    """A block compiled once for other shapes recompiles with symbolic sizes; the table (a new input) keeps static
+    ones, and the shape check must still pass."""
+    x = torch.randn(4, 32, 2, 32)
+    table = rotation_table(torch.arange(32).expand(4, 32), 32)
+    for dim in range(4):
+        torch._dynamo.maybe_mark_dynamic(x, dim)
+    torch._dynamo.reset()
+    compiled = torch.compile(apply_rotation, backend="eager", fullgraph=True)
+    assert torch.equal(compiled(x, table), apply_rotation(x, table))
+
+
 def test_a_layer_called_alone_builds_its_own_table():
     torch.manual_seed(0)
     layer = MultiScaleRetention(32, 2, 64, backend="torch").double()
