@@ -13,6 +13,10 @@ static decoding protocol:
 - ``decode_step_(x_t, state) -> y_t``: one token ``(B, D)`` for every row, in place, with no host
   synchronisation (so it can be captured in a CUDA graph).
 
+Optionally, ``rotation_table(positions) -> table`` (RetNet): the engine then builds the rotation of q and k once per
+step (and per prefill piece) for all layers and passes it to ``decode_step_`` / ``prefill_decode_state_`` as
+``rotation=``.
+
 The engine computes the evaluation-mode model (it refuses a model in training mode with dropout).
 """
 

@@ -58,15 +58,27 @@ class StepBuffers(NamedTuple):
     eos: torch.Tensor
 
 
-def _block_step(block, x: torch.Tensor, state) -> torch.Tensor:
+def _block_step(block, x: torch.Tensor, state, rotation=None) -> torch.Tensor:
     """One layer for one token of every slot, its state updated in place: ``(B, D) -> (B, D)``.
 
     The unit ``torch.compile`` compiles: every layer has the same code and shapes, so one compiled graph serves
-    all of them (seconds to compile, where the unrolled step of all layers takes minutes).
+    all of them (seconds to compile, where the unrolled step of all layers takes minutes). ``rotation`` is the
+    step's shared rotation table (:func:`_rotation_builder`), an ordinary tensor input of that graph.
     """
-    h = x + block.mixer.decode_step_(block.mixer_norm(x), state)
+    extra = {} if rotation is None else {"rotation": rotation}
+    h = x + block.mixer.decode_step_(block.mixer_norm(x), state, **extra)
     ffn_norm = block.ffn_norm(h)
     return h + (block.ffn.decode(ffn_norm) if hasattr(block.ffn, "decode") else block.ffn(ffn_norm))
+
+
+def _rotation_builder(parts: DecoderParts):
+    """``positions (B, T) -> rotation table`` shared by every mixer of the model (RetNet's
+    ``MultiScaleRetention.rotation_table``), or None where the mixers share none (each rotates on its own, as the
+    Transformer baseline does)."""
+    mixers = [block.mixer for block in parts.blocks]
+    if not mixers or not all(type(m) is type(mixers[0]) for m in mixers):
+        return None
+    return getattr(mixers[0], "rotation_table", None)
 
 
 def _engine_step(
@@ -91,8 +103,12 @@ def _engine_step(
     if buffers.eos.numel():
         buffers.finished.logical_or_((token[:, None] == buffers.eos[None, :]).any(-1))
     x = parts.embed(token)  # (B, D)
+    # Built once for all layers from the device-side positions before any layer advances them, inside the
+    # captured step (not baked into it).
+    build = _rotation_builder(parts)
+    rotation = None if build is None else build(states[0].position[:, None])  # from (B, 1) positions
     for block, state in zip(parts.blocks, states):
-        x = block_step(block, x, state)
+        x = block_step(block, x, state, rotation)
     buffers.logits.copy_(parts.head(x))  # (B, vocab)
 
 
@@ -359,11 +375,15 @@ class DecodeEngine:
         """Prefill ``ids`` ``(n, T)`` into slots ``index``, piece by piece, and store the last logits."""
         T = ids.shape[1]
         piece = T if self.prefill_chunk is None else self.prefill_chunk
+        build = _rotation_builder(self.parts)
         for start in range(0, T, piece):
             x = self.parts.embed(ids[:, start : start + piece])  # (n, t, D)
+            extra = {}
+            if build is not None:  # the rows' common positions start .. start + t − 1, (1, t)
+                extra["rotation"] = build(torch.arange(start, start + x.shape[1], device=self.device)[None])
             for block, state in zip(self.parts.blocks, self.states):
                 y = block.mixer.prefill_decode_state_(
-                    block.mixer_norm(x), state, index, start, chunk_size=self.chunk_size
+                    block.mixer_norm(x), state, index, start, chunk_size=self.chunk_size, **extra
                 )
                 h = x + y
                 x = h + block.ffn(block.ffn_norm(h))

@@ -2,7 +2,7 @@
 
 from .ffn import FeedForward, build_ffn
 from .norm import HeadNorm, RMSNorm, build_norm
-from .position import apply_rotation, rotation_frequencies
+from .position import RotationTable, apply_rotation, rotation_frequencies, rotation_table
 from .retention import MultiScaleRetention
 
 __all__ = [
@@ -10,8 +10,10 @@ __all__ = [
     "HeadNorm",
     "MultiScaleRetention",
     "RMSNorm",
+    "RotationTable",
     "apply_rotation",
     "build_ffn",
     "build_norm",
     "rotation_frequencies",
+    "rotation_table",
 ]

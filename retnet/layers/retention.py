@@ -17,7 +17,7 @@ from ..ops.retention.decay import compute_dtype
 from ..ops.retention.reference import normalize_rows
 from .norm import HeadNorm
 from .packing import PackedProjection, current_packing, pack_linears_
-from .position import apply_rotation
+from .position import RotationTable, apply_rotation, rotation_table
 
 if TYPE_CHECKING:
     from ..ops.retention.context_parallel import ContextParallelGroup
@@ -112,6 +112,21 @@ class MultiScaleRetention(nn.Module):
                 self._log_decay[key] = cached
         return cached
 
+    def rotation_table(self, positions: torch.Tensor) -> RotationTable:
+        """The rotation of q and k at ``positions`` ``(B, T)``, in this layer's head dim and compute dtype.
+
+        Every layer of a model has the same head dim and dtype, so the model builds this once per forward (and the
+        decoding engine once per step) and hands it to each layer's :meth:`forward` / :meth:`decode_step_`.
+
+        Args:
+            positions: ``(B, T)`` integer absolute positions (see :func:`positions_for`).
+
+        Returns:
+            :class:`~retnet.layers.position.RotationTable` ``(B or 1, T, 1, K/2)``, float32 (float64 for a float64
+            layer).
+        """
+        return rotation_table(positions, self.key_dim, dtype=compute_dtype(self.q_proj.weight.dtype))
+
     def forward(
         self,
         x: torch.Tensor,
@@ -124,6 +139,7 @@ class MultiScaleRetention(nn.Module):
         positions: torch.Tensor | None = None,
         output_state: bool = False,
         cp_group: ContextParallelGroup | None = None,
+        rotation: RotationTable | None = None,
     ) -> tuple[torch.Tensor, RetentionState | None]:
         """Apply MSR.
 
@@ -138,20 +154,27 @@ class MultiScaleRetention(nn.Module):
             output_state: return the state after the segment.
             cp_group: x is this rank's slice of a sequence split over a group (context parallelism); state,
                 offset and cu_seqlens then describe the whole sequence (docs/parallel.md).
+            rotation: the rotation of the segment's positions when the caller has built it once for every layer
+                (:meth:`rotation_table`); None builds it here from ``positions`` (or from state, offset and
+                cu_seqlens).
 
         Returns:
             ``(y, state)``: y ``(B, T, D)``; state or None.
         """
         B, T, _ = x.shape
         H, K, V = self.num_heads, self.key_dim, self.head_value_dim
-        if positions is None:
-            start = 0 if cp_group is None else cp_group.start
-            positions = positions_for(B, T, x.device, state=state, offset=offset, cu_seqlens=cu_seqlens, start=start)
         q = self.q_proj(x).view(B, T, H, K)
         k = (self.k_proj(x) * self.scaling).view(B, T, H, K)
         v = self.v_proj(x).view(B, T, H, V)
-        q = apply_rotation(q, positions)
-        k = apply_rotation(k, positions)
+        if rotation is None:
+            if positions is None:
+                start = 0 if cp_group is None else cp_group.start
+                positions = positions_for(
+                    B, T, x.device, state=state, offset=offset, cu_seqlens=cu_seqlens, start=start
+                )
+            rotation = rotation_table(positions, K, dtype=compute_dtype(q.dtype))
+        q = apply_rotation(q, rotation)
+        k = apply_rotation(k, rotation)
         o, new_state = retention(
             q,
             k,
@@ -193,7 +216,14 @@ class MultiScaleRetention(nn.Module):
         return state
 
     def prefill_decode_state_(
-        self, x: torch.Tensor, state: RetentionState, rows: torch.Tensor, start: int, *, chunk_size: int = 64
+        self,
+        x: torch.Tensor,
+        state: RetentionState,
+        rows: torch.Tensor,
+        start: int,
+        *,
+        chunk_size: int = 64,
+        rotation: RotationTable | None = None,
     ) -> torch.Tensor:
         """Run a segment for rows ``rows`` of a static state, continuing them, and write their new state in place.
 
@@ -204,12 +234,16 @@ class MultiScaleRetention(nn.Module):
             start: the rows' common position before the segment (0: a new sequence; the rows' old state is
                 ignored).
             chunk_size: chunk size of the chunkwise form.
+            rotation: the rotation at positions ``start .. start + T − 1`` shared by every layer
+                (:meth:`rotation_table`); None builds it here.
 
         Returns:
             ``(n, T, D)`` layer output.
         """
         initial = None if start == 0 else RetentionState(state.S[rows], state.z[rows], state.position[rows])
-        y, new = self.forward(x, form="chunkwise", chunk_size=chunk_size, state=initial, output_state=True)
+        y, new = self.forward(
+            x, form="chunkwise", chunk_size=chunk_size, state=initial, output_state=True, rotation=rotation
+        )
         state.S.index_copy_(0, rows, new.S.to(state.S.dtype))
         state.z.index_copy_(0, rows, new.z.to(state.z.dtype))
         state.position.index_copy_(0, rows, new.position)
@@ -236,17 +270,21 @@ class MultiScaleRetention(nn.Module):
             return q, k, v, (g[0] if g else None)
         return self.q_proj(x), self.k_proj(x), self.v_proj(x), (None if self.g_proj is None else self.g_proj(x))
 
-    def decode_step_(self, x_t: torch.Tensor, state: RetentionState) -> torch.Tensor:
+    def decode_step_(
+        self, x_t: torch.Tensor, state: RetentionState, *, rotation: RotationTable | None = None
+    ) -> torch.Tensor:
         """One token for every row, updating ``state`` in place (recurrent form, paper Eq. 6).
 
-        Each row is rotated at its own position, read from ``state.position`` on the device, so the step has
-        no host synchronisation and can be captured in a CUDA graph. On CUDA (and with ``backend="triton"``)
-        the fused Triton step runs; otherwise an in-place PyTorch step that performs the recurrent reference's
-        operations in the same order (bit-identical to it).
+        Each row is rotated at its own position, read from ``state.position`` on the device (by the caller, once
+        for every layer, when it passes ``rotation``), so the step has no host synchronisation and can be captured
+        in a CUDA graph. On CUDA (and with ``backend="triton"``) the fused Triton step runs; otherwise an in-place
+        PyTorch step that performs the recurrent reference's operations in the same order (bit-identical to it).
 
         Args:
             x_t: ``(B, D)`` normalised block input, one token per row.
             state: buffers from :meth:`allocate_decode_state` (B rows).
+            rotation: :meth:`rotation_table` of ``state.position[:, None]`` as it is before the step (``(B, 1, 1,
+                K/2)``), built once per step for all layers; None builds it here.
 
         Returns:
             ``(B, D)`` layer output.
@@ -254,10 +292,11 @@ class MultiScaleRetention(nn.Module):
         B, _ = x_t.shape
         H, K, V = self.num_heads, self.key_dim, self.head_value_dim
         x = x_t[:, None]  # (B, D) -> (B, 1, D)
-        positions = state.position[:, None]  # (B, 1), read before the step advances it
+        if rotation is None:
+            rotation = self.rotation_table(state.position[:, None])  # (B, 1) read before the step advances it
         q, k, v, g = self._decode_projections(x)  # (B, 1, H·K) twice, (B, 1, H·V) twice
-        q = apply_rotation(q.view(B, 1, H, K), positions)
-        k = apply_rotation((k * self.scaling).view(B, 1, H, K), positions)
+        q = apply_rotation(q.view(B, 1, H, K), rotation)
+        k = apply_rotation((k * self.scaling).view(B, 1, H, K), rotation)
         v = v.view(B, 1, H, V)
         log_decay = self.log_decay(x.device, v.dtype)
         on_triton = getattr(self, "_decode_on_triton", None)

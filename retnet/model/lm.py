@@ -118,13 +118,18 @@ def run_trunk(
     positions: torch.Tensor | None,
     output_states: bool,
     cp_group: ContextParallelGroup | None = None,
+    rotation: Any | None = None,
 ) -> tuple[torch.Tensor, list | None]:
     """Final hidden states ``(B, T, D)`` of a module set up by :func:`init_trunk`, and the per-layer states.
 
-    ``cp_group`` (context parallelism: ``input_ids`` is this rank's slice) is handed to every mixer when set.
+    ``cp_group`` (context parallelism: ``input_ids`` is this rank's slice) and ``rotation`` (RetNet's
+    :class:`~retnet.layers.position.RotationTable` of ``positions``, built once for all layers) are handed to every
+    mixer when set.
     """
     x = trunk.dropout(trunk.embed_tokens(input_ids) * trunk.embed_scale)  # (B, T, D)
     extra = {} if cp_group is None else {"cp_group": cp_group}
+    if rotation is not None:
+        extra["rotation"] = rotation
     new_states = []
     for i, layer in enumerate(trunk.layers):
         x, state = layer(
@@ -182,6 +187,11 @@ class CausalLM(nn.Module):
     def _positions(self, input_ids, states, offset, cu_seqlens, start: int = 0) -> torch.Tensor | None:
         """``(B, T)`` absolute positions handed to every mixer, or None (each mixer counts its own); ``start`` is
         the index of the first token in the sequence (a context-parallel slice)."""
+        return None
+
+    def _rotation(self, positions: torch.Tensor | None) -> Any | None:
+        """What every mixer needs to rotate q and k at ``positions``, built once per forward; None (the default)
+        when the mixers rotate nothing or build their own."""
         return None
 
     # ---- structure ----------------------------------------------------------------------------------------
@@ -339,6 +349,7 @@ class CausalLM(nn.Module):
     def _hidden(self, input_ids, form, chunk_size, states, offset, cu_seqlens, output_states, cp_group=None):
         """One pass of the trunk over the segment (``cp_group``: a context-parallel slice of it)."""
         start = 0 if cp_group is None else cp_group.start
+        positions = self._positions(input_ids, states, offset, cu_seqlens, start)
         return run_trunk(
             self.trunk,
             input_ids,
@@ -347,9 +358,10 @@ class CausalLM(nn.Module):
             states=states,
             offset=offset,
             cu_seqlens=cu_seqlens,
-            positions=self._positions(input_ids, states, offset, cu_seqlens, start),
+            positions=positions,
             output_states=output_states,
             cp_group=cp_group,
+            rotation=self._rotation(positions),
         )
 
     def _recurrent(self, input_ids, states, offset, cu_seqlens, output_states):

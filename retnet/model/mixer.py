@@ -19,6 +19,10 @@ baseline's attention, recurrence or long convolution); everything else in a bloc
   lets the mixer count its own.
 * ``output_state``: also return the state after the segment (else the returned state is None).
 
+Two more keywords are passed only when set, by models whose mixers take them: ``cp_group`` (context
+parallelism) and ``rotation`` (RetNet's :class:`~retnet.layers.position.RotationTable` of
+``positions``, built once per forward for every layer).
+
 A mixer that cannot honour ``offset`` or ``cu_seqlens`` raises ``ValueError`` when it gets one; its language
 model says so up front (``CausalLM.supports_left_padding`` / ``supports_packed_documents``).
 :class:`retnet.layers.retention.MultiScaleRetention` is a token mixer as it stands; the baselines derive theirs

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..layers.position import RotationTable
 from ..layers.retention import MultiScaleRetention, positions_for
 from ..ops.retention import RetentionState
 from .config import RetNetConfig
@@ -52,6 +53,11 @@ def segment_positions(input_ids: torch.Tensor, states, offset, cu_seqlens, start
     return positions_for(B, T, input_ids.device, state=state, offset=offset, cu_seqlens=cu_seqlens, start=start)
 
 
+def segment_rotation(trunk: nn.Module, positions: torch.Tensor) -> RotationTable:
+    """The rotation of q and k at ``positions`` that every layer of ``trunk`` shares, built once per forward."""
+    return trunk.layers[0].retention.rotation_table(positions)
+
+
 class RetNetModel(nn.Module):
     """Embedding, L blocks and the final norm (no LM head): the trunk of :class:`RetNetForCausalLM`."""
 
@@ -71,6 +77,7 @@ class RetNetModel(nn.Module):
         output_states: bool,
     ) -> tuple[torch.Tensor, list[RetentionState] | None]:
         """Hidden states ``(B, T, D)`` and, if asked, the per-layer states after the segment."""
+        positions = segment_positions(input_ids, states, offset, cu_seqlens)
         return run_trunk(
             self,
             input_ids,
@@ -79,8 +86,9 @@ class RetNetModel(nn.Module):
             states=states,
             offset=offset,
             cu_seqlens=cu_seqlens,
-            positions=segment_positions(input_ids, states, offset, cu_seqlens),
+            positions=positions,
             output_states=output_states,
+            rotation=segment_rotation(self, positions),
         )
 
 
@@ -105,6 +113,9 @@ class RetNetForCausalLM(CausalLM):
 
     def _positions(self, input_ids, states, offset, cu_seqlens, start: int = 0) -> torch.Tensor:
         return segment_positions(input_ids, states, offset, cu_seqlens, start)
+
+    def _rotation(self, positions: torch.Tensor) -> RotationTable:
+        return segment_rotation(self.model, positions)
 
     @classmethod
     def from_torchscale(cls, state_dict: dict, config: RetNetConfig | dict):
