@@ -150,9 +150,9 @@ def test_backends_and_bad_arguments():
     exact = context_parallel._slice_summary(k, v, lg, positions, 0)
     assert torch.equal(slice_summary(k, v, lg), exact)  # "auto" takes the kernels only for CUDA tensors
     assert torch.equal(slice_summary(k, v, lg, backend="torch"), exact)
-    big = torch.randn(1, 4, 1, 2 * MAX_K)
+    big = torch.randn(1, 4, 1, 2 * MAX_K, device=DEVICE)  # CPU tensors take Triton only under the interpreter
     with pytest.raises(NotImplementedError, match="K <= 256"):
-        slice_summary(big, big[..., :8], log_decay_schedule(1), backend="triton")
+        slice_summary(big, big[..., :8], log_decay_schedule(1, device=DEVICE), backend="triton")
     with pytest.raises(ValueError, match=r"tail_start must be an int in \[0, T\)"):
         slice_summary(k, v, lg, tail_start=20)
     with pytest.raises(ValueError, match="log_decay must be a tensor of shape"):
