@@ -65,7 +65,7 @@ COMPARE_PRESETS: dict[str, dict] = {
     "medium": dict(
         # one H200, a model per command (resumable): d = 768, 6 layers, 3 heads of 256 (42.5M non-embedding
         # parameters); 150,994,944 tokens of 1,024-token windows of linux-200mb (200 MB of the kernel's C in whole
-        # folders, retnet.data.corpora), whose training split is about 77.9M tokens at its BPE-16k tokenizer: 1.94
+        # folders, retnet.data.corpora), whose training split is 77,286,194 tokens at its BPE-16k tokenizer: 1.95
         # epochs, so no token is seen more than twice (tests/compare/test_medium_preset.py checks it). BPE trains on
         # a fixed 50 MB sample of the training files (the data is prepared in each GPU command). A four-rate sweep;
         # bf16 autocast and compiled blocks (the fast path; compilation is not part of a run's key, so an

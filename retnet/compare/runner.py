@@ -97,7 +97,8 @@ def prepare_data(config: CompareConfig, run_dir: Path) -> tuple[Path, dict[str, 
                 source, run_dir / "data" / "ood_text" / _corpus_slug(corpus), config.compare.ood_max_bytes
             )
             # the held-out half is scored; any part of a corpus never trained on is out-of-domain
-            prepare_dataset(text, out, tokenizer_dir=in_dir / "tokenizer", val_fraction=0.5, source_name=corpus)
+            prepare_dataset(text, out, tokenizer_dir=in_dir / "tokenizer", val_fraction=0.5, workers=data.workers,
+                            source_name=corpus)  # fmt: skip
             shutil.rmtree(text, ignore_errors=True)
         ood[corpus] = out
     return in_dir, ood

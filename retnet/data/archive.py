@@ -1,7 +1,7 @@
 """Corpus archives: the fetched text of named corpora in one ``.tar.xz``, to install on a machine without network.
 
-``pack_corpora(names, cache_dir, out)`` writes one archive of the corpora's text folders (as :func:`fetch_corpus
-<retnet.data.corpora.fetch_corpus>` left them); ``unpack_corpora(archive, cache_dir)`` installs them into another
+``pack_corpora(names, cache_dir, out)`` writes one archive of the corpora's text folders (as
+:func:`~retnet.data.corpora.fetch_corpus` left them); ``unpack_corpora(archive, cache_dir)`` installs them into another
 cache, where :func:`~retnet.data.corpora.resolve_source` (and so ``retnet train`` / ``retnet compare``) finds them
 with ``fetch=False``. Layout of an archive::
 

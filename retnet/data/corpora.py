@@ -108,7 +108,8 @@ CORPORA: dict[str, CorpusSpec] = {
             "linux",
             "",
             r"\.[ch]$",
-            sha256="c63354b002bf0d88d21d7c7890900f7e8785d79a46dc7540efa6591de4880b59",  # from linux-source-6.1 6.1.176-1
+            # the selection from linux-source-6.1 6.1.176-1 (Debian bookworm)
+            sha256="c63354b002bf0d88d21d7c7890900f7e8785d79a46dc7540efa6591de4880b59",
             max_bytes=200_000_000,
             max_file_bytes=256 << 10,
             description="200 MB of the Linux 6.1 C sources (whole folders; files over 256 KiB left out)",

@@ -48,6 +48,13 @@ def fake_prose(cache, rng: random.Random) -> None:
 
 
 def test_medium_runs_from_an_unpacked_archive_without_network(tmp_path, monkeypatch, caplog):
+    from retnet.compare import report
+    from retnet.training import trainer
+
+    # plots take most of a toy run's time; they are tested end to end elsewhere
+    monkeypatch.setattr(trainer, "plot_loss_curve", lambda run_dir: None)
+    for plot in ("plot_loss_curves", "plot_perplexity"):
+        monkeypatch.setattr(report, plot, lambda *args, **kwargs: None)
     subset = load_compare_config("medium").data.corpus
     # the registered subset, with a budget for the toy kernel and without the pin of the real one's digest
     monkeypatch.setitem(CORPORA, subset, replace(CORPORA[subset], sha256="", max_bytes=60_000, max_file_bytes=50_000))
@@ -74,10 +81,10 @@ def test_medium_runs_from_an_unpacked_archive_without_network(tmp_path, monkeypa
         argv = [
             "compare", "--preset", "medium", "--only", "retnet,transformer", "--seeds", "0", "--out", str(run),
             f"--data.cache_dir={dest}", "--data.fetch=false", "--compile=false", "--precision=fp32",
-            "--data.vocab_size=320", "--data.seq_len=32", "--data.workers=1", "--batch_size=2", "--steps=10",
-            "--optim.warmup_steps=2", "--log_every=5", "--checkpoint.every=5", "--model.hidden_size=32",
+            "--data.vocab_size=320", "--data.seq_len=32", "--data.workers=1", "--batch_size=2", "--steps=5",
+            "--optim.warmup_steps=1", "--log_every=5", "--checkpoint.every=5", "--model.hidden_size=32",
             "--model.num_heads=1", "--model.value_dim=64", "--model.ffn_dim=64", "--model.num_hidden_layers=1",
-            "--baseline.num_heads=2", "--baseline.max_position_embeddings=32", "--compare.eval_tokens=256",
+            "--baseline.num_heads=2", "--baseline.max_position_embeddings=32", "--compare.eval_tokens=128",
             "--compare.ood_max_bytes=4000", "--compare.bpe_train_bytes=20000",
         ]  # fmt: skip
         with caplog.at_level(logging.INFO, logger="retnet.data.prepare"):
@@ -94,4 +101,4 @@ def test_medium_runs_from_an_unpacked_archive_without_network(tmp_path, monkeypa
     assert fetched[subset]["packed_from"]["subset_of"] == "linux"
     manifest = json.loads((run / "data" / "in_domain" / "manifest.json").read_text())
     assert manifest["source"] == subset and 0 < manifest["tokenizer"]["trained_on"]["bytes"] <= 20_000
-    assert doc["meta"]["train"]["epochs"] == pytest.approx(640 / manifest["splits"]["train"]["tokens"])
+    assert doc["meta"]["train"]["epochs"] == pytest.approx(320 / manifest["splits"]["train"]["tokens"])
