@@ -57,6 +57,14 @@ def bpe_sample(docs: list[tuple[str, int]], max_bytes: int, seed: int) -> list[b
     All of them when they hold at most ``max_bytes``; otherwise the documents in the order of a hash of
     (seed, document id), taken while their bytes add up to at most ``max_bytes`` (the first document always): a
     deterministic sample spread over the whole corpus rather than its first files.
+
+    Args:
+        docs: ``(document id, size in UTF-8 bytes)`` of each training document, in corpus order.
+        max_bytes: the sample's budget.
+        seed: seeds the order (the split seed).
+
+    Returns:
+        One flag per document of ``docs``: True for the documents that train BPE.
     """
     if sum(n for _, n in docs) <= max_bytes:
         return [True] * len(docs)
