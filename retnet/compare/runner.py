@@ -84,7 +84,8 @@ def prepare_data(config: CompareConfig, run_dir: Path) -> tuple[Path, dict[str, 
         source = resolve_source(data.corpus, cache, fetch=data.fetch)
         prepare_dataset(
             source, in_dir, tokenizer=data.tokenizer, vocab_size=data.vocab_size, val_fraction=data.val_fraction,
-            seed=config.seed, workers=data.workers, source_name=data.corpus,
+            seed=config.seed, workers=data.workers, bpe_train_bytes=config.compare.bpe_train_bytes,
+            source_name=data.corpus,
         )  # fmt: skip
     tok_hash = read_manifest(in_dir)["tokenizer"]["hash"]
     ood = {}
@@ -96,10 +97,24 @@ def prepare_data(config: CompareConfig, run_dir: Path) -> tuple[Path, dict[str, 
                 source, run_dir / "data" / "ood_text" / _corpus_slug(corpus), config.compare.ood_max_bytes
             )
             # the held-out half is scored; any part of a corpus never trained on is out-of-domain
-            prepare_dataset(text, out, tokenizer_dir=in_dir / "tokenizer", val_fraction=0.5, source_name=corpus)
+            prepare_dataset(text, out, tokenizer_dir=in_dir / "tokenizer", val_fraction=0.5, workers=data.workers,
+                            source_name=corpus)  # fmt: skip
             shutil.rmtree(text, ignore_errors=True)
         ood[corpus] = out
     return in_dir, ood
+
+
+def _fetched_records(sources: list[str], cache_dir: str) -> dict[str, dict]:
+    """What the cache records of each registered corpus among ``sources`` (its FETCHED.json): where the text came
+    from (a registry package, a subset of one, or a corpus archive and its sha256)."""
+    from ..data.corpora import CORPORA, corpus_dir
+
+    out = {}
+    for source in sources:
+        record = corpus_dir(source, cache_dir) / "FETCHED.json"
+        if source in CORPORA and not Path(source).expanduser().exists() and record.is_file():
+            out[source] = json.loads(record.read_text())
+    return out
 
 
 def base_config(config: CompareConfig, vocab_size: int) -> RetNetConfig:
@@ -285,7 +300,8 @@ def run_comparison(
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, run_dir)
     in_dir, ood_dirs = prepare_data(config, run_dir)
-    vocab = PreparedDataset(in_dir).tokenizer.vocab_size
+    in_domain = PreparedDataset(in_dir)
+    vocab, unique = in_domain.tokenizer.vocab_size, in_domain.manifest["splits"]["train"]["tokens"]
     matched = match_parameters(c.archs, base_config(config, vocab), config.baseline, ffn_multiple=c.ffn_multiple,
                                small_head_factor=c.small_head_factor)  # fmt: skip
     (run_dir / "models.json").write_text(
@@ -300,9 +316,14 @@ def run_comparison(
         "command": command,
         "in_domain": _corpus_slug(config.data.corpus),
         "out_of_domain": [_corpus_slug(corpus) for corpus in c.out_of_domain],
-        "corpora": {"in_domain": config.data.corpus, "out_of_domain": list(c.out_of_domain)},
+        "corpora": {
+            "in_domain": config.data.corpus,
+            "out_of_domain": list(c.out_of_domain),
+            "fetched": _fetched_records([config.data.corpus, *c.out_of_domain], config.data.cache_dir),
+        },
         "tokenizer": {"kind": config.data.tokenizer, "vocab_size": vocab},
-        "train": recipe | {"tokens": config.tokens},
+        # epochs over the unique training tokens: at most 2 keeps any token from being seen more than twice
+        "train": recipe | {"tokens": config.tokens, "epochs": config.tokens / unique},
         "environment": environment_stamp(),
     }
     if prepare_only:

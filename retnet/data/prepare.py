@@ -8,7 +8,9 @@ Layout of a prepared dataset folder::
 
 The train/validation split is by document and deterministic: a document goes to validation when a hash of
 (seed, document id) falls below ``val_fraction``. A corpus with too few documents for that to leave both
-sides non-empty instead gives the last ``val_fraction`` of the token stream to validation. Tokenisation runs
+sides non-empty instead gives the last ``val_fraction`` of the token stream to validation. A BPE tokenizer is
+trained on the training documents, or, past ``bpe_train_bytes`` of them, on a fixed sample spread over the corpus
+(:func:`bpe_sample`; the manifest records its size). Tokenisation runs
 in ``workers`` processes for large corpora. Files are written under temporary names and the manifest last, so
 an interrupted run leaves no folder that looks complete.
 """
@@ -47,6 +49,33 @@ def is_validation(doc_id: str, val_fraction: float, seed: int) -> bool:
     """Deterministic document-level split."""
     digest = hashlib.sha256(f"{seed}:{doc_id}".encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64 < val_fraction
+
+
+def bpe_sample(docs: list[tuple[str, int]], max_bytes: int, seed: int) -> list[bool]:
+    """Which of the training documents ``docs`` (``(doc_id, bytes)``) train the BPE tokenizer.
+
+    All of them when they hold at most ``max_bytes``; otherwise the documents in the order of a hash of
+    (seed, document id), taken while their bytes add up to at most ``max_bytes`` (the first document always): a
+    deterministic sample spread over the whole corpus rather than its first files.
+
+    Args:
+        docs: ``(document id, size in UTF-8 bytes)`` of each training document, in corpus order.
+        max_bytes: the sample's budget.
+        seed: seeds the order (the split seed).
+
+    Returns:
+        One flag per document of ``docs``: True for the documents that train BPE.
+    """
+    if sum(n for _, n in docs) <= max_bytes:
+        return [True] * len(docs)
+    order = sorted(range(len(docs)), key=lambda i: hashlib.sha256(f"{seed}:bpe:{docs[i][0]}".encode()).digest())
+    chosen, used = [False] * len(docs), 0
+    for i in order:
+        if used + docs[i][1] > max_bytes and used > 0:
+            break
+        chosen[i] = True
+        used += docs[i][1]
+    return chosen
 
 
 _worker_tok: Tokenizer | None = None
@@ -96,7 +125,7 @@ def prepare_dataset(
         val_fraction: share of documents (or tokens, see module docstring) held out for validation.
         seed: seeds the split.
         workers: tokenisation processes.
-        bpe_train_bytes: at most this many bytes of training text are used to train BPE.
+        bpe_train_bytes: at most this many bytes of training text train BPE (:func:`bpe_sample`).
         source_name: name recorded in the manifest (defaults to the path).
         cache_key: what the dataset is made from (:mod:`retnet.data.fingerprint`), recorded in the manifest so
             that a cached copy is reused only while it still matches.
@@ -114,25 +143,28 @@ def prepare_dataset(
     source = sources[0] if len(sources) == 1 else sources
     out_dir = Path(out_dir)
     start = time.time()
-    doc_ids = [doc_id for doc_id, _ in _documents(sources, warn=True)]
-    if not doc_ids:
+    docs = [(doc_id, len(text.encode("utf-8"))) for doc_id, text in _documents(sources, warn=True)]
+    if not docs:
         raise ValueError(f"no documents under {source}")
-    in_val = [is_validation(d, val_fraction, seed) for d in doc_ids]
+    in_val = [is_validation(d, val_fraction, seed) for d, _ in docs]
     by_document = 0 < sum(in_val) < len(in_val)
 
+    bpe_trained = None
     if tokenizer_dir is not None:
         tok = load_tokenizer(tokenizer_dir)
     elif tokenizer == "bpe":
+        train_docs = [i for i, val in enumerate(in_val) if not (by_document and val)]
+        picked = bpe_sample([docs[i] for i in train_docs], bpe_train_bytes, seed)
+        for_bpe = set(i for i, pick in zip(train_docs, picked) if pick)
+        bpe_trained = {"documents": len(for_bpe), "bytes": sum(docs[i][1] for i in for_bpe)}
 
         def train_texts() -> Iterator[str]:
-            used = 0
-            for (_, text), val in zip(_documents(sources), in_val):
-                if (by_document and val) or used >= bpe_train_bytes:
-                    continue
-                used += len(text)
-                yield text
+            for i, (_, text) in enumerate(_documents(sources)):
+                if i in for_bpe:
+                    yield text
 
-        logger.info("training BPE tokenizer (vocab %d) on %s", vocab_size, source)
+        logger.info("training BPE tokenizer (vocab %d) on %s (%d documents, %d bytes)", vocab_size, source,
+                    bpe_trained["documents"], bpe_trained["bytes"])  # fmt: skip
         tok = build_tokenizer("bpe", train_texts(), vocab_size)
     else:
         tok = build_tokenizer(tokenizer)
@@ -171,7 +203,8 @@ def prepare_dataset(
     manifest = {
         "format_version": FORMAT_VERSION,
         "source": source_name or ",".join(str(p) for p in sources),
-        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.fingerprint()},
+        "tokenizer": {"kind": tok.kind, "vocab_size": tok.vocab_size, "hash": tok.fingerprint()}
+        | ({"trained_on": bpe_trained} if bpe_trained is not None else {}),
         "separator_id": tok.sep_id,
         "dtype": dtype.name,
         "val_fraction": val_fraction,

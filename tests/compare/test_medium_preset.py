@@ -9,6 +9,7 @@ import torch
 from retnet.cli import compare as compare_cli
 from retnet.compare import ENTRIES, load_compare_config
 from retnet.compare.archs import match_parameters
+from retnet.data.corpora import CORPORA
 from retnet.training.build import model_config
 
 from .test_compare_e2e import write_corpus
@@ -25,11 +26,25 @@ def test_medium_models_match_within_two_percent_at_40m_and_the_budget():
     for name, m in matched.items():
         assert abs(m.parameters / target - 1) <= 0.02, f"{name}: {m.parameters:,} vs {target:,}"
     assert c.tokens >= 150_000_000 and c.data.seq_len >= 1024 and c.precision == "bf16"
-    assert c.data.corpus == "linux" and len(set(c.compare.out_of_domain) - {"linux"}) >= 3
+    assert c.data.corpus == "linux-200mb" and len(set(c.compare.out_of_domain) - {"linux"}) >= 3
     assert len(c.sweep.lrs) >= 3 and 0 < c.sweep.fraction < 1
     assert c.probes.passkey_corpus == "sotu"  # prose filler, one of the out-of-domain corpora
     with pytest.raises(ValueError, match="probes.passkey_corpus='pg19' is invalid"):
         load_compare_config("medium", None, ["--probes.passkey_corpus=pg19"])
+
+
+# Measured on 2026-12-01: `retnet compare --preset medium --prepare-only` (BPE 16,384 trained on the preset's fixed
+# 50 MB sample of linux-200mb's training files) wrote 77,286,194 training tokens (2.56 bytes a token).
+LINUX_200MB_TRAIN_TOKENS = 77_286_194
+
+
+def test_medium_sees_no_training_token_more_than_twice():
+    c = load_compare_config("medium")
+    spec = CORPORA[c.data.corpus]
+    assert spec.client == "subset" and spec.package == "linux" and spec.max_bytes == 200_000_000
+    assert c.compare.bpe_train_bytes == 50_000_000 and c.data.val_fraction == 0.01
+    epochs = c.tokens / LINUX_200MB_TRAIN_TOKENS
+    assert epochs <= 2.0 * 0.99, f"{c.tokens:,} tokens over {LINUX_200MB_TRAIN_TOKENS:,} unique: {epochs:.3f} epochs"
 
 
 def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp_path):

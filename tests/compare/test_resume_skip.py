@@ -109,7 +109,7 @@ def test_the_key_covers_what_a_run_computes_and_nothing_about_where(tmp_path):
                        "--checkpoint.every=7", "--compare.seeds=[0,3]", "--probes.run=[mqar]",
                        "--sweep.lrs=[1e-3,2e-3,3e-3]", "--compile=true")  # fmt: skip
     for changed in ("--seed=1", "--optim.lr=1e-3", "--steps=10", "--data.seq_len=128", "--compare.eval_tokens=99",
-                    "--model.ffn_dim=128", "--baseline.num_heads=4"):  # fmt: skip
+                    "--model.ffn_dim=128", "--baseline.num_heads=4", "--compare.bpe_train_bytes=1000"):  # fmt: skip
         assert key(changed) != base, changed
     assert key(name="transformer") != base and len(base) == 16
 

@@ -103,3 +103,22 @@ def test_token_dtype_widens_past_uint16():
 
     assert token_dtype(257) == np.uint16 and token_dtype(65536) == np.uint16
     assert token_dtype(65537) == np.uint32
+
+
+def test_bpe_trains_on_a_fixed_sample_spread_over_the_corpus_past_its_budget(corpus, tmp_path):
+    from retnet.data.prepare import bpe_sample
+
+    docs = [(f"d{i:02d}", 100 + i) for i in range(20)]
+    assert bpe_sample(docs, 10**6, seed=0) == [True] * 20
+    picked = bpe_sample(docs, 1000, seed=0)
+    assert picked == bpe_sample(docs, 1000, seed=0) and picked != bpe_sample(docs, 1000, seed=1)
+    assert 0 < sum(n for (_, n), p in zip(docs, picked) if p) <= 1000 and not all(picked[: sum(picked)])
+    assert bpe_sample(docs, 1, seed=0).count(True) == 1  # never an empty sample
+
+    full = json.loads((prepare_dataset(corpus, tmp_path / "f", tokenizer="bpe", vocab_size=300) / "manifest.json")
+                      .read_text())  # fmt: skip
+    part = prepare_dataset(corpus, tmp_path / "p", tokenizer="bpe", vocab_size=300, bpe_train_bytes=2000)
+    m = json.loads((part / "manifest.json").read_text())
+    assert full["tokenizer"]["trained_on"]["documents"] == full["splits"]["train"]["documents"]
+    assert 0 < m["tokenizer"]["trained_on"]["bytes"] <= 2000 < full["tokenizer"]["trained_on"]["bytes"]
+    assert m["tokenizer"]["hash"] != full["tokenizer"]["hash"]
