@@ -14,7 +14,7 @@ Examples::
     retnet compare --preset tiny --ood ~/texts/novels ~/texts/mail.txt   # extra out-of-domain corpora
     retnet compare --preset medium --probes mqar,extrapolation
     retnet compare --preset scaling-tiny --scaling            # size scaling (Figure 5): scaling.json/.md/.png
-    retnet compare --preset scaling-gpu --scaling --only retnet --seeds 0
+    retnet compare --preset scaling-gpu --scaling --only retnet --sizes 2,3,4   # a part of it per command
 """
 
 from __future__ import annotations
@@ -51,6 +51,7 @@ def register(subparsers) -> None:
         action="store_true",
         help="run the size-scaling study of the config's scaling section instead of the comparison",
     )
+    p.add_argument("--sizes", default=None, help="with --scaling: comma-separated depths of scaling.sizes to train")
     p.add_argument("--report-only", action="store_true",
                    help="with --scaling: train nothing, rebuild the report from the results file")  # fmt: skip
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
@@ -77,8 +78,9 @@ def run(args: argparse.Namespace) -> int:
         extra = [str(Path(path).expanduser()) for path in args.ood]
         config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
     only = args.only.split(",") if args.only else None
-    if args.report_only and not args.scaling:
-        raise ValueError("--report-only needs --scaling")
+    for flag in ("report_only", "sizes"):
+        if getattr(args, flag) and not args.scaling:
+            raise ValueError(f"--{flag.replace('_', '-')} needs --scaling")
     if args.scaling:
         return _run_scaling(args, config, only)
     doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]),
@@ -92,8 +94,9 @@ def _run_scaling(args: argparse.Namespace, config, only: list[str] | None) -> in
     """``--scaling``: the size-scaling study (retnet.compare.scaling)."""
     from ..compare.scaling import run_scaling
 
-    run_scaling(config, only=only, command=shlex.join(["retnet", *sys.argv[1:]]), prepare_only=args.prepare_only,
-                report_only=args.report_only)  # fmt: skip
+    sizes = [int(depth) for depth in args.sizes.split(",")] if args.sizes else None
+    run_scaling(config, only=only, only_sizes=sizes, command=shlex.join(["retnet", *sys.argv[1:]]),
+                prepare_only=args.prepare_only, report_only=args.report_only)  # fmt: skip
     if not args.prepare_only:
         print(f"scaling report: {config.compare.out_dir}/scaling.md")
     return 0

@@ -18,7 +18,8 @@ noise floor of the fits (:mod:`retnet.compare.scaling_fit`).
 
 **Runs.** Each (architecture, size, seed) is a model run of the results file (:mod:`retnet.compare.entries`), keyed
 by its own resolved config (the size's model and step count included, the ``scaling`` section itself not), so a
-study spreads over several commands and finished runs are skipped; ``only`` selects architectures. Folders:
+study spreads over several commands and finished runs are skipped; ``only`` selects architectures and
+``only_sizes`` sizes for one call. Folders:
 ``<out_dir>/scaling/L<depth>-d<width>/<arch>/`` (``seed-<k>/`` for another seed). The report
 (:mod:`retnet.compare.scaling_report`) is rebuilt from the results file after every call.
 """
@@ -200,13 +201,20 @@ def seeds_at(config, smallest: bool) -> list[int]:
 
 
 def run_scaling(
-    config, *, only: list[str] | None = None, command: str = "", prepare_only: bool = False, report_only: bool = False
+    config,
+    *,
+    only: list[str] | None = None,
+    only_sizes: list[int] | None = None,
+    command: str = "",
+    prepare_only: bool = False,
+    report_only: bool = False,
 ) -> dict:
     """Run (or resume) the scaling study of ``config.scaling`` and write its report; returns the report document.
 
     Args:
         config: the comparison config (``scaling.sizes`` set).
         only: train only these of ``scaling.archs`` in this call (the report lists every finished run).
+        only_sizes: train only the sizes of these depths (of ``scaling.sizes``) in this call.
         command: the command line, recorded in the report.
         prepare_only: stop after preparing the data.
         report_only: train nothing; rebuild the report from the runs the results file holds.
@@ -227,6 +235,9 @@ def run_scaling(
     outside = [a for a in only or [] if a not in s.archs]
     if outside:
         raise ValueError(f"--only names {outside}, which scaling.archs ({', '.join(s.archs)}) does not hold")
+    outside = [d for d in only_sizes or [] if d not in s.sizes]
+    if outside:
+        raise ValueError(f"--sizes names depths {outside}, which scaling.sizes ({s.sizes}) does not hold")
     run_dir = Path(config.compare.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     _check_resume(config, run_dir)  # the shared recipe and data must not change under a run folder
@@ -251,7 +262,7 @@ def run_scaling(
             for seed in seeds_at(size.config, smallest=i == 0):
                 variant = _variant(size.config, seed, size.config.optim.lr)
                 plan.append((size, arch, seed, entries.key(variant, arch)[0]))
-                if arch in selected and not report_only:
+                if arch in selected and (not only_sizes or size.depth in only_sizes) and not report_only:
                     entries.run(variant, arch, "scaling")
     planned = [{"size": z.label, "depth": z.depth, "width": z.width, "parameters": z.parameters, "tokens": z.tokens,
                 "steps": z.config.steps, "arch": a, "seed": seed, "key": key} for z, a, seed, key in plan]  # fmt: skip

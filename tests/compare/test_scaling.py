@@ -99,7 +99,9 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
         "--compare.eval_tokens=128", "--data.seq_len=32", "--batch_size=2", "--log_every=1",
         "--scaling.tokens_per_parameter=0.0005", "--scaling.mc_draws=50",
     ]  # fmt: skip
-    assert _cli([*argv, "--only", "transformer"]) == 0  # a part of the study: one architecture
+    assert _cli([*argv, "--only", "transformer", "--sizes", "1,3"]) == 0  # a part of the study
+    assert sorted(trained) == [(1, "MixerLM", 0), (1, "MixerLM", 1), (3, "MixerLM", 0)]
+    assert _cli([*argv, "--only", "transformer"]) == 0  # the rest of one architecture
     assert sorted(trained) == [(1, "MixerLM", 0), (1, "MixerLM", 1), (2, "MixerLM", 0), (3, "MixerLM", 0),
                                (4, "MixerLM", 0)]  # fmt: skip
     partial = json.loads((run / "scaling.json").read_text())
@@ -131,5 +133,7 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
     assert trained == [] and (run / "scaling.md").read_text() == text
     with pytest.raises(ValueError, match="--only names \\['h3'\\]"):
         _cli([*argv, "--only", "h3"])
+    with pytest.raises(ValueError, match="--sizes names depths \\[5\\]"):
+        _cli([*argv, "--sizes", "5"])
     with pytest.raises(ValueError, match="--report-only needs --scaling"):
         _cli([a for a in argv if a != "--scaling"] + ["--report-only"])
