@@ -53,8 +53,8 @@ def test_token_and_seed_rules_and_bad_sections():
     ]:
         with pytest.raises(ValueError, match=match):
             load_compare_config("scaling-tiny", None, [bad])
-    with pytest.raises(ValueError, match="not a multiple of RetNet's head dim 32"):
-        ladder(load_compare_config("scaling-tiny", None, ["--scaling.aspect=24"]), 256)
+    with pytest.raises(ValueError, match="not a multiple of RetNet's head dim 16"):
+        ladder(load_compare_config("scaling-tiny", None, ["--scaling.aspect=12"]), 256)
     with pytest.raises(ValueError, match="scaling.sizes is empty"):
         ladder(load_compare_config("tiny"), 256)
 
@@ -97,7 +97,7 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
         "compare", "--preset", "scaling-tiny", "--scaling", "--out", str(run),
         f"--data.corpus={corpus}", f"--compare.out_of_domain=[{plays}]", "--data.fetch=false",
         "--compare.eval_tokens=128", "--data.seq_len=32", "--batch_size=2", "--log_every=1",
-        "--scaling.tokens_per_parameter=0.0005", "--scaling.mc_draws=50",
+        "--scaling.tokens_per_parameter=0.002", "--scaling.mc_draws=50",
     ]  # fmt: skip
     assert _cli([*argv, "--only", "transformer", "--sizes", "1,3"]) == 0  # a part of the study
     assert sorted(trained) == [(1, "MixerLM", 0), (1, "MixerLM", 1), (3, "MixerLM", 0)]
@@ -115,17 +115,17 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
                                (3, "RetNetForCausalLM", 0), (4, "RetNetForCausalLM", 0)]  # fmt: skip
     doc = json.loads((run / "scaling.json").read_text())
     assert len(doc["runs"]) == 10 and all(r["result"] is not None for r in doc["runs"])
-    assert [r["size"] for r in doc["runs"][:3]] == ["L1-d32"] * 3  # transformer seeds 0, 1 then RetNet's
+    assert [r["size"] for r in doc["runs"][:3]] == ["L1-d16"] * 3  # transformer seeds 0, 1 then RetNet's
     assert set(doc["fits"]) == {"transformer", "retnet"} and doc["fits"]["retnet"]["parameters"]["sizes"] == 4
-    assert doc["noise"]["sigma_log_loss"] is not None and doc["noise"]["smallest_size"] == "L1-d32"
+    assert doc["noise"]["sigma_log_loss"] is not None and doc["noise"]["smallest_size"] == "L1-d16"
     assert doc["crossing"]["parameters"]["kind"] in ("crossing", "no crossing", "parallel")
     assert doc["uncertainty"]["parameters"]["draws"] == 50
     records = ResultsFile(run / "entries.json").records(role="scaling")
     assert len(records) == 10 and {r["name"] for r in records} == {"transformer", "retnet"}
     text = (run / "scaling.md").read_text()
     assert "## Fits: L = a · X^(−α)" in text and "Monte Carlo (50 draws, seed 0" in text
-    assert "| L4-d128 | RetNet | 0 |" in text and (run / "scaling.png").stat().st_size > 0
-    assert (run / "scaling" / "L1-d32" / "retnet" / "seed-1" / "result.json").is_file()
+    assert "| L4-d64 | RetNet | 0 |" in text and (run / "scaling.png").stat().st_size > 0
+    assert (run / "scaling" / "L1-d16" / "retnet" / "seed-1" / "result.json").is_file()
 
     trained.clear()
     (run / "scaling.md").unlink()
