@@ -104,7 +104,8 @@ def crossing(first: PowerLaw, second: PowerLaw, bounds: tuple[float, float]) -> 
     """The meeting point of two fitted power laws.
 
     Args:
-        first, second: the two fits (of the same X).
+        first: one fit.
+        second: the other fit (of the same X).
         bounds: ``(low, high)``, the X range in which a meeting point counts as a crossing.
 
     Raises:
