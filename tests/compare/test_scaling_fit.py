@@ -73,3 +73,51 @@ def test_monte_carlo_is_deterministic_with_a_seed_and_brackets_the_truth():
         monte_carlo({"retnet": points["retnet"]}, 0.01, (1e6, 1e12))
     with pytest.raises(ValueError, match="sigma"):
         monte_carlo(points, -1.0, (1e6, 1e12))
+
+
+def _rows(losses_by_arch, sizes=SIZES):
+    rows = []
+    for arch, law in losses_by_arch.items():
+        for i, n in enumerate(sizes):
+            for seed in (0, 1) if i == 0 else (0,):
+                loss = law(n) * (1.01 if seed else 1.0)
+                result = {
+                    "parameters": int(n),
+                    "total_parameters": int(n) + 1000,
+                    "train": {"tokens": int(2 * n)},
+                    "config": {"vocab_size": 10, "hidden_size": 50},
+                    "eval": {"in_domain": {"loss": loss}},
+                }
+                rows.append({"size": f"s{i}", "arch": arch, "seed": seed, "result": result})
+    return rows
+
+
+def test_report_analysis_on_synthetic_runs_says_which_way_it_falls():
+    from retnet.compare.scaling_report import analyse, crossing_text
+
+    scaling = {"archs": ["transformer", "retnet"], "crossing_max": 1e12, "tokens_per_parameter": 2.0,
+               "mc_draws": 100, "mc_seed": 0}  # fmt: skip
+    laws = {"transformer": PowerLaw(4.0, 0.05, 5, 0.0), "retnet": PowerLaw(8.0, 0.09, 5, 0.0)}
+    doc = analyse(_rows(laws), scaling)
+    # the smallest size's two seeds differ by 1 %: geometric mean, and the noise is their spread
+    assert doc["noise"]["sigma_log_loss"] == pytest.approx(math.log(1.01) / math.sqrt(2), rel=1e-9)
+    assert doc["fits"]["retnet"]["parameters"]["alpha"] == pytest.approx(0.09, abs=2e-3)
+    assert doc["crossing"]["parameters"]["kind"] == "crossing"
+    assert doc["crossing"]["parameters"]["ahead_beyond"] == "retnet"
+    text = crossing_text(doc, "parameters", scaling["archs"])
+    assert "cross at 3.36e+07 parameters (inside the measured range)" in text and "beyond it RetNet is ahead" in text
+    assert "draws cross within the range" in text
+    diverging = analyse(_rows({"transformer": PowerLaw(4.0, 0.05, 5, 0.0), "retnet": PowerLaw(3.0, 0.06, 5, 0.0)}),
+                        scaling)  # fmt: skip
+    assert diverging["crossing"]["parameters"]["kind"] == "no crossing"
+    assert "no crossing within" in crossing_text(diverging, "parameters", scaling["archs"])
+    parallel = analyse(_rows({"transformer": PowerLaw(4.0, 0.07, 5, 0.0), "retnet": PowerLaw(3.0, 0.07, 5, 0.0)}),
+                       scaling)  # fmt: skip
+    assert parallel["crossing"]["parameters"]["kind"] == "parallel"
+    assert crossing_text(parallel, "parameters", scaling["archs"]).startswith("parallel")
+    one_size = [r for r in _rows(laws) if r["arch"] == "transformer" or r["size"] == "s0"]
+    partial = analyse(one_size, scaling)
+    assert set(partial["fits"]) == {"transformer"} and partial["crossing"] == {}
+    assert any("RetNet: finished runs at 1 size(s); no fit" in n for n in partial["notes"])
+    beyond = analyse(_rows(laws, sizes=SIZES[:3]), scaling)  # measured up to 1e7: the crossing is extrapolated
+    assert "(3.36× the largest measured, an extrapolation)" in crossing_text(beyond, "parameters", scaling["archs"])
