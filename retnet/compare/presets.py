@@ -89,7 +89,7 @@ COMPARE_PRESETS: dict[str, dict] = {
 # the torchscale flavour's RMSNorm and SwiGLU FFN copied from the RetNet row; rotary positions, no biases).
 COMPARE_PRESETS["scaling-tiny"] = dict(
     # CPU: depths 1-4 at width 16 per layer (3.6k to 230k non-embedding parameters, 63x), 4 tokens per parameter
-    # (14,336 to 919,552 byte tokens); about 2.9M tokens for the whole study, minutes on two cores
+    # (14,336 to 919,552 byte tokens); about 2.9M tokens for the whole study, 12.5 minutes on a shared 2-core CPU
     steps=1, batch_size=8, precision="fp32",
     model=dict(preset="tiny", hidden_size=32, num_hidden_layers=2, num_heads=2, value_dim=64, ffn_dim=64,
                flavour="torchscale"),  # RetNet head dim 16 (value head dim 32)

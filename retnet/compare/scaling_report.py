@@ -120,6 +120,14 @@ def analyse(rows: list[dict], scaling: dict) -> dict:
     if sigma is None:
         notes.append(f"no uncertainty: fewer than two finished seeds of one architecture at the smallest size "
                      f"({smallest})")  # fmt: skip
+    else:
+        worst = max(f["parameters"]["rms_residual_log"] for f in fits.values())
+        if worst > 2 * sigma:
+            notes.append(
+                f"the fits' residuals (rms of log L up to {worst:.4f}) exceed twice the seed noise (σ = {sigma:.4f}): "
+                "a pure power law does not describe these points within the noise, so the intervals, which assume "
+                "it does, understate the uncertainty"
+            )
     return doc
 
 
@@ -184,11 +192,12 @@ def markdown(rows: list[dict], doc: dict, meta: dict) -> str:
                      + " |")  # fmt: skip
     lines += ["", "## Fits: L = a · X^(−α)", ""]
     if doc["fits"]:
-        lines += ["| Arch | Sizes | a (N) | α (N) | a (C) | α (C) |", "|---|---|---|---|---|---|"]
+        lines += ["| Arch | Sizes | a (N) | α (N) | rms residual of log L (N) | a (C) | α (C) |",
+                  "|---|---|---|---|---|---|---|"]  # fmt: skip
         for arch, f in doc["fits"].items():
             lines.append(f"| {LABELS.get(arch, arch)} | {f['parameters']['sizes']} | {f['parameters']['a']:.4g} | "
-                         f"{_alpha_text(doc, arch, 'parameters')} | {f['flops']['a']:.4g} | "
-                         f"{_alpha_text(doc, arch, 'flops')} |")  # fmt: skip
+                         f"{_alpha_text(doc, arch, 'parameters')} | {f['parameters']['rms_residual_log']:.4f} | "
+                         f"{f['flops']['a']:.4g} | {_alpha_text(doc, arch, 'flops')} |")  # fmt: skip
         lines.append("")
     sigma = doc["noise"]["sigma_log_loss"]
     if sigma is not None:

@@ -121,3 +121,6 @@ def test_report_analysis_on_synthetic_runs_says_which_way_it_falls():
     assert any("RetNet: finished runs at 1 size(s); no fit" in n for n in partial["notes"])
     beyond = analyse(_rows(laws, sizes=SIZES[:3]), scaling)  # measured up to 1e7: the crossing is extrapolated
     assert "(3.36× the largest measured, an extrapolation)" in crossing_text(beyond, "parameters", scaling["archs"])
+    assert not any("understate" in n for n in doc["notes"])  # the points lie on the lines within the seed noise
+    curved = analyse(_rows({a: (lambda n: 1.0 + 1e3 * n**-0.5) for a in laws}), scaling)  # a floor under the loss
+    assert any("pure power law does not describe these points" in n for n in curved["notes"])
