@@ -13,6 +13,8 @@ Examples::
     retnet compare --preset medium --only retnet --seeds 0,1   # part of a study; finished runs are skipped
     retnet compare --preset tiny --ood ~/texts/novels ~/texts/mail.txt   # extra out-of-domain corpora
     retnet compare --preset medium --probes mqar,extrapolation
+    retnet compare --preset scaling-tiny --scaling            # size scaling (Figure 5): scaling.json/.md/.png
+    retnet compare --preset scaling-gpu --scaling --only retnet --sizes 2,3,4   # a part of it per command
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ def register(subparsers) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--preset", default="tiny", help="tiny (CPU), small or medium (one H200), 200m (paper Table 5)")
+    p.add_argument(
+        "--preset", default="tiny", help="tiny (CPU), small or medium (one H200), 200m (paper Table 5), scaling-*"
+    )
     p.add_argument("--config", default=None, help="YAML file (configs/compare/*.yaml) applied over the preset")
     p.add_argument("--archs", default=None, help="comma-separated subset of architectures (--compare.archs)")
     p.add_argument("--out", default=None, help="run folder (--compare.out_dir; default runs/compare-<preset>)")
@@ -42,6 +46,14 @@ def register(subparsers) -> None:
                    help="local text files or folders evaluated as extra out-of-domain corpora")  # fmt: skip
     p.add_argument("--sweep-only", action="store_true", help="run only the learning-rate sweeps of the selection")
     p.add_argument("--probes", default=None, help="comma-separated probes to run: mqar, passkey, extrapolation")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="run the size-scaling study of the config's scaling section instead of the comparison",
+    )
+    p.add_argument("--sizes", default=None, help="with --scaling: comma-separated depths of scaling.sizes to train")
+    p.add_argument("--report-only", action="store_true",
+                   help="with --scaling: train nothing, rebuild the report from the results file")  # fmt: skip
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
@@ -66,8 +78,25 @@ def run(args: argparse.Namespace) -> int:
         extra = [str(Path(path).expanduser()) for path in args.ood]
         config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
     only = args.only.split(",") if args.only else None
+    for flag in ("report_only", "sizes"):
+        if getattr(args, flag) and not args.scaling:
+            raise ValueError(f"--{flag.replace('_', '-')} needs --scaling")
+    if args.scaling:
+        return _run_scaling(args, config, only)
     doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]),
                          only=only, sweep_only=args.sweep_only)  # fmt: skip
     if not args.prepare_only:
         print(f"results: {config.compare.out_dir}/results.md")
     return 0 if doc is not None else 1
+
+
+def _run_scaling(args: argparse.Namespace, config, only: list[str] | None) -> int:
+    """``--scaling``: the size-scaling study (retnet.compare.scaling)."""
+    from ..compare.scaling import run_scaling
+
+    sizes = [int(depth) for depth in args.sizes.split(",")] if args.sizes else None
+    run_scaling(config, only=only, only_sizes=sizes, command=shlex.join(["retnet", *sys.argv[1:]]),
+                prepare_only=args.prepare_only, report_only=args.report_only)  # fmt: skip
+    if not args.prepare_only:
+        print(f"scaling report: {config.compare.out_dir}/scaling.md")
+    return 0

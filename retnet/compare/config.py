@@ -8,7 +8,8 @@ A comparison config is a :class:`~retnet.training.TrainConfig` (same keys, same 
 - ``baseline``: the baselines' own :class:`~retnet.baselines.MixerLMConfig` fields
   (:class:`~retnet.compare.archs.BaselineSettings`);
 - ``sweep``: the learning-rate sweep (:class:`~retnet.compare.sweep.SweepSection`);
-- ``probes``: the recall probes and length extrapolation (:class:`~retnet.compare.probes.ProbeSection`).
+- ``probes``: the recall probes and length extrapolation (:class:`~retnet.compare.probes.ProbeSection`);
+- ``scaling``: the size-scaling study of ``retnet compare --scaling`` (:class:`~retnet.compare.scaling.ScalingSection`).
 
 The RetNet row is the model ``retnet train`` would build from the same config (``model.*``,
 :func:`retnet.training.build.model_config`); the baselines copy its width, depth, norm and FFN kind and add the
@@ -35,6 +36,7 @@ from ..utils import config_loader
 from .archs import ENTRIES, BaselineSettings
 from .presets import COMPARE_PRESETS, RECIPE
 from .probes import ProbeSection
+from .scaling import ScalingSection
 from .sweep import SweepSection
 
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -87,6 +89,7 @@ class CompareConfig(TrainConfig):
     baseline: BaselineSettings = field(default_factory=BaselineSettings)
     sweep: SweepSection = field(default_factory=SweepSection)
     probes: ProbeSection = field(default_factory=ProbeSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
 
     def validate(self) -> None:
         """Check the training values (:meth:`TrainConfig.validate`), then the comparison's.
@@ -115,6 +118,7 @@ class CompareConfig(TrainConfig):
             raise ValueError(f"config compare.seeds={c.seeds} is invalid; give distinct seeds >= 0")
         self.sweep.validate()
         self.probes.validate()
+        self.scaling.validate()
         for key in ("passkey_corpus", "extrapolation_corpus"):
             corpus = getattr(self.probes, key)
             if corpus and corpus not in c.out_of_domain:

@@ -22,7 +22,8 @@ from .archs import LABELS
 
 # Settings that say where or how a run happened, not what it computed, are left out of the key: folders, caches,
 # workers, checkpoint cadence, and compilation with its memory budget (compiled blocks compute the same function; an
-# architecture whose mixer does not compile can then run eager in the same study).
+# architecture whose mixer does not compile can then run eager in the same study). The scaling section only plans runs:
+# each scaling run's own model and step count are in its key.
 _NOT_IN_KEY = {
     "compare": ("archs", "out_dir", "seeds", "results_file"),
     "data": ("cache_dir", "fetch", "workers"),
@@ -32,6 +33,7 @@ _NOT_IN_KEY = {
         "checkpoint",
         "probes",
         "sweep",
+        "scaling",
         "name",
         "compile",
         "compile_backend",

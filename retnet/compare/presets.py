@@ -11,9 +11,13 @@ downloads in all): the Linux source (1.2 GB) is left to the larger presets.
 of the kernel's C (at most two epochs); its data travels as one corpus archive (docs/compare.md).
 ``200m``: the paper's Table-5 setting (16 layers, d = 1024, 4 heads of 256, FFN 2d, 200M parameters, 5B tokens,
 2048-token sequences, 32k BPE vocabulary) for users with a multi-GPU budget.
+``scaling-tiny`` and ``scaling-gpu``: the size-scaling study (``retnet compare --scaling``,
+:mod:`retnet.compare.scaling`) on a CPU and on one H200.
 """
 
 from __future__ import annotations
+
+from ..utils.config_loader import merge
 
 # The recipe every preset shares (TrainConfig keys). AdamW β = (0.9, 0.98) and clip 2.0 are TrainConfig's defaults.
 RECIPE: dict = dict(
@@ -85,3 +89,34 @@ COMPARE_PRESETS: dict[str, dict] = {
         probes=dict(passkey_corpus="sotu", extrapolation_corpus=""),
     ),
 }  # fmt: skip
+
+# The size-scaling study (retnet compare --scaling): RetNet against the Transformer++ (the harness's Transformer with
+# the torchscale flavour's RMSNorm and SwiGLU FFN copied from the RetNet row; rotary positions, no biases).
+COMPARE_PRESETS["scaling-tiny"] = dict(
+    # CPU: depths 1-4 at width 16 per layer (3.6k to 230k non-embedding parameters, 63x), 4 tokens per parameter
+    # (14,336 to 919,552 byte tokens); about 2.9M tokens for the whole study, 12.5 minutes on a shared 2-core CPU
+    steps=1, batch_size=8, precision="fp32",
+    model=dict(preset="tiny", hidden_size=32, num_hidden_layers=2, num_heads=2, value_dim=64, ffn_dim=64,
+               flavour="torchscale"),  # RetNet head dim 16 (value head dim 32)
+    data=dict(tokenizer="byte", vocab_size=256, seq_len=256),
+    optim=dict(lr=2e-3),
+    compare=dict(out_dir="runs/compare-scaling-tiny", out_of_domain=["shakespeare"], ood_max_bytes=1_000_000,
+                 eval_tokens=65_536, ffn_multiple=2),  # FFN steps of 2 keep the smallest size within 2 %
+    baseline=dict(num_heads=2),  # attention head dim 16
+    scaling=dict(sizes=[1, 2, 3, 4], aspect=16, tokens_per_parameter=4.0),
+)  # fmt: skip
+COMPARE_PRESETS["scaling-gpu"] = merge(COMPARE_PRESETS["medium"], dict(
+    # one H200, the medium preset's data and recipe, a run per (architecture, size, seed), the largest in one
+    # ten-minute command: depths 2-5 at width 128 per layer (1.84M, 6.20M, 14.7M and 28.7M non-embedding
+    # parameters, 15.6x), 2.5 tokens per parameter (4.59M to 71.7M tokens of 1,024-token windows). Throughput
+    # assumed: 3.7e13 FLOP/s of 6 * N_mm per token, what RetNet reached eager at the small preset (270k tokens/s at
+    # 18.9M + 4.2M head parameters); the largest run (N_mm 39.2M with the 16,384-token head) then trains in about
+    # 460 s. More tokens per parameter would not fit that command.
+    steps=1,
+    model=dict(hidden_size=256, num_hidden_layers=2, num_heads=2, value_dim=512, ffn_dim=512,
+               flavour="torchscale"),  # RetNet head dim 128 (value head dim 256)
+    compare=dict(out_dir="runs/compare-scaling-gpu"),
+    baseline=dict(num_heads=4),  # attention head dim 64
+    sweep=dict(lrs=[]),  # one learning rate (optim.lr) for every size and architecture
+    scaling=dict(sizes=[2, 3, 4, 5], aspect=128, tokens_per_parameter=2.5),
+))  # fmt: skip

@@ -133,7 +133,7 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
             section = doc.get("compare", {})
             for key in ("archs", "out_dir", "seeds", "results_file"):
                 section.pop(key, None)
-            for key in ("sweep", "probes", "compile", "compile_backend", "activation_memory_budget"):
+            for key in ("sweep", "probes", "scaling", "compile", "compile_backend", "activation_memory_budget"):
                 doc.pop(key, None)
         if old != new:
             raise ValueError(
