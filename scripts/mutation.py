@@ -242,7 +242,7 @@ MUTANTS = [
     _m("L6", POSITION, "torch.stack((a * cos - b * sin, b * cos + a * sin), dim=-1)",
        "torch.stack((a * cos + b * sin, b * cos - a * sin), dim=-1)",
        "rotation the other way round", LAYER_TESTS),
-    _m("L7", MSR, "        start = state.position\n", "        start = state.position - 1\n",
+    _m("L7", MSR, "        first = state.position\n", "        first = state.position - 1\n",
        "a continued segment rotated one position early", LAYER_TESTS),
     _m("L8", MSR, "doc = torch.bucketize(steps, starts, right=True) - 1",
        "doc = torch.bucketize(steps, starts) - 1",

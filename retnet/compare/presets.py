@@ -72,8 +72,8 @@ COMPARE_PRESETS: dict[str, dict] = {
         # folders, retnet.data.corpora), whose training split is 77,286,194 tokens at its BPE-16k tokenizer: 1.95
         # epochs, so no token is seen more than twice (tests/compare/test_medium_preset.py checks it). BPE trains on
         # a fixed 50 MB sample of the training files (the data is prepared in each GPU command). A four-rate sweep;
-        # bf16 autocast and compiled blocks (the fast path; compilation is not part of a run's key, so an
-        # architecture that fails to compile can run with --compile=false in the same study)
+        # two seeds per architecture; bf16 autocast and compiled blocks (the fast path; compilation is not part of a
+        # run's key, so an architecture that fails to compile can run with --compile=false in the same study)
         steps=2304, batch_size=64, precision="bf16", compile=True,
         log_every=25,
         model=dict(preset="small", hidden_size=768, num_hidden_layers=6, num_heads=3, value_dim=1536, ffn_dim=1536,
@@ -83,7 +83,7 @@ COMPARE_PRESETS: dict[str, dict] = {
         optim=dict(lr=1e-3, warmup_steps=100),
         checkpoint=dict(every=100),
         compare=dict(out_dir="runs/compare-medium", out_of_domain=["sotu", "shakespeare", "python-docs"],
-                     ood_max_bytes=4_000_000, eval_tokens=1_048_576, bpe_train_bytes=50_000_000),
+                     ood_max_bytes=4_000_000, eval_tokens=1_048_576, bpe_train_bytes=50_000_000, seeds=[0, 1]),
         baseline=dict(num_heads=12, max_position_embeddings=1024),  # attention head dim 64; Hyena's filters span T
         sweep=dict(lrs=[5e-4, 1e-3, 2e-3, 4e-3], fraction=0.1),
         probes=dict(passkey_corpus="sotu", extrapolation_corpus=""),
