@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from retnet.ops.retention import RetentionState, log_decay_schedule, retention
+from retnet.ops.retention import RetentionState, context_parallel, log_decay_schedule, retention
 from retnet.ops.retention.context_parallel import ContextParallelGroup, _slice_summary, slice_bounds
 from tests.utils import assert_close
 
@@ -198,6 +198,18 @@ def _worker(rank: int, port: int, bench_out: str) -> None:
         case = _case(100, 1)
         case["lengths"] = [case["T"]]
         _check_case(case, log_decay[: case["H"]].clone(), solo, 0)
+        # The layout travels with every call's summaries but is read back and checked once per layout.
+        checked = []
+        check = context_parallel._check_layout
+        context_parallel._check_layout = lambda metas: (checked.append(metas), check(metas))[-1]
+        try:
+            context_parallel._CHECKED_LAYOUTS.clear()
+            case = _case(0, 4)
+            for _ in range(3):
+                _check_case(case, log_decay[: case["H"]].clone(), None, rank)
+        finally:
+            context_parallel._check_layout = check
+        assert len(checked) == 1 and len(checked[0]) == WORLD, checked
         # Slices that do not tile the sequence fail on every rank, before any wrong number is returned.
         q = torch.randn(1, 3, 3, 4, dtype=torch.float64)
         bad = ContextParallelGroup(None, 3 * rank + (rank == 2), 3, 12 + 1)

@@ -106,7 +106,7 @@ class _ExchangeStates(torch.autograd.Function):
     def forward(ctx, X_local, carry, X0, cp: ContextParallelGroup, local_used: bool):
         # X_local: (B, H, K, V + 1) summary of this slice (zeros when no rank folds it: ``local_used`` False);
         # carry: (B, H) A_r; X0: initial (B, H, K, V + 1) or None.
-        meta = torch.tensor([cp.start, cp.length, cp.total_length], dtype=torch.long, device=X_local.device)
+        meta = _layout_tensor(cp, X_local.device)  # (3,) int64
         # One byte buffer per rank: the layout (int64) first, so that every part starts aligned to its dtype.
         parts = (_bytes(meta), _bytes(X_local), _bytes(carry))
         buffer = torch.cat(parts)
@@ -114,7 +114,10 @@ class _ExchangeStates(torch.autograd.Function):
         gathered = [torch.empty_like(buffer) for _ in range(size)]
         dist.all_gather(gathered, buffer, group=cp.group)
         n_m, n_x = parts[0].numel(), parts[1].numel()
-        _check_layout([g[:n_m].view(torch.long).tolist() for g in gathered])
+        key = _layout_key(cp)
+        if key not in _CHECKED_LAYOUTS:  # read back (a host synchronisation) once per layout, not once per call
+            _check_layout([g[:n_m].view(torch.long).tolist() for g in gathered])
+            _CHECKED_LAYOUTS.add(key)
         X_all = [g[n_m : n_m + n_x].view(X_local.dtype).view(X_local.shape) for g in gathered]
         # cloned: views would keep every rank's whole summary alive until the backward pass
         carries = [g[n_m + n_x :].view(carry.dtype).view(carry.shape)[..., None, None].clone() for g in gathered]
@@ -158,6 +161,29 @@ class _JoinGraph(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_x):
         return grad_x, torch.zeros(ctx.state_shape, **ctx.state_options)
+
+
+# Layouts this process has checked against every rank's, and their (3,) int64 tensors per device. Every call
+# gathers the layouts with the summaries (the same collective either way), but only a layout this rank has not used
+# before is read back to the host and checked: a rank whose slice changes checks again and raises there, while the
+# others stop at their next collective with it. Without these, each call would wait for the GPU twice (the layout's
+# copy to the device and its read-back).
+_CHECKED_LAYOUTS: set[tuple] = set()
+_LAYOUT_TENSORS: dict[tuple, torch.Tensor] = {}
+
+
+def _layout_key(cp: ContextParallelGroup) -> tuple:
+    # the group object itself (not its id, which a later group could reuse), with its size and this rank's slice
+    return (cp.group, cp.size, cp.rank, cp.start, cp.length, cp.total_length)
+
+
+def _layout_tensor(cp: ContextParallelGroup, device: torch.device) -> torch.Tensor:
+    key = (device, cp.start, cp.length, cp.total_length)
+    tensor = _LAYOUT_TENSORS.get(key)
+    if tensor is None:
+        tensor = torch.tensor([cp.start, cp.length, cp.total_length], dtype=torch.long, device=device)
+        _LAYOUT_TENSORS[key] = tensor
+    return tensor
 
 
 def _check_layout(metas: list[list[int]]) -> None:
@@ -410,7 +436,7 @@ def context_parallel_retention(
     needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
     impl = _summary_backend(backend, k, v, form, needs_grad) if used else "torch"
     X_local = _local_summary(k, v, lg, layout, impl, used)  # (B, H, K, V + 1)
-    carry_H = torch.zeros_like(lg) if layout.resets else decay_powers(lg, torch.tensor(T, device=q.device))
+    carry_H = torch.zeros_like(lg) if layout.resets else torch.exp(lg * T)  # (H,) γ^T, no copy to the device
     carry = carry_H.expand(B, H).contiguous()  # (B, H)
     X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group, used)  # (B, H, K, V + 1)
     head_end = layout.head_end
