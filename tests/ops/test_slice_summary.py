@@ -24,7 +24,7 @@ import torch.distributed as dist  # noqa: E402
 from retnet.ops.retention import context_parallel, log_decay_schedule, retention  # noqa: E402
 from retnet.ops.retention.context_parallel import ContextParallelGroup, _summary_is_folded, slice_summary  # noqa: E402
 from retnet.ops.retention.triton import MAX_K, retention_tuning  # noqa: E402
-from retnet.ops.retention.triton.summary import summary_segments  # noqa: E402
+from retnet.ops.retention.triton.tuning import plan_segments  # noqa: E402
 from tests.utils import RMS_TOLERANCE  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -180,11 +180,11 @@ def test_fake_implementations_describe_what_the_kernels_return():
 
 def test_segment_plan_splits_the_final_state_scan():
     cpu = torch.device("cpu")
-    assert summary_segments(1024, 4, cpu) == (1024, 1)  # off the GPU one program per tile is enough
-    assert summary_segments(10, 32, cpu, segment_chunks=4) == (4, 3)
+    assert plan_segments(1024, 4, cpu, final_state_only=True) == (1024, 1)  # off the GPU one program per tile is enough
+    assert plan_segments(10, 32, cpu, segment_chunks=4, final_state_only=True) == (4, 3)
     if torch.cuda.is_available():
         sms = torch.cuda.get_device_properties(0).multi_processor_count
-        seg_nt, nseg = summary_segments(512, 128, torch.device("cuda"))
+        seg_nt, nseg = plan_segments(512, 128, torch.device("cuda"), final_state_only=True)
         assert nseg > 1 and (nseg - 1) * 128 <= 4 * sms and seg_nt * nseg >= 512
 
 

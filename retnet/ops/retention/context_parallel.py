@@ -436,7 +436,7 @@ def context_parallel_retention(
     needs_grad = torch.is_grad_enabled() and (k.requires_grad or v.requires_grad)
     impl = _summary_backend(backend, k, v, form, needs_grad) if used else "torch"
     X_local = _local_summary(k, v, lg, layout, impl, used)  # (B, H, K, V + 1)
-    carry_H = torch.zeros_like(lg) if layout.resets else torch.exp(lg * T)  # (H,) γ^T, no copy to the device
+    carry_H = torch.zeros_like(lg) if layout.resets else decay_powers(lg, T)  # (H,) γ^T
     carry = carry_H.expand(B, H).contiguous()  # (B, H)
     X_in = _ExchangeStates.apply(X_local, carry, X0, cp_group, used)  # (B, H, K, V + 1)
     head_end = layout.head_end

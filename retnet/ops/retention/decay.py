@@ -74,16 +74,19 @@ def log_decay_schedule(
     return torch.log1p(-one_minus_gamma).to(dtype=dtype, device=device)
 
 
-def decay_powers(log_decay: torch.Tensor, exponents: torch.Tensor) -> torch.Tensor:
+def decay_powers(log_decay: torch.Tensor, exponents: torch.Tensor | int) -> torch.Tensor:
     """γ_h^e for non-negative exponents, computed as exp(e · log γ_h).
 
     Args:
         log_decay: ``(H,)`` log γ.
-        exponents: any shape ``(...)`` of non-negative exponents (int or float).
+        exponents: any shape ``(...)`` of non-negative exponents (int or float), or one Python int (no copy to
+            the device, so no wait for it).
 
     Returns:
-        ``(H, ...)`` decays in ``log_decay``'s dtype.
+        ``(H, ...)`` decays in ``log_decay``'s dtype (``(H,)`` for a Python int).
     """
+    if isinstance(exponents, int):
+        return torch.exp(log_decay * exponents)
     e = exponents.to(log_decay.dtype)
     return torch.exp(log_decay.view(-1, *([1] * e.dim())) * e)
 

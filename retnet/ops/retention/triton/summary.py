@@ -29,39 +29,12 @@ from .forward import state_scan
 from .tiles import state_block, state_block_t, token_block, wide_offsets
 from .tuning import (
     MAX_K,
-    MIN_SEGMENT_CHUNKS,
-    SEGMENT_PROGRAMS_PER_SM,
     ChunkPlan,
-    _multiprocessors,
     chunk_len,
     plan_from_ints,
+    plan_segments,
     tuning_ints,
 )
-
-
-def summary_segments(
-    NT: int, programs_per_segment: int, device: torch.device, segment_chunks: int | None = None
-) -> tuple[int, int]:
-    """(chunks per segment, number of segments) of a final-state-only scan over NT chunks.
-
-    Unlike the op's scan (:func:`~.tuning.plan_segments`), this one writes no per-chunk states, so every segment but
-    the last runs in the parallel pre-pass: it is split until the pre-pass has about ``SEGMENT_PROGRAMS_PER_SM``
-    programs per multiprocessor, in segments of at least ``MIN_SEGMENT_CHUNKS`` chunks (a rule by construction,
-    not yet timed on a GPU; ``benchmarks/context_parallel.py`` times the summary).
-
-    Args:
-        NT: chunks in the slice.
-        programs_per_segment: programs of one segment's scan ((K blocks)·(V blocks)·batch·heads).
-        device: where the scan runs (its multiprocessor count).
-        segment_chunks: a fixed segment length in chunks (``KernelTuning.segment_chunks``), or None to choose.
-    """
-    if segment_chunks is not None:
-        seg_nt = max(1, min(segment_chunks, NT))
-        return seg_nt, triton.cdiv(NT, seg_nt)
-    wanted = triton.cdiv(SEGMENT_PROGRAMS_PER_SM * _multiprocessors(device), programs_per_segment)
-    nseg = max(1, min(wanted, NT // MIN_SEGMENT_CHUNKS))
-    seg_nt = triton.cdiv(NT, nseg)
-    return seg_nt, triton.cdiv(NT, seg_nt)
 
 
 @triton.jit
@@ -155,7 +128,7 @@ def slice_summary_fwd(
     NT = triton.cdiv(T, BT)
     launch = plan.launch("state_fwd")
     programs = triton.cdiv(K, launch.BK) * triton.cdiv(V, launch.BV) * B * H
-    segments = summary_segments(NT, programs, k.device, plan.segment_chunks)
+    segments = plan_segments(NT, programs, k.device, plan.segment_chunks, final_state_only=True)
     _, _, S, z = state_scan(
         k, v, None, None, position, log_decay, BT, plan, store_z=False, store_final=True, ip=dot_precision(k.dtype),
         store_h=False, segments=segments,

@@ -345,7 +345,12 @@ def _multiprocessors(device: torch.device) -> int:
 
 
 def plan_segments(
-    NT: int, programs_per_segment: int, device: torch.device, segment_chunks: int | None = None
+    NT: int,
+    programs_per_segment: int,
+    device: torch.device,
+    segment_chunks: int | None = None,
+    *,
+    final_state_only: bool = False,
 ) -> tuple[int, int]:
     """(chunks per segment, number of segments) of a state scan over NT chunks.
 
@@ -361,12 +366,15 @@ def plan_segments(
         programs_per_segment: programs of one segment's scan ((K blocks)·(V blocks)·batch·heads).
         device: where the scan runs (its multiprocessor count).
         segment_chunks: a fixed segment length in chunks (``KernelTuning.segment_chunks``), or None to choose.
+        final_state_only: the scan writes no per-chunk states (a context-parallel slice summary): every segment but
+            the last then runs in the parallel pre-pass, so it is split at any program count (a rule by
+            construction, not yet timed on a GPU; ``benchmarks/context_parallel.py`` times the summary).
     """
     if segment_chunks is not None:
         seg_nt = max(1, min(segment_chunks, NT))
         return seg_nt, triton.cdiv(NT, seg_nt)
     sms = _multiprocessors(device)
-    if 2 * programs_per_segment > sms:
+    if 2 * programs_per_segment > sms and not final_state_only:
         return NT, 1
     nseg = max(1, min(SEGMENT_PROGRAMS_PER_SM * sms // programs_per_segment, NT // MIN_SEGMENT_CHUNKS))
     seg_nt = triton.cdiv(NT, nseg)
