@@ -20,7 +20,8 @@ The context is prefilled with random tokens (``--fill prompt``), or with one tok
 engine's step cost and memory do not depend on how much of the static state is filled (the Transformer's step
 attends to all ``max_len`` positions with the unwritten ones masked), only the prefill time does. The batch
 search always uses one-token prompts for that reason, and the uncompiled step. ``--compile`` compiles the
-measured steps with inductor (one compilation per batch size and ``max_len``: limit the rows).
+measured steps with inductor (one compilation per batch size and ``max_len``: limit the rows) and the prefill
+(one graph per layer shape with dynamic lengths; the prefill rows report the first, compiling call apart).
 
 Optional outside references, timed when they import (skipped with a note otherwise): transformers'
 ``LlamaForCausalLM`` of the Transformer's size with ``cache_implementation="static"`` and a compiled forward, and
@@ -190,18 +191,37 @@ def decode_row(model, B: int, context: int, args, device, *, short: bool = False
 
 
 def prefill_row(model, T: int, args, device) -> dict:
-    """Tokens/s of prefilling one prompt of T tokens (a first prefill warms the kernels up)."""
+    """Tokens/s of prefilling one prompt of T tokens (a first prefill warms the kernels up and, with
+    ``--compile``, compiles the prefill); with ``--profile-prefill T`` also a per-kernel table of one more prefill."""
     _free(device)
-    engine = DecodeEngine(model, max_batch=1, max_len=T, cuda_graph=False, prefill_chunk=args.prefill_chunk)
+    engine = DecodeEngine(
+        model, max_batch=1, max_len=T, cuda_graph=False, prefill_chunk=args.prefill_chunk, compile=args.compile,
+        compile_options=compile_options(args),
+    )  # fmt: skip
     prompt = torch.randint(0, model.config.vocab_size, (1, T))
+    t0 = time.perf_counter()
     engine.add(prompt, max_new_tokens=0)
     engine.release([0])
     _sync(device)
+    first = time.perf_counter() - t0
     t0 = time.perf_counter()
     engine.add(prompt, max_new_tokens=0)
     _sync(device)
     seconds = time.perf_counter() - t0
-    return {"T": T, "tokens_per_s": T / seconds, "ms": seconds * 1e3, "peak_gib": _peak_gib(device)}
+    row = {"T": T, "tokens_per_s": T / seconds, "ms": seconds * 1e3, "first_ms": first * 1e3}
+    row["peak_gib"] = _peak_gib(device)
+    if T == args.profile_prefill:
+        from torch.profiler import ProfilerActivity, profile
+
+        engine.release([0])
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=activities) as prof:
+            engine.add(prompt, max_new_tokens=0)
+            _sync(device)
+        table = prof.key_averages().table(sort_by="self_device_time_total", row_limit=40)
+        name = "retnet" if isinstance(model, RetNetForCausalLM) else "transformer"
+        (Path(args.out) / f"profile-prefill-{name}-T{T}.txt").write_text(f"# one prefill of {T} tokens\n\n{table}\n")
+    return row
 
 
 def largest_batch(model, context: int, args, device) -> dict:
@@ -502,8 +522,9 @@ def parse_args(argv):
     )  # fmt: skip
     p.add_argument("--no-graph", action="store_true", help="run the engine's step eagerly (no CUDA graph)")
     p.add_argument(
-        "--compile", action="store_true", help="compile the engine's step with inductor (once per batch size)"
-    )
+        "--compile", action="store_true",
+        help="compile the engine's step (once per batch size) and its prefill (dynamic shapes) with inductor",
+    )  # fmt: skip
     p.add_argument(
         "--coordinate-descent",
         action="store_true",
@@ -512,6 +533,9 @@ def parse_args(argv):
     )
     p.add_argument("--no-pack", action="store_true", help="keep each projection's weight separate (no stacking)")
     p.add_argument("--profile-batch", type=int, default=0, help="write a per-kernel profile of steps at this batch")
+    p.add_argument(
+        "--profile-prefill", type=int, default=0, help="write a per-kernel profile of the prefill of this length"
+    )
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
 

@@ -71,6 +71,19 @@ def _block_step(block, x: torch.Tensor, state, rotation=None) -> torch.Tensor:
     return h + (block.ffn.decode(ffn_norm) if hasattr(block.ffn, "decode") else block.ffn(ffn_norm))
 
 
+def _block_prefill(block, x: torch.Tensor, state, rows: torch.Tensor, start: int, chunk_size: int, rotation=None):
+    """One layer over a prompt piece of rows ``rows`` at position ``start``, their state written in place:
+    ``(n, t, D) -> (n, t, D)``.
+
+    The unit the compiled prefill compiles (with dynamic shapes: one graph serves every layer and, past the first
+    recompilation, every piece length and batch of rows; a new sequence and a continued one are two graphs).
+    """
+    extra = {} if rotation is None else {"rotation": rotation}
+    y = block.mixer.prefill_decode_state_(block.mixer_norm(x), state, rows, start, chunk_size=chunk_size, **extra)
+    h = x + y
+    return h + block.ffn(block.ffn_norm(h))
+
+
 def _rotation_builder(parts: DecoderParts):
     """``positions (B, T) -> rotation table`` shared by every mixer of the model (RetNet's
     ``MultiScaleRetention.rotation_table``), or None where the mixers share none (each rotates on its own, as the
@@ -135,10 +148,11 @@ class DecodeEngine:
         prefill_chunk: prefill prompts in pieces of at most this many tokens, each continuing from the state
             (None: one piece).
         cuda_graph: capture the step in a CUDA graph (default: True on CUDA; must be False off CUDA).
-        compile: also compile each layer's step with ``torch.compile`` (True: inductor, which fuses the
-            per-token elementwise work into few kernels; or the name of a ``torch.compile`` backend): one graph
-            for all layers, then captured in the CUDA graph like the eager step.
-        compile_options: inductor options for that compilation (e.g. ``{"coordinate_descent_tuning": True}``,
+        compile: also compile each layer's step and each layer's prefill with ``torch.compile`` (True: inductor,
+            which fuses the elementwise work between the matrix products into few kernels; or the name of a
+            ``torch.compile`` backend): one step graph for all layers, then captured in the CUDA graph like the
+            eager step, and prefill graphs with dynamic shapes for all layers, prompt lengths and batches.
+        compile_options: inductor options for those compilations (e.g. ``{"coordinate_descent_tuning": True}``,
             which also turns batch-1 matrix-vector products into tuned Triton reductions fused with their
             neighbours); None: inductor's defaults.
         pack_weights: stack the projections that read the same input (RetNet's q/k/v/g, the Transformer's q/k/v,
@@ -222,11 +236,12 @@ class DecodeEngine:
         self._buffers = StepBuffers(
             self.logits, self.tokens, self.finished, self.keys, self.counts, self.seen, self._eos
         )
-        self._block_step = _block_step
+        self._block_step, self._block_prefill = _block_step, _block_prefill
         if compile:
             backend = "inductor" if compile is True else compile
             extra = {} if compile_options is None else {"options": dict(compile_options)}
             self._block_step = torch.compile(_block_step, backend=backend, fullgraph=True, dynamic=False, **extra)
+            self._block_prefill = torch.compile(_block_prefill, backend=backend, fullgraph=True, **extra)
         self._step_fn = self._step_body
         self._graph = self._capture() if cuda_graph else None
 
@@ -382,11 +397,7 @@ class DecodeEngine:
             if build is not None:  # the rows' common positions start .. start + t − 1, (1, t)
                 extra["rotation"] = build(torch.arange(start, start + x.shape[1], device=self.device)[None])
             for block, state in zip(self.parts.blocks, self.states):
-                y = block.mixer.prefill_decode_state_(
-                    block.mixer_norm(x), state, index, start, chunk_size=self.chunk_size, **extra
-                )
-                h = x + y
-                x = h + block.ffn(block.ffn_norm(h))
+                x = self._block_prefill(block, x, state, index, start, self.chunk_size, **extra)
         self.logits.index_copy_(0, index, self.parts.head(x[:, -1]).to(self.logits.dtype))  # (n, vocab)
         if self.seen is not None:
             self.seen.index_fill_(0, index, False)
