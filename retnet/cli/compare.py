@@ -53,7 +53,7 @@ def register(subparsers) -> None:
     )
     p.add_argument("--sizes", default=None, help="with --scaling: comma-separated depths of scaling.sizes to train")
     p.add_argument("--report-only", action="store_true",
-                   help="with --scaling: train nothing, rebuild the report from the results file")  # fmt: skip
+                   help="train nothing: rebuild the report (or the scaling report) from the results file")  # fmt: skip
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
@@ -78,11 +78,16 @@ def run(args: argparse.Namespace) -> int:
         extra = [str(Path(path).expanduser()) for path in args.ood]
         config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
     only = args.only.split(",") if args.only else None
-    for flag in ("report_only", "sizes"):
-        if getattr(args, flag) and not args.scaling:
-            raise ValueError(f"--{flag.replace('_', '-')} needs --scaling")
+    if args.sizes and not args.scaling:
+        raise ValueError("--sizes needs --scaling")
     if args.scaling:
         return _run_scaling(args, config, only)
+    if args.report_only:
+        from ..compare import rebuild_report
+
+        rebuild_report(config, command=shlex.join(["retnet", *sys.argv[1:]]))
+        print(f"results: {config.compare.out_dir}/results.md")
+        return 0
     doc = run_comparison(config, prepare_only=args.prepare_only, command=shlex.join(["retnet", *sys.argv[1:]]),
                          only=only, sweep_only=args.sweep_only)  # fmt: skip
     if not args.prepare_only:

@@ -7,7 +7,7 @@ tables, JSON and plots. ``retnet compare`` is its command line.
 
 from .archs import ENTRIES, LABELS, TABLE5, TABLE6, BaselineSettings, match_parameters
 from .config import CompareConfig, CompareSection, load_compare_config
-from .runner import run_comparison
+from .runner import rebuild_report, run_comparison
 
 __all__ = [
     "ENTRIES",
@@ -19,5 +19,6 @@ __all__ = [
     "CompareSection",
     "load_compare_config",
     "match_parameters",
+    "rebuild_report",
     "run_comparison",
 ]

@@ -342,6 +342,60 @@ def run_comparison(
     return _report(config, entries, meta, selected)
 
 
+@dataclasses.dataclass(frozen=True)
+class _RecordedModel:
+    """An architecture's matched model config as a results-file record holds it (``run["model_config"]``)."""
+
+    doc: dict
+
+    @property
+    def config(self) -> _RecordedModel:
+        return self
+
+    def to_dict(self) -> dict:
+        return self.doc
+
+
+def rebuild_report(config: CompareConfig, *, command: str = "") -> dict:
+    """Train nothing: write the report of every run of this comparison that its results file holds.
+
+    No data is read. Each record carries its architecture's model config, and a record counts only where this
+    config's recipe (sweep, seeds, learning rate chosen by the sweep) with that model gives its key, so records
+    of another recipe are ignored. The run-level facts (environment, data, epochs) are those of the run folder's
+    ``results.json`` (the last training command's, whose ``command`` stays), with this command as ``report_command``
+    and the rebuilt sweep and seeds.
+
+    Raises:
+        ValueError: a results file holding no run of any architecture of ``compare.archs``.
+    """
+    c = config.compare
+    run_dir = Path(c.out_dir)
+    results = ResultsFile(c.results_file or run_dir / "entries.json")
+    models: dict[str, _RecordedModel] = {}
+    for record in results.entries.values():
+        if record["name"] in c.archs:
+            models.setdefault(record["name"], _RecordedModel(record["run"]["model_config"]))
+    if not models:
+        raise ValueError(f"{results.path} holds no run of {', '.join(c.archs)}")
+    config = dataclasses.replace(
+        config,
+        compare=dataclasses.replace(c, archs=[a for a in c.archs if a in models]),
+        probes=dataclasses.replace(config.probes, run=[]),
+    )
+    entries = _Entries(config, run_dir, models, run_dir / "data" / "in_domain", {})
+    entries.results = results
+    for name in models:
+        lr = entries.chosen_lr(name)[0]
+        for seed in config.seeds:
+            variant = _variant(config, seed, lr)
+            if entries.key(variant, name)[0] in results:
+                entries.run(variant, name, "main")  # found: its result.json joins the folder, nothing trains
+    old = run_dir / "results.json"
+    meta = json.loads(old.read_text()).get("meta", {}) if old.is_file() else {"preset": c.preset}
+    meta["report_command"] = command
+    return _report(config, entries, meta, [])
+
+
 def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list[str]) -> dict:
     """The report of every finished architecture: tables, seeds and sweep, then the probes of ``selected``."""
     from .probes import run_probes

@@ -162,3 +162,37 @@ def test_seed_summary_of_one_seed_has_no_spread():
     ev = {"in_domain": {"perplexity": 5.0}, "out_of_domain": {"a": {"perplexity": 7.0}}}
     s = seed_summary([{"name": "h3", "seed": 0, "result": {"eval": ev}}])
     assert s["h3"] == {"seeds": [0], "in_domain": (5.0, 0.0), "out_of_domain": {"a": (7.0, 0.0)}}
+
+
+def test_report_only_rebuilds_the_report_from_the_results_file_alone(tmp_path, corpora, fake_training):
+    """Runs finished by several commands (here one per architecture, and one of another recipe) are reported
+    together from the results file, without data or training; the run-level facts come from the folder's
+    results.json."""
+    from retnet.compare import rebuild_report
+
+    calls = fake_training
+    shared = f"--compare.results_file={tmp_path / 'entries.json'}"
+    extra = ["--sweep.lrs=[1e-4,1e-3,3e-3]", "--sweep.fraction=0.25", "--compare.seeds=[0,1]", shared]
+    config = load_compare_config("tiny", None, overrides(tmp_path, corpora, extra=extra))
+    for name in ("retnet", "transformer"):
+        expected = run_comparison(config, only=[name])
+    longer = load_compare_config("tiny", None, overrides(tmp_path, corpora, out="longer", extra=[*extra, "--steps=80"]))
+    run_comparison(longer, only=["retnet"])
+    assert len(ResultsFile(tmp_path / "entries.json").entries) == 15
+    calls.clear()
+
+    rebuilt_dir = tmp_path / "rebuilt"
+    rebuilt_dir.mkdir()
+    (rebuilt_dir / "results.json").write_text((tmp_path / "run" / "results.json").read_text())
+    data_dir = tmp_path / "run" / "data"
+    data_dir.rename(tmp_path / "moved")  # no data is read
+    rebuilt = load_compare_config("tiny", None, overrides(tmp_path, corpora, out="rebuilt", extra=extra))
+    doc = rebuild_report(rebuilt, command="retnet compare --report-only")
+    assert calls == []
+    assert doc["meta"]["report_command"] == "retnet compare --report-only"
+    assert doc["meta"]["environment"] == expected["meta"]["environment"]
+    assert doc["meta"]["sweep"] == expected["meta"]["sweep"] and doc["meta"]["seeds"] == expected["meta"]["seeds"]
+    assert {n: r["train"]["steps"] for n, r in doc["results"].items()} == {"retnet": 40, "transformer": 40}
+    assert (rebuilt_dir / "results.md").read_text() == (tmp_path / "run" / "results.md").read_text()
+    with pytest.raises(ValueError, match="holds no run of h3"):
+        rebuild_report(load_compare_config("tiny", None, overrides(tmp_path, corpora, archs=("h3",), extra=extra)))
