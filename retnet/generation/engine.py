@@ -26,6 +26,7 @@ import logging
 from collections.abc import Sequence
 from typing import NamedTuple
 
+import numpy as np
 import torch
 
 from .decoder_parts import DecoderParts, decoder_parts
@@ -82,6 +83,26 @@ def _block_prefill(block, x: torch.Tensor, state, rows: torch.Tensor, start: int
     y = block.mixer.prefill_decode_state_(block.mixer_norm(x), state, rows, start, chunk_size=chunk_size, **extra)
     h = x + y
     return h + block.ffn(block.ffn_norm(h))
+
+
+def _prompt_ids(i: int, prompt, vocab: int) -> torch.Tensor:
+    """Prompt ``i`` (a sequence of ints or an integer tensor) as a non-empty ``(T,)`` int64 CPU tensor."""
+    if isinstance(prompt, torch.Tensor):
+        ids = prompt.detach().flatten()
+    else:
+        try:
+            items = list(prompt)
+        except TypeError:
+            raise ValueError(f"prompt {i} is {prompt!r}: give each prompt as a sequence of token ids") from None
+        try:  # through NumPy, which infers the type several times faster than torch.as_tensor from a list
+            ids = torch.from_numpy(np.asarray(items)) if items else torch.empty(0, dtype=torch.long)
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError(f"prompt {i}: token ids must be ints in [0, {vocab}), got {items[:3]}") from None
+    if ids.numel() == 0:
+        raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
+    if ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+        raise ValueError(f"prompt {i}: token ids must be ints in [0, {vocab}), got {ids.dtype} values")
+    return ids.to("cpu", torch.long)
 
 
 def _rotation_builder(parts: DecoderParts):
@@ -295,7 +316,7 @@ class DecodeEngine:
         for i, r in enumerate(rows):
             by_length.setdefault(len(r), []).append(i)
         for members in by_length.values():
-            ids = torch.tensor([rows[i] for i in members], dtype=torch.long).to(self.device)  # (n, T)
+            ids = torch.stack([rows[i] for i in members]).to(self.device)  # (n, T)
             index = torch.tensor([slots[i] for i in members], dtype=torch.long).to(self.device)  # (n,)
             self._prefill(ids, index)
             self.keys.index_copy_(0, index, torch.tensor([sampling_key(seeds[i]) for i in members]).to(self.device))
@@ -354,17 +375,17 @@ class DecodeEngine:
         return sum(t.numel() * t.element_size() for state in self.states for t in state)
 
     # ---- internals -----------------------------------------------------------------------------------------
-    def _validate(self, prompts) -> list[list[int]]:
+    def _validate(self, prompts) -> list[torch.Tensor]:
+        """Each prompt as a ``(T,)`` int64 CPU tensor, checked with tensor operations (no loop over its tokens)."""
         if isinstance(prompts, torch.Tensor):
             prompts = list(prompts) if prompts.dim() == 2 else [prompts]
+        vocab = self.parts.vocab_size
         rows = []
         for i, p in enumerate(prompts):
-            ids = p.flatten().tolist() if isinstance(p, torch.Tensor) else list(p)
-            if not ids:
-                raise ValueError(f"prompt {i} is empty: every prompt needs at least one token")
-            if any(not isinstance(t, int) or not 0 <= t < self.parts.vocab_size for t in ids):
-                bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < self.parts.vocab_size][:3]
-                raise ValueError(f"prompt {i}: token ids must lie in [0, {self.parts.vocab_size}), got {bad}")
+            ids = _prompt_ids(i, p, vocab)
+            out_of_range = ids[(ids < 0) | (ids >= vocab)]
+            if out_of_range.numel():
+                raise ValueError(f"prompt {i}: token ids must lie in [0, {vocab}), got {out_of_range[:3].tolist()}")
             if len(ids) > self.max_len:
                 raise ValueError(f"prompt {i} has {len(ids)} tokens, more than max_len {self.max_len}")
             rows.append(ids)
@@ -372,7 +393,7 @@ class DecodeEngine:
             raise ValueError("no prompts given")
         return rows
 
-    def _budgets(self, rows: list[list[int]], max_new_tokens) -> list[int]:
+    def _budgets(self, rows: list[torch.Tensor], max_new_tokens) -> list[int]:
         if max_new_tokens is None:
             return [self.max_len - len(r) for r in rows]
         budgets = [max_new_tokens] * len(rows) if isinstance(max_new_tokens, int) else list(max_new_tokens)

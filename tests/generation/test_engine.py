@@ -216,6 +216,12 @@ def test_bad_input_is_refused_before_any_kernel_runs(retnet64):
         (dict(prompts=[[1, 256]]), r"\[0, 256\)"),
         (dict(prompts=[[1, -1]]), r"\[0, 256\)"),
         (dict(prompts=[[]]), "empty"),
+        (dict(prompts=torch.zeros(1, 0, dtype=torch.long)), "empty"),
+        (dict(prompts=[[1, 2.5]]), "must be ints"),
+        (dict(prompts=[[1, "a"]]), "must be ints"),
+        (dict(prompts=[1, 2]), "a sequence of token ids"),
+        (dict(prompts=torch.tensor([[1.0, 2.0]])), "torch.float32"),
+        (dict(prompts=torch.tensor([[3, 300, -2, 5]])), r"\[0, 256\), got \[300, -2\]"),
         (dict(prompts=[[1]], seeds=[1, 2]), "seeds"),
     ]
     for kwargs, match in cases:
