@@ -196,3 +196,16 @@ def test_report_only_rebuilds_the_report_from_the_results_file_alone(tmp_path, c
     assert (rebuilt_dir / "results.md").read_text() == (tmp_path / "run" / "results.md").read_text()
     with pytest.raises(ValueError, match="holds no run of h3"):
         rebuild_report(load_compare_config("tiny", None, overrides(tmp_path, corpora, archs=("h3",), extra=extra)))
+
+    # the command line: retnet compare --report-only
+    import argparse
+
+    from retnet.cli import compare as compare_cli
+
+    parser = argparse.ArgumentParser()
+    compare_cli.register(parser.add_subparsers())
+    args, rest = parser.parse_known_args(["compare", "--preset", "tiny", "--report-only", "--out", str(rebuilt_dir)])
+    args.overrides = [o for o in overrides(tmp_path, corpora, out="rebuilt", extra=extra) if "out_dir" not in o] + rest
+    (rebuilt_dir / "results.md").unlink()
+    assert args.func(args) == 0 and calls == []
+    assert (rebuilt_dir / "results.md").read_text() == (tmp_path / "run" / "results.md").read_text()

@@ -135,5 +135,5 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
         _cli([*argv, "--only", "h3"])
     with pytest.raises(ValueError, match="--sizes names depths \\[5\\]"):
         _cli([*argv, "--sizes", "5"])
-    with pytest.raises(ValueError, match="--report-only needs --scaling"):
-        _cli([a for a in argv if a != "--scaling"] + ["--report-only"])
+    with pytest.raises(ValueError, match="--sizes needs --scaling"):
+        _cli([a for a in argv if a != "--scaling"] + ["--sizes", "1"])
