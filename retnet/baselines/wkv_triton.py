@@ -18,8 +18,8 @@ A_{t+1} = e^{−w} A_t + e^{k_t} v_t (B likewise with v = 1) and wkv_t = (A_t + 
 
 Backward. Write g_t = ∂L/∂wkv_t ``(B, T, D)`` and ĝa, ĝb, ĝp ``(B, D)`` for the gradients of the final state (zero
 when it gets none). The adjoints of the unscaled sums, α_t = ∂L/∂A_t and β_t = ∂L/∂B_t, are carried scaled by
-e^{p_t} (α̂_t = α_t e^{p_t}, β̂_t = β_t e^{p_t}), which keeps them bounded by Σ|g| for the same reason the state
-is. Starting from α̂_T = ĝa, β̂_T = ĝb, for t = T−1 … 0 with c_t = g_t / s_t::
+e^{p_t} (α̂_t = α_t e^{p_t}, β̂_t = β_t e^{p_t}). Starting from α̂_T = ĝa, β̂_T = ĝb, for t = T−1 … 0 with
+c_t = g_t / s_t::
 
     ∂L/∂v_t = c_t e2_t + f2_t α̂_{t+1}
     ∂L/∂k_t = c_t e2_t (v_t − wkv_t) + f2_t (α̂_{t+1} v_t + β̂_{t+1}) + [p_{t+1} takes k_t] π_{t+1}
@@ -27,17 +27,21 @@ is. Starting from α̂_T = ĝa, β̂_T = ĝb, for t = T−1 … 0 with c_t = g_t
     ∂L/∂w  += −f1_t (α̂_{t+1} a_t + β̂_{t+1} b_t) − [p_{t+1} takes p_t − w] π_{t+1}
     α̂_t = c_t e1_t + f1_t α̂_{t+1},   β̂_t = −c_t e1_t wkv_t + f1_t β̂_{t+1}
 
-π carries the gradient of the final log scale as a function of its own: with a_T = A_T e^{−p_T}, the loss sees p_T
-apart from A_T and B_T through π_T = ĝp − ĝa a_T − ĝb b_T, and p_T = max(p_{T−1} − w, k_{T−1}) hands it to the key
-that set the maximum or, through p_t − w, one step back (π_t = π_{t+1}; a tie splits it in halves, as
-``torch.maximum``'s gradient does). The initial state gets ∂L/∂a_0 = α̂_0, ∂L/∂b_0 = β̂_0 and
-∂L/∂p_0 = α̂_0 a_0 + β̂_0 b_0 + π_0. The kernels apply the same E (with its floor) to every exponential in the
-backward, so the gradients are those of the forward as computed. ∂L/∂w is for w itself: the caller's
-w = exp(time_decay) is differentiated by autograd outside the op.
+π carries the gradient of the final log scale p_T itself: with a_T = A_T e^{−p_T} and b_T = B_T e^{−p_T}, the loss
+sees p_T apart from A_T and B_T through π_T = ĝp − ĝa a_T − ĝb b_T. Each p_{t+1} = max(p_t − w, k_t) hands π_{t+1}
+to k_t when the key set the maximum, else to p_t (π_t = π_{t+1}) and −π_{t+1} to w; a tie splits it in halves, as
+``torch.maximum``'s gradient does. The initial state gets ∂L/∂a_0 = α̂_0, ∂L/∂b_0 = β̂_0 and ∂L/∂p_0 = α̂_0 a_0 +
+β̂_0 b_0 + π_0. The scaled adjoints stay bounded: from an empty state b_t ≥ 1 after the first token (one of f1_t,
+f2_t is 1, and b_1 = 1), so s_t ≥ e1_t, e2_t and |c_t e1_t|, |c_t e2_t| ≤ |g_t|. The backward applies the same E
+(with its floor) to every exponential, so the gradients are those of the forward as computed. ∂L/∂w and ∂L/∂u are
+summed over the batch rows, ``(D,)``; ∂L/∂w is for w itself (the caller's w = exp(time_decay) is differentiated by
+autograd outside the op).
 
-The backward recomputes the per-step states (a_t, b_t, p_t) ``(B, T, D)`` with the forward kernel into a
-scratch buffer and then runs the reverse loop, so the forward saves only its inputs. Both ops are
-``torch.library`` custom ops with fake implementations, so ``torch.compile(fullgraph=True)`` keeps them whole.
+The backward recomputes the per-step states (a_t, b_t, p_t), three ``(B, T, D)`` scratch tensors, with the forward
+kernel and then runs the reverse loop, so the forward saves only its inputs. Both ops are ``torch.library`` custom
+ops with fake implementations, so ``torch.compile(fullgraph=True)`` keeps them whole. On the GPU Triton compiles
+float32 ``exp`` and ``/`` to the fast approximations (``ex2.approx``, ``div.full``: a few ulps), as the official
+kernel's fast-math build does.
 """
 
 from __future__ import annotations
@@ -207,6 +211,10 @@ def _grid(B: int, D: int, block: int) -> tuple[int, int]:
     return (B, triton.cdiv(D, block))
 
 
+def _num_warps(block: int) -> int:
+    return max(1, min(8, block // 32))  # one lane per channel: a warp per 32 channels
+
+
 def _run_forward(k, v, w, u, a0, b0, p0, block, store_y, store_states):
     """Launch the forward kernel; returns ``(y | None, aT, bT, pT, states | None)``."""
     B, T, D = k.shape
@@ -217,7 +225,7 @@ def _run_forward(k, v, w, u, a0, b0, p0, block, store_y, store_states):
     _wkv_fwd_kernel[_grid(B, D, block)](
         k, v, w, u, a0 if has_state else k, b0 if has_state else k, p0 if has_state else k, k if y is None else y,
         *final, *(states if store_states else (k, k, k)), T, D,
-        BLOCK=block, HAS_STATE=has_state, STORE_Y=store_y, STORE_STATES=store_states,
+        BLOCK=block, HAS_STATE=has_state, STORE_Y=store_y, STORE_STATES=store_states, num_warps=_num_warps(block),
     )  # fmt: skip
     return y, *final, states
 
@@ -266,6 +274,7 @@ def _wkv_bwd_op(
     _wkv_bwd_kernel[_grid(B, D, block)](
         k, v, w, u, sa, sb, sp, aT, bT, gy, *((gaT, gbT, gpT) if has_final_grad else (aT, aT, aT)),
         gk, gv, gw_rows, gu_rows, ga0, gb0, gp0, T, D, BLOCK=block, HAS_FINAL_GRAD=has_final_grad,
+        num_warps=_num_warps(block),
     )  # fmt: skip
     return gk, gv, gw_rows.sum(0), gu_rows.sum(0), ga0, gb0, gp0
 
