@@ -14,22 +14,22 @@ from tests.utils import RMS_TOLERANCE, assert_close
 B, T, D = 2, 37, 24  # T prime, D not a multiple of the block
 
 
-def inputs(dtype, key_scale=1.0, device="cpu"):
+def inputs(dtype, key_scale=1.0):
     """k, v ``(B, T, D)``, w > 0 and u ``(D,)``, all requiring gradients."""
-    k = key_scale * torch.randn(B, T, D, dtype=dtype, device=device)
-    v = torch.randn(B, T, D, dtype=dtype, device=device)
-    w = torch.rand(D, dtype=dtype, device=device) * 2 + 0.05  # per-token decays e^−w from 0.95 to 0.13
-    u = torch.randn(D, dtype=dtype, device=device)
+    k = key_scale * torch.randn(B, T, D, dtype=dtype)
+    v = torch.randn(B, T, D, dtype=dtype)
+    w = torch.rand(D, dtype=dtype) * 2 + 0.05  # per-token decays e^−w from 0.95 to 0.13
+    u = torch.randn(D, dtype=dtype)
     return [x.requires_grad_() for x in (k, v, w, u)]
 
 
-def random_state(dtype, device="cpu"):
-    """A state a pass over earlier tokens could leave: a ``(B, D)`` any sign, b >= 1, p of a key's size except on
-    the first 8 channels, where p ~ 40 stays the running maximum through the segment where w is small (the
-    gradient of the final p then reaches the initial one)."""
-    a = torch.randn(B, D, dtype=dtype, device=device)
-    b = 1 + torch.rand(B, D, dtype=dtype, device=device)
-    p = 2 * torch.randn(B, D, dtype=dtype, device=device)
+def random_state(dtype):
+    """A state that earlier tokens could leave, each ``(B, D)``: a of any sign, b >= 1, p of a key's size except on
+    the first 8 channels, where p ~ 40 stays the running maximum through the segment where w is small (so the
+    gradient of the final p reaches the initial one)."""
+    a = torch.randn(B, D, dtype=dtype)
+    b = 1 + torch.rand(B, D, dtype=dtype)
+    p = 2 * torch.randn(B, D, dtype=dtype)
     p[:, :8] += 40
     return [x.requires_grad_() for x in (a, b, p)]
 
@@ -118,21 +118,24 @@ def test_initial_state_matches_step_by_step_float64():
 
 
 def test_compiled_fullgraph_gives_the_same_values_and_gradients():
-    leaves = inputs(torch.float32)
+    """The mixer's training path (token shift, projections, the op with its final state) compiled as one graph."""
+    _, mix = mixers(16)
+    x = torch.randn(2, 11, 16)
 
-    def f(k, v, w, u):
-        y, (a, b, p) = wkv_triton(k, v, w.exp(), u, block=32)
-        return y * 2, a + b
+    def f(x):
+        y, state = mix.parallel(x, output_state=True)
+        return y, state.a + state.b, state.p
 
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)
-    got, ref = compiled(*leaves), f(*leaves)
-    weights = [torch.randn_like(got[0]), torch.randn_like(got[1])]
-    for name, g, r in zip(("wkv", "a + b"), got, ref):
+    got, ref = compiled(x), f(x)
+    for name, g, r in zip(("y", "a + b", "p"), got, ref):
         assert torch.equal(g, r), f"{name}: compiled differs by {max_abs(g, r):.3e}"
-    g_got = grads(loss_of(got[0], got[1:], weights), leaves)
-    g_ref = grads(loss_of(ref[0], ref[1:], weights), leaves)
-    for name, g, r in zip("kvwu", g_got, g_ref):
-        assert torch.equal(g, r), f"d{name}: compiled differs by {max_abs(g, r):.3e}"
+    weights = [torch.randn_like(t) for t in got]
+    params = list(mix.parameters())
+    g_got = grads(loss_of(got[0], got[1:], weights), params)
+    g_ref = grads(loss_of(ref[0], ref[1:], weights), params)
+    for (name, _), g, r in zip(mix.named_parameters(), g_got, g_ref):
+        assert torch.equal(g, r), f"grad {name}: compiled differs by {max_abs(g, r):.3e}"
 
 
 def test_bad_inputs_raise_before_any_kernel_runs():
