@@ -9,12 +9,16 @@ shift x' = μ ⊙ x_t + (1 − μ) ⊙ x_{t−1}, r, k, v are projections of the
 per channel, with decay w = exp(time_decay) > 0 and bonus u = time_first. Numerics: every exponential is taken
 relative to a running maximum (the state keeps a, b scaled by e^{−p}), as in the official RWKV-4 kernels, so
 large keys never overflow. Training splits T into chunks of C: chunk-start states come from a short loop over
-chunks and all within-chunk sums are computed at once in log space (memory ~C× the activations). The wkv
-computation runs in float32 (float64 for float64 inputs).
+chunks and all within-chunk sums are computed at once in log space (memory ~C× the activations). On CUDA the
+training path runs the same recurrence as one sequential loop per channel on Triton instead (:mod:`.wkv_triton`;
+``backend`` picks). The wkv computation runs in float32 (float64 for float64 inputs, always on the PyTorch path).
 """
 
 from __future__ import annotations
 
+import functools
+import importlib.util
+import logging
 from typing import NamedTuple
 
 import torch
@@ -23,6 +27,9 @@ from torch import nn
 from .base import RecurrentMixer
 from .conv import compute_dtype
 
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "triton")
 NEG = -1e30  # log of an empty sum: finite, so that differences stay finite; exp(NEG − m) underflows to 0
 EXP_FLOOR = -80.0  # exponents below this give exactly 0 rather than subnormal floats (slow on CPUs)
 
@@ -112,6 +119,15 @@ def wkv_chunked(k, v, w, u, chunk_size: int = 16):
     return wkv, (a, b, p)
 
 
+@functools.cache
+def _triton_installed() -> bool:
+    """Whether Triton can be imported (found without importing it); logged once when a GPU is left without it."""
+    found = importlib.util.find_spec("triton") is not None
+    if not found and torch.cuda.is_available():
+        logger.warning("RWKV: Triton is not installed; backend='auto' runs the PyTorch WKV (wkv_chunked) on CUDA")
+    return found
+
+
 class RWKVTimeMix(RecurrentMixer):
     """RWKV-4 time mixing (attention replacement).
 
@@ -119,13 +135,23 @@ class RWKVTimeMix(RecurrentMixer):
         hidden_size: D.
         layer_idx: index of the layer (the official initialisation depends on depth).
         num_layers: L.
-        chunk_size: chunk size of the training path.
+        chunk_size: chunk size of the PyTorch training path (:func:`wkv_chunked`).
+        backend: WKV of the training path: ``"torch"`` (:func:`wkv_chunked`), ``"triton"``
+            (:func:`~.wkv_triton.wkv_triton`; CUDA, or CPU under ``TRITON_INTERPRET=1``) or ``"auto"`` (Triton on
+            CUDA when it is installed, else PyTorch). float64 inputs always take the PyTorch path.
+
+    Raises:
+        ValueError: an unknown ``backend``.
     """
 
-    def __init__(self, hidden_size: int, layer_idx: int, num_layers: int, chunk_size: int = 16):
+    def __init__(self, hidden_size: int, layer_idx: int, num_layers: int, chunk_size: int = 16, backend: str = "auto"):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         D = hidden_size
         self.chunk_size = chunk_size
+        self.backend = backend
+        self._triton_installed = backend == "auto" and _triton_installed()
         self.time_decay = nn.Parameter(torch.empty(D))
         self.time_first = nn.Parameter(torch.empty(D))
         self.time_mix_k = nn.Parameter(torch.empty(D))
@@ -170,9 +196,23 @@ class RWKVTimeMix(RecurrentMixer):
         r, k, v = self._rkv(x, x_prev)
         dt = compute_dtype(x.dtype)
         w, u = self._decay(dt)
-        wkv, (a, b, p) = wkv_chunked(k.to(dt), v.to(dt), w, u, self.chunk_size)  # (B, T, D)
+        wkv, (a, b, p) = self._wkv(k.to(dt), v.to(dt), w, u)  # (B, T, D)
         y = self.output((torch.sigmoid(r.to(dt)) * wkv).to(x.dtype))
         return y, (RWKVState(x[:, -1], a, b, p) if output_state else None)
+
+    def _uses_triton(self, k: torch.Tensor) -> bool:
+        if k.dtype == torch.float64 or self.backend == "torch":
+            return False
+        return self.backend == "triton" or (k.is_cuda and self._triton_installed)
+
+    def _wkv(self, k, v, w, u):
+        """WKV from an empty state on the chosen backend: k, v ``(B, T, D)`` -> ``(wkv (B, T, D), (a, b, p))``."""
+        if self._uses_triton(k):
+            from .wkv_triton import wkv_triton
+
+            wkv, state = wkv_triton(k, v, w, u)
+            return wkv, tuple(state)
+        return wkv_chunked(k, v, w, u, self.chunk_size)
 
     def step(self, x_t: torch.Tensor, state: RWKVState) -> tuple[torch.Tensor, RWKVState]:
         """One token of the recurrence."""
