@@ -7,6 +7,9 @@ import torch
 # RMS-relative backstops per dtype (gradients get twice these).
 RMS_TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 
+# Additive slack of assert_within_reference_error, per dtype: max|got − ref64| <= 2·max|ref_lp − ref64| + ATOL.
+REFERENCE_ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
+
 # A row whose expected norm is below this fraction of the RMS row norm is judged against that fraction instead,
 # so that rows which are (nearly) zero by construction do not turn rounding noise into a large relative error.
 ROW_NORM_FLOOR = 1e-2
@@ -52,3 +55,22 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rtol: float, name
     max_abs = (actual.detach().double() - expected.detach().double()).abs().max().item()
     detail = f"relative error {err:.3e}, worst row {worst} at {worst_err:.3e} (max abs {max_abs:.3e})"
     assert err <= rtol and worst_err <= rtol, f"{name}: {detail} > {rtol:.1e}"
+
+
+def assert_within_reference_error(
+    name: str, got: torch.Tensor, ref64: torch.Tensor, ref_lp: torch.Tensor, dtype: torch.dtype, scale: float = 1.0
+) -> None:
+    """Fail unless ``got`` is as close to the float64 reference as the reference computed in ``dtype`` is.
+
+    max|got − ref64| must stay within 2·scale·max|ref_lp − ref64| plus ``REFERENCE_ATOL[dtype]`` (times scale and
+    the reference's magnitude), and the RMS-relative error within ``RMS_TOLERANCE[dtype]`` (doubled when scale > 1,
+    as for gradients).
+    """
+    err = (got - ref64).abs().max().item()
+    ref_err = (ref_lp - ref64).abs().max().item()
+    budget = 2 * scale * ref_err + scale * REFERENCE_ATOL[dtype] * max(1.0, ref64.abs().max().item())
+    assert torch.isfinite(got).all(), f"{name}: non-finite values"
+    assert err <= budget, f"{name}: max err {err:.3e} > {budget:.3e} (reference's own {ref_err:.3e})"
+    rms = ((got - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
+    bound = RMS_TOLERANCE[dtype] * (2 if scale > 1 else 1)
+    assert rms <= bound, f"{name}: RMS-relative err {rms:.3e} > {bound:.1e}"

@@ -25,11 +25,9 @@ from retnet.ops.retention.triton import (  # noqa: E402
     retention_tuning,
     wide_offsets,
 )
+from tests.utils import assert_within_reference_error  # noqa: E402
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-# Additive slack of the error check, per dtype: max|kernel − ref64| <= 2·max|ref_lp − ref64| + ATOL.
-ATOL = {torch.float32: 1e-5, torch.float16: 2e-3, torch.bfloat16: 1e-2}
-RMS = {torch.float32: 1e-4, torch.float16: 5e-3, torch.bfloat16: 1e-2}
 GPU = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 DTYPE_NAME = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 
@@ -71,17 +69,6 @@ def _run(qkv, state, pos, w, wS, dtype, H, backend, normalize):
     return [t.detach().double().cpu() for t in outs], fs.position.cpu(), [t.double().cpu() for t in grads]
 
 
-def _check(name, got, ref64, ref_lp, dtype, scale=1.0):
-    err = (got - ref64).abs().max().item()
-    ref_err = (ref_lp - ref64).abs().max().item()
-    budget = 2 * scale * ref_err + scale * ATOL[dtype] * max(1.0, ref64.abs().max().item())
-    assert torch.isfinite(got).all(), f"{name}: non-finite values"
-    assert err <= budget, f"{name}: max err {err:.3e} > {budget:.3e} (reference's own {ref_err:.3e})"
-    rms = ((got - ref64).norm() / ref64.norm().clamp_min(1e-30)).item()
-    bound = RMS[dtype] * (2 if scale > 1 else 1)
-    assert rms <= bound, f"{name}: RMS-relative err {rms:.3e} > {bound:.1e}"
-
-
 def _compare(B, T, H, K, V, dtype, offset=0, with_state=False, normalize=True):
     qkv, state, pos, w, wS = _inputs(B, T, H, K, V, dtype, offset, with_state)
     out_k, pos_k, g_k = _run(qkv, state, pos, w, wS, dtype, H, "triton", normalize)
@@ -89,9 +76,9 @@ def _compare(B, T, H, K, V, dtype, offset=0, with_state=False, normalize=True):
     out_lp, _, g_lp = _run(qkv, state, pos, w, wS, dtype, H, "torch", normalize)
     assert torch.equal(pos_k, pos_64)
     for name, a, b, c in zip(("o", "S", "z"), out_k, out_64, out_lp):
-        _check(name, a, b, c, dtype)
+        assert_within_reference_error(name, a, b, c, dtype)
     for name, a, b, c in zip(("dq", "dk", "dv", "dS0"), g_k, g_64, g_lp):
-        _check(name, a, b, c, dtype, scale=4.0)
+        assert_within_reference_error(name, a, b, c, dtype, scale=4.0)
 
 
 def _case_id(B, T, H, K, V, dtype, *rest):
