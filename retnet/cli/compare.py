@@ -11,6 +11,7 @@ Examples::
     retnet compare --preset tiny --steps=500 --data.corpus=shakespeare --compare.out_of_domain=[sotu,linux]
     retnet compare --preset tiny --optim.lr=1e-3 --baseline.num_heads=4
     retnet compare --preset medium --only retnet --seeds 0,1   # part of a study; finished runs are skipped
+    retnet compare --preset medium --report-only --merge gpu/entries.json   # fold in runs finished elsewhere
     retnet compare --preset tiny --ood ~/texts/novels ~/texts/mail.txt   # extra out-of-domain corpora
     retnet compare --preset medium --probes mqar,extrapolation
     retnet compare --preset scaling-tiny --scaling            # size scaling (Figure 5): scaling.json/.md/.png
@@ -54,6 +55,8 @@ def register(subparsers) -> None:
     p.add_argument("--sizes", default=None, help="with --scaling: comma-separated depths of scaling.sizes to train")
     p.add_argument("--report-only", action="store_true",
                    help="train nothing: rebuild the report (or the scaling report) from the results file")  # fmt: skip
+    p.add_argument("--merge", nargs="+", default=[], metavar="FILE",
+                   help="first add the finished runs of these results files to this comparison's")  # fmt: skip
     p.set_defaults(func=run, accepts_overrides=True, overrides=[])
 
 
@@ -77,6 +80,8 @@ def run(args: argparse.Namespace) -> int:
             raise FileNotFoundError(f"--ood: no such file or folder: {', '.join(missing)}")
         extra = [str(Path(path).expanduser()) for path in args.ood]
         config.compare.out_of_domain = list(dict.fromkeys([*config.compare.out_of_domain, *extra]))
+    if args.merge:
+        _merge_results(config, args.merge)
     only = args.only.split(",") if args.only else None
     if args.sizes and not args.scaling:
         raise ValueError("--sizes needs --scaling")
@@ -93,6 +98,22 @@ def run(args: argparse.Namespace) -> int:
     if not args.prepare_only:
         print(f"results: {config.compare.out_dir}/results.md")
     return 0 if doc is not None else 1
+
+
+def _merge_results(config, paths: list[str]) -> None:
+    """``--merge``: add the runs of other results files (a study spread over machines) to this one's."""
+    from ..compare.entries import ResultsFile
+
+    target = ResultsFile(config.compare.results_file or Path(config.compare.out_dir) / "entries.json")
+    for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"--merge: no such results file: {path}")
+        added, differing = target.merge(ResultsFile(path))
+        print(f"{path}: {len(added)} runs added to {target.path}")
+        if differing:
+            print(
+                f"{path}: {len(differing)} runs already held with other numbers, kept as held: {', '.join(differing)}"
+            )
 
 
 def _run_scaling(args: argparse.Namespace, config, only: list[str] | None) -> int:

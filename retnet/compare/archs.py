@@ -54,6 +54,12 @@ SHARED_FIELDS = (
     "tie_word_embeddings", "dropout", "pad_token_id", "bos_token_id", "eos_token_id",
 )  # fmt: skip
 _PER_ENTRY = ("arch", "vocab_size", "ffn_dim")  # set for each entry: its mixer, the tokenizer's size, the matched FFN
+# Baseline settings that only one architecture reads. The others keep MixerLMConfig's defaults for them, so a setting
+# such as ``baseline.h3_head_dim`` changes H3's model (and its runs' keys) and no other entry's.
+OWN_FIELDS = {
+    "h3": ("h3_head_dim", "ssm_state_size"),
+    "hyena": ("hyena_order", "hyena_filter_size", "hyena_emb_dim", "hyena_short_filter"),
+}
 
 
 def _baseline_fields() -> list[tuple]:
@@ -93,9 +99,9 @@ def _retnet_config(name: str, base: RetNetConfig, small_head_factor: int, ffn_di
 
 def _mixer_config(name: str, base: RetNetConfig, baseline: BaselineSettings, ffn_dim: int) -> MixerLMConfig:
     shared = {key: getattr(base, key) for key in SHARED_FIELDS}
-    return MixerLMConfig(
-        arch=name, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **dataclasses.asdict(baseline)
-    )
+    others = {key for arch, keys in OWN_FIELDS.items() if arch != name for key in keys}
+    own = {key: value for key, value in dataclasses.asdict(baseline).items() if key not in others}
+    return MixerLMConfig(arch=name, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **own)
 
 
 def entry_config(

@@ -18,7 +18,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from .archs import LABELS
+from .archs import LABELS, OWN_FIELDS, BaselineSettings
 
 # Settings that say where or how a run happened, not what it computed, are left out of the key: folders, caches,
 # workers, checkpoint cadence, and compilation with its memory budget (compiled blocks compute the same function; an
@@ -55,6 +55,11 @@ def run_config(config, name: str, model_config) -> dict:
         target = doc.get(section, {}) if section else doc
         for key in keys:
             target.pop(key, None)
+    # another architecture's own settings do not change this run: they are hashed at their defaults
+    defaults = BaselineSettings()
+    for arch, keys in OWN_FIELDS.items():
+        if arch != name and "baseline" in doc:
+            doc["baseline"].update({key: getattr(defaults, key) for key in keys})
     return {"entry": name, "model_config": model_config.to_dict(), "recipe": doc}
 
 
@@ -93,10 +98,27 @@ class ResultsFile:
     def add(self, key: str, record: dict) -> None:
         """Store ``record`` under ``key`` and rewrite the file."""
         self.entries[key] = record
+        self._write()
+
+    def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".partial")
         tmp.write_text(json.dumps({"entries": self.entries}, indent=1, sort_keys=True) + "\n")
         os.replace(tmp, self.path)
+
+    def merge(self, other: ResultsFile) -> tuple[list[str], list[str]]:
+        """Add the runs of ``other`` that this file lacks (one rewrite); a key both hold keeps this file's record.
+
+        Returns:
+            ``(added, differing)``: the keys taken from ``other``, and the keys both files hold with different
+            records (the same config trained twice, on machines whose numbers differ).
+        """
+        added = [key for key in other.entries if key not in self.entries]
+        differing = [key for key in other.entries if key in self.entries and other.entries[key] != self.entries[key]]
+        if added:
+            self.entries.update({key: other.entries[key] for key in added})
+            self._write()
+        return added, differing
 
     def records(self, *, role: str | None = None, keys: Iterable[str] | None = None) -> list[dict]:
         """Records with ``role`` ("main" or "sweep"), optionally only those of ``keys``, in insertion order."""

@@ -63,3 +63,16 @@ def test_baseline_settings_are_the_mixer_fields_not_taken_from_retnet():
     assert h3.h3_head_dim == 4 and transformer.num_heads == 8
     assert (h3.hidden_size, h3.num_hidden_layers, h3.norm, h3.ffn_glu, h3.vocab_size) == (64, 2, "layernorm", False, 97)
     assert matched["retnet-small-head"].config.num_heads == 4  # 2 heads × 2
+
+
+def test_a_setting_of_one_architecture_leaves_the_other_entries_unchanged():
+    """H3's and Hyena's own settings reach only their models: the other entries' configs (and so their runs' keys
+    in a results file) stay those of the defaults."""
+    names = ("transformer", "rwkv", "h3", "hyena")
+    default = match_parameters(names, base_config())
+    changed = match_parameters(names, base_config(), BaselineSettings(h3_head_dim=1, ssm_state_size=16, hyena_order=3))
+    assert changed["h3"].config.h3_head_dim == 1 and changed["h3"].config.ssm_state_size == 16
+    assert changed["hyena"].config.hyena_order == 3 and changed["hyena"].config.h3_head_dim == 8
+    assert changed["h3"].config.hyena_order == 2
+    for name in ("transformer", "rwkv"):
+        assert changed[name].config == default[name].config

@@ -112,6 +112,10 @@ def test_the_key_covers_what_a_run_computes_and_nothing_about_where(tmp_path):
                     "--model.ffn_dim=128", "--baseline.num_heads=4", "--compare.bpe_train_bytes=1000"):  # fmt: skip
         assert key(changed) != base, changed
     assert key(name="transformer") != base and len(base) == 16
+    # one architecture's own setting is part of that architecture's key only
+    for name, own in (("h3", "--baseline.h3_head_dim=1"), ("hyena", "--baseline.hyena_order=3")):
+        assert key(own, name=name) != key(name=name)
+        assert key(own) == base and key(own, name="transformer") == key(name="transformer")
 
 
 def test_sweep_rule_on_fake_losses():
@@ -209,3 +213,54 @@ def test_report_only_rebuilds_the_report_from_the_results_file_alone(tmp_path, c
     (rebuilt_dir / "results.md").unlink()
     assert args.func(args) == 0 and calls == []
     assert (rebuilt_dir / "results.md").read_text() == (tmp_path / "run" / "results.md").read_text()
+
+
+def test_merge_adds_missing_runs_and_keeps_held_ones(tmp_path, corpora, fake_training, capsys):
+    """Runs finished on two machines, each with its own results file, end up in one; a key both hold keeps the
+    record already held (and is reported), and the report rebuilt from the merged file lists both machines' runs."""
+    import argparse
+
+    from retnet.cli import compare as compare_cli
+
+    first, second = tmp_path / "a.json", tmp_path / "b.json"
+    for name, path in (("retnet", first), ("transformer", second)):
+        cfg = load_compare_config("tiny", None, overrides(tmp_path, corpora, out=f"run-{name}",
+                                                          extra=[f"--compare.results_file={path}"]))  # fmt: skip
+        run_comparison(cfg, only=[name])
+    held = ResultsFile(first)
+    (key,) = held.entries
+    changed = ResultsFile(tmp_path / "c.json")
+    changed.add(key, {**held.entries[key], "seed": 7})  # the same run trained again, another time
+
+    added, differing = held.merge(ResultsFile(second))
+    assert len(added) == 1 and differing == [] and len(ResultsFile(first).entries) == 2
+    assert held.merge(ResultsFile(second)) == ([], [])
+    assert held.merge(changed) == ([], [key])
+    assert ResultsFile(first).entries[key]["seed"] == 0
+
+    parser = argparse.ArgumentParser()
+    compare_cli.register(parser.add_subparsers())
+    target = tmp_path / "merged.json"
+    argv = [
+        "compare",
+        "--preset",
+        "tiny",
+        "--report-only",
+        "--merge",
+        str(first),
+        str(second),
+        "--out",
+        str(tmp_path / "run-retnet"),
+    ]
+    args, rest = parser.parse_known_args(argv)
+    args.overrides = [o for o in overrides(tmp_path, corpora) if "out_dir" not in o] + [
+        f"--compare.results_file={target}",
+        *rest,
+    ]
+    assert args.func(args) == 0
+    assert f"{first}: 2 runs added" in capsys.readouterr().out
+    assert len(ResultsFile(target).entries) == 2
+    assert "| Transformer |" in (tmp_path / "run-retnet" / "results.md").read_text()
+    args.merge = [str(tmp_path / "missing.json")]
+    with pytest.raises(FileNotFoundError, match="--merge: no such results file"):
+        args.func(args)
