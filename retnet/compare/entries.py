@@ -5,7 +5,8 @@ learning rate and step count, the data and the evaluation settings. :func:`run_k
 nothing about where it ran: folders, caches, worker counts, checkpoint cadence), so a finished run is recognised
 on any machine. :class:`ResultsFile` holds the records; a comparison skips every run whose key it finds, which
 lets a study be spread over several GPU commands on different days when the file is kept (and committed)
-between them. Seeds of the same architecture are summarised by :func:`seed_summary` (mean and spread).
+between them. The probes' results are records too (role ``"probe"``, keyed by what they measured). Seeds of the
+same architecture are summarised by :func:`seed_summary` (mean and spread).
 """
 
 from __future__ import annotations
@@ -121,7 +122,7 @@ class ResultsFile:
         return added, differing
 
     def records(self, *, role: str | None = None, keys: Iterable[str] | None = None) -> list[dict]:
-        """Records with ``role`` ("main" or "sweep"), optionally only those of ``keys``, in insertion order."""
+        """Records with ``role`` ("main", "sweep", "probe" or "scaling"), optionally only those of ``keys``."""
         chosen = self.entries if keys is None else {k: self.entries[k] for k in keys if k in self.entries}
         return [r for r in chosen.values() if role is None or r.get("role") == role]
 

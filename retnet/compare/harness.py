@@ -12,9 +12,7 @@ trainer's checkpoints.
 
 from __future__ import annotations
 
-import json
 import logging
-import time
 from pathlib import Path
 
 from torch import nn
@@ -35,7 +33,8 @@ def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_
 
     Returns:
         ``{"steps", "tokens", "wall_time_s", "tokens_per_s", "loss_curve": [{"step", "tokens", "loss"}],
-        "final_loss", "device"}``; the wall time sums the calls that trained this entry to completion.
+        "final_loss", "device"}``; the wall time sums the calls that trained this entry, up to the checkpoint each
+        later one resumed from.
     """
     from ..training import train
     from ..training.checkpoint import latest_checkpoint
@@ -43,12 +42,8 @@ def train_entry(model: nn.Module, config: CompareConfig, dataset_dir: Path, run_
 
     cfg = config.train_config(run_dir, dataset_dir)
     resume = str(run_dir) if latest_checkpoint(run_dir) is not None else None
-    timing_file = run_dir.parent / "timing.json"
-    spent = json.loads(timing_file.read_text())["wall_time_s"] if (resume and timing_file.is_file()) else 0.0
-    start = time.time()
     result = train(cfg, resume=resume, model_factory=lambda vocab_size: model)
-    wall = spent + time.time() - start
-    timing_file.write_text(json.dumps({"wall_time_s": wall}) + "\n")
+    wall = result.total_wall_s  # also the time of a call cut off after a checkpoint this one resumed from
     tokens_per_step = cfg.batch_size * cfg.data.seq_len
     curve = [
         {"step": r["step"], "tokens": r["step"] * tokens_per_step, "loss": r["loss"]}

@@ -110,15 +110,15 @@ COMPARE_PRESETS["scaling-tiny"] = dict(
 COMPARE_PRESETS["scaling-gpu"] = merge(COMPARE_PRESETS["medium"], dict(
     # one H200, the medium preset's data and recipe, a run per (architecture, size, seed), the largest in one
     # ten-minute command: depths 2-5 at width 128 per layer (1.84M, 6.20M, 14.7M and 28.7M non-embedding
-    # parameters, 15.6x), 2.5 tokens per parameter (4.59M to 71.7M tokens of 1,024-token windows). Throughput
-    # assumed: 3.7e13 FLOP/s of 6 * N_mm per token, what RetNet reached eager at the small preset (270k tokens/s at
-    # 18.9M + 4.2M head parameters); the largest run (N_mm 39.2M with the 16,384-token head) then trains in about
-    # 460 s. More tokens per parameter would not fit that command.
+    # parameters, 15.6x), 12 tokens per parameter (22.0M to 344M tokens of 1,024-token windows). Throughput
+    # assumed: 2.5e14 FLOP/s of 6 * N_mm per token, what compiled RetNet reached in the medium study (760k tokens/s
+    # at 42.5M + 12.6M head parameters); the largest run (N_mm 39.2M with the 16,384-token head) then trains in
+    # about 320 s, leaving room for a narrower model's lower efficiency, data preparation and evaluation.
     steps=1,
     model=dict(hidden_size=256, num_hidden_layers=2, num_heads=2, value_dim=512, ffn_dim=512,
                flavour="torchscale"),  # RetNet head dim 128 (value head dim 256)
     compare=dict(out_dir="runs/compare-scaling-gpu"),
     baseline=dict(num_heads=4),  # attention head dim 64
     sweep=dict(lrs=[]),  # one learning rate (optim.lr) for every size and architecture
-    scaling=dict(sizes=[2, 3, 4, 5], aspect=128, tokens_per_parameter=2.5),
+    scaling=dict(sizes=[2, 3, 4, 5], aspect=128, tokens_per_parameter=12.0),
 ))  # fmt: skip

@@ -477,16 +477,66 @@ def accuracy_table(rows: Sequence[dict], row_key: str, col_key: str, title: str 
 
 
 # ---- running the probes of a comparison --------------------------------------------------------------------------
-def _cached(path: Path, key: str, compute) -> dict:
-    """``compute()``'s result, stored in ``path`` with ``key``; reused while the key is the same."""
-    if path.is_file():
-        doc = json.loads(path.read_text())
-        if doc.get("key") == key:
-            return doc["result"]
-    result = compute()
+def _cached(results, record: dict, path: Path, key: str, compute) -> dict:
+    """``compute()``'s result, kept under ``key`` in the results file (with ``record``'s fields) and in ``path``;
+    reused from either while the key is the same."""
+    held = results.get(key)
+    if held is not None:
+        return held["result"]
+    doc = json.loads(path.read_text()) if path.is_file() else {}
+    result = doc["result"] if doc.get("key") == key else compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
+    results.add(key, {**record, "role": "probe", "result": result})
     return result
+
+
+_PREFIX = {"mqar": "mqar", "passkey": "passkey_", "extrapolation": "extrapolation_"}
+
+
+def _mqar_key(config, model_config, lr: float) -> str:
+    from .entries import run_key
+
+    optim = dataclasses.replace(config.optim, lr=lr)
+    return run_key({"model": model_config.to_dict(), "probe": _fields(config.probes, "mqar"),
+                    "optim": dataclasses.asdict(optim), "seed": config.seed, "precision": config.precision,
+                    "form": config.form})  # fmt: skip
+
+
+def finished_probes(config, results, matched: Mapping, lrs: Mapping[str, float], main_keys: Mapping) -> dict:
+    """``{probe: {entry: result}}`` of every probe the results file holds for this comparison's entries.
+
+    A passkey or extrapolation result counts when it was measured on one of the entry's full runs
+    (``main_keys[entry]``, tried in order) with this config's probe settings; an MQAR result when its key is the one
+    this config gives. So probes measured by separate commands (each on the models it trained) report together.
+    """
+    out: dict[str, dict] = {}
+    probe_records = results.records(role="probe")
+    for probe in PROBES:
+        fields = _fields(config.probes, _PREFIX[probe])
+        for name in config.compare.archs:
+            if name not in matched:
+                continue
+            if probe == "mqar":
+                record = results.get(_mqar_key(config, matched[name].config, lrs[name]))
+            else:
+                found = [r for r in probe_records if r.get("probe") == probe and r.get("name") == name
+                         and r.get("fields") == fields]  # fmt: skip
+                record = next((r for k in main_keys.get(name, ()) for r in found if r.get("run_key") == k), None)
+            if record is not None:
+                out.setdefault(probe, {})[name] = record["result"]
+    return out
+
+
+def write_probe_reports(out: Mapping[str, dict], run_dir: Path) -> None:
+    """``<run_dir>/probes/``: the accuracy tables and plots of MQAR and passkey, the extrapolation report."""
+    from .extrapolation import write_extrapolation
+
+    out_dir = run_dir / "probes"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_probe_reports(out, out_dir)
+    if out.get("extrapolation"):
+        write_extrapolation(out["extrapolation"], out_dir)
 
 
 def _fields(section: ProbeSection, prefix: str) -> dict:
@@ -497,45 +547,49 @@ def run_probes(
     config,
     run_dir: Path,
     matched: Mapping,
+    selected: list[str],
     datasets: Mapping[str, Path],
     trained: Mapping[str, tuple[str, Path]],
     lrs: Mapping[str, float],
+    results,
+    main_keys: Mapping[str, list[str]],
 ) -> dict:
-    """Run ``config.probes.run`` for the entries of ``matched`` and write ``<run_dir>/probes/<probe>.{json,md}``.
+    """Run ``config.probes.run`` for the ``selected`` entries and write ``<run_dir>/probes/<probe>.{json,md}``.
 
     MQAR trains a fresh model of each entry's matched config (at ``probes.mqar_vocab_size`` tokens) with the
     recipe's optimizer at the entry's learning rate; passkey and extrapolation read each entry's trained model.
-    Each (probe, entry) result is kept in ``probes/<probe>/<entry>.json`` and reused while its inputs are the same.
+    Each (probe, entry) result is kept in the results file (role ``"probe"``) and in ``probes/<probe>/<entry>.json``,
+    and reused while its inputs are the same; the reports list every entry whose probes the results file holds.
 
     Args:
         config: the comparison (a CompareConfig).
         run_dir: the run folder.
-        matched: ``{entry: MatchedModel}`` of the entries to probe.
+        matched: ``{entry: MatchedModel}`` of the comparison's entries.
+        selected: the entries to probe in this call.
         datasets: prepared datasets by corpus: ``""`` the in-domain one, else the ``compare.out_of_domain`` names.
-        trained: ``{entry: (run key, exported model folder)}`` of the finished entries.
+        trained: ``{entry: (run key, exported model folder)}`` of the entries with a trained model in the folder.
         lrs: ``{entry: learning rate}`` (the sweep's choice, or ``optim.lr``).
+        results: the comparison's :class:`~retnet.compare.entries.ResultsFile`.
+        main_keys: ``{entry: keys of its full runs}`` (seed order), for the report's choice among results.
 
     Returns:
-        ``{probe: {entry: result}}``.
+        ``{probe: {entry: result}}`` of every entry with results.
     """
     from ..data import PreparedDataset
     from .entries import run_key
-    from .extrapolation import length_extrapolation, write_extrapolation
+    from .extrapolation import length_extrapolation
     from .harness import load_entry_model
 
     p, out_dir = config.probes, run_dir / "probes"
     device = torch.device("cuda" if config.device != "cpu" and torch.cuda.is_available() else "cpu")
-    out: dict[str, dict] = {}
     for corpus in (p.passkey_corpus, p.extrapolation_corpus):
         if corpus not in datasets:
             raise ValueError(f"probe corpus {corpus!r} is not '' (in-domain) or one of compare.out_of_domain")
     if "mqar" in p.run:
         tasks = p.mqar_tasks()
-        out["mqar"] = {}
-        for name, m in matched.items():
+        for name in selected:
+            m = matched[name]
             optim = dataclasses.replace(config.optim, lr=lrs[name])
-            key = run_key({"model": m.config.to_dict(), "probe": _fields(p, "mqar"), "optim": dataclasses.asdict(optim),
-                           "seed": config.seed, "precision": config.precision, "form": config.form})  # fmt: skip
 
             def train_and_score(m=m, optim=optim):
                 torch.manual_seed(config.seed)
@@ -549,15 +603,16 @@ def run_probes(
                 acc = evaluate_mqar(model, tasks, examples=p.mqar_examples, batch_size=p.mqar_batch_size, **kwargs)
                 return {"train": train, "accuracy": acc, "lr": optim.lr}
 
-            out["mqar"][name] = _cached(out_dir / "mqar" / f"{name}.json", key, train_and_score)
-            logger.info("MQAR %s: %s", name, [round(r["accuracy"], 3) for r in out["mqar"][name]["accuracy"]])
+            record = {"name": name, "probe": "mqar", "fields": _fields(p, "mqar")}
+            result = _cached(results, record, out_dir / "mqar" / f"{name}.json", _mqar_key(config, m.config, optim.lr),
+                             train_and_score)  # fmt: skip
+            logger.info("MQAR %s: %s", name, [round(r["accuracy"], 3) for r in result["accuracy"]])
     for probe in ("passkey", "extrapolation"):
         if probe not in p.run:
             continue
-        out[probe] = {}
         ds = PreparedDataset(datasets[p.passkey_corpus if probe == "passkey" else p.extrapolation_corpus])
         stream = ds.tokens("val")
-        for name in matched:
+        for name in selected:
             if name not in trained:
                 logger.warning("%s: %s has no trained model in this run folder; skipped", probe, name)
                 continue
@@ -579,10 +634,10 @@ def run_probes(
                                             form=config.form, chunk_size=config.chunk_size,
                                             autocast=_autocast(config.precision, device))  # fmt: skip
 
-            out[probe][name] = _cached(out_dir / probe / f"{name}.json", key, score)
-    _write_probe_reports(out, out_dir)
-    if out.get("extrapolation"):
-        write_extrapolation(out["extrapolation"], out_dir)
+            record = {"name": name, "probe": probe, "fields": _fields(p, _PREFIX[probe]), "run_key": entry_key}
+            _cached(results, record, out_dir / probe / f"{name}.json", key, score)
+    out = finished_probes(config, results, matched, lrs, main_keys)
+    write_probe_reports(out, run_dir)
     return out
 
 

@@ -373,7 +373,7 @@ def rebuild_report(config: CompareConfig, *, command: str = "") -> dict:
     results = ResultsFile(c.results_file or run_dir / "entries.json")
     models: dict[str, _RecordedModel] = {}
     for record in results.entries.values():
-        if record["name"] in c.archs:
+        if record["name"] in c.archs and record.get("role") in ("main", "sweep"):  # probes hold no model config
             models.setdefault(record["name"], _RecordedModel(record["run"]["model_config"]))
     if not models:
         raise ValueError(f"{results.path} holds no run of {', '.join(c.archs)}")
@@ -398,7 +398,7 @@ def rebuild_report(config: CompareConfig, *, command: str = "") -> dict:
 
 def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list[str]) -> dict:
     """The report of every finished architecture: tables, seeds and sweep, then the probes of ``selected``."""
-    from .probes import run_probes
+    from .probes import finished_probes, run_probes, write_probe_reports
 
     sweeps, keys, lrs = {}, [], {}
     for name in config.compare.archs:
@@ -425,14 +425,23 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
     if extra:
         with open(entries.run_dir / "results.md", "a") as f:
             f.write("\n".join(["", *extra]))
+    # each entry's full runs, the config's own seed first: a probe reads the first of them trained in this folder
+    seeds = list(dict.fromkeys([config.seed, *config.seeds]))
+    main_keys = {n: [entries.key(_variant(config, seed, lrs[n]), n)[0] for seed in seeds] for n in config.compare.archs}
     if config.probes.run:
         trained = {}
         for name in selected:
-            key = entries.key(_variant(config, config.seed, lrs[name]), name)[0]
-            model_dir = entries.run_dir / name / "train" / "model"
-            if key in entries.results and (model_dir / "config.json").is_file():
-                trained[name] = (key, model_dir)
+            for seed, key in zip(seeds, main_keys[name]):
+                model_dir = entries.folder(name, seed, lrs[name], "main") / "train" / "model"
+                if key in entries.results and (model_dir / "config.json").is_file():
+                    trained[name] = (key, model_dir)
+                    break
         datasets = {"": entries.in_dir, **entries.ood_dirs}
-        doc["probes"] = run_probes(config, entries.run_dir, {n: entries.matched[n] for n in selected}, datasets,
-                                   trained, lrs)  # fmt: skip
+        doc["probes"] = run_probes(config, entries.run_dir, entries.matched, selected, datasets, trained, lrs,
+                                   entries.results, main_keys)  # fmt: skip
+    else:
+        held = finished_probes(config, entries.results, entries.matched, lrs, main_keys)
+        if held:  # probes measured by earlier commands (or on other machines) keep their report
+            write_probe_reports(held, entries.run_dir)
+            doc["probes"] = held
     return doc

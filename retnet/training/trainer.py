@@ -12,6 +12,7 @@ bit-for-bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import time
@@ -52,6 +53,8 @@ from .schedule import lr_at
 
 logger = logging.getLogger(__name__)
 
+# The checkpoint file with the wall seconds the run had taken when it was saved (all calls that led to it).
+ELAPSED_FILE = "elapsed.json"
 # Steps after the first (which compiles and allocates) whose speed predicts the run's duration.
 ESTIMATE_AFTER_STEPS = 10
 
@@ -69,6 +72,7 @@ class TrainResult:
     losses: list[tuple[int, float]] = field(default_factory=list)
     val: EvalResult | None = None
     wall_s: float = 0.0
+    total_wall_s: float = 0.0  # wall_s plus the earlier calls' time up to the checkpoint this call resumed from
     tokens_per_s: float = 0.0
     mfu: float | None = None
     skipped: int = 0
@@ -200,6 +204,8 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
         self.autocast = autocast_context(self.precision, self.device)
         self.step, self.tokens_seen, self.skipped, self.consecutive_skips = 0, 0, 0, 0
+        # wall seconds of earlier calls up to the resumed checkpoint; the clock of this call starts in _run
+        self.earlier_wall_s, self.started_at = 0.0, time.time()
         if isinstance(self.model_cfg, RetNetConfig):
             self.flops_per_token = train_flops_per_token(
                 self.model_cfg, self.num_params, cfg.data.seq_len, cfg.form, cfg.chunk_size
@@ -213,6 +219,9 @@ class _Trainer:
     def _write_extras(self, folder: Path) -> None:
         self.cfg.save(folder / "train_config.yaml")
         self.tokenizer.save(folder / "tokenizer")
+        # kept beside trainer.json, not in it: a resumed run's loop state equals an unbroken run's, its clock does not
+        elapsed = {"wall_s": self.earlier_wall_s + time.time() - self.started_at}
+        (folder / ELAPSED_FILE).write_text(json.dumps(elapsed) + "\n")
 
     def _trainer_state(self) -> dict:
         return {
@@ -251,6 +260,8 @@ class _Trainer:
             raise ValueError(f"checkpoint {path} was trained with another tokenizer than dataset {self.data.path}")
         self.step, self.tokens_seen = state["step"], state["tokens_seen"]
         self.skipped, self.consecutive_skips = state["skipped"], state["consecutive_skips"]
+        elapsed = path / ELAPSED_FILE
+        self.earlier_wall_s = json.loads(elapsed.read_text())["wall_s"] if elapsed.is_file() else 0.0
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         logger.info("resumed from %s at step %d", path, self.step)
@@ -359,6 +370,7 @@ class _Trainer:
         result.sample_prompt = cfg.sample_prompt or prompt_from_text(self.data.tokens("val")[:512], self.tokenizer)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", unit="step", disable=not info.is_main)
         start, window_t, window_tokens = time.time(), time.time(), 0
+        self.started_at = start
         train_time, train_tokens = 0.0, 0
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
@@ -414,6 +426,7 @@ class _Trainer:
                 window_t = time.time()  # tokens/s and MFU measure training only, not validation or saving
         bar.close()
         result.wall_s, result.skipped = time.time() - start, self.skipped
+        result.total_wall_s = self.earlier_wall_s + result.wall_s
         # Throughput over the whole run, training steps only (validation and checkpoint time excluded).
         result.tokens_per_s = train_tokens / max(train_time, 1e-9)
         if self.peak:

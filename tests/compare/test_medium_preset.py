@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ import torch
 from retnet.cli import compare as compare_cli
 from retnet.compare import ENTRIES, load_compare_config
 from retnet.compare.archs import match_parameters
+from retnet.compare.entries import ResultsFile
 from retnet.data.corpora import CORPORA
 from retnet.training.build import model_config
 
@@ -90,6 +92,31 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
     assert extra["eval_len"] == 64 and extra["train_len"] == 32
     assert "| 16 |" in (probes / "mqar.md").read_text()
     assert all((probes / f"{p}.png").stat().st_size > 0 for p in ("mqar", "passkey", "extrapolation"))
+
+    # the probes' results live in the results file too: a command on another machine (a fresh folder, the same
+    # results file) trains seed 1, probes its model (seed 0's is not in that folder), and reports both commands'
+    records = ResultsFile(run / "entries.json").records(role="probe")
+    assert sorted(r["probe"] for r in records) == ["extrapolation", "mqar", "passkey"]
+    seed0 = next(r for r in records if r["probe"] == "passkey")["run_key"]
+    assert ResultsFile(run / "entries.json").get(seed0)["seed"] == 0
+    elsewhere = tmp_path / "elsewhere"
+    shared = f"--compare.results_file={run / 'entries.json'}"
+    args, overrides = parser.parse_known_args([*argv[:6], str(elsewhere), *argv[7:10], "--probes", "passkey",
+                                               "--seeds", "1", *argv[12:], shared])  # fmt: skip
+    args.overrides = overrides
+    assert args.func(args) == 0
+    passkey_runs = [r for r in ResultsFile(run / "entries.json").records(role="probe") if r["probe"] == "passkey"]
+    probed = [ResultsFile(run / "entries.json").get(r["run_key"]) for r in passkey_runs]
+    assert sorted((m["seed"], m["role"]) for m in probed) == [(0, "main"), (1, "main")]
+    assert json.loads((elsewhere / "probes" / "mqar.json").read_text()).keys() == {"retnet"}  # the earlier command's
+
+    # and the report alone, from the results file, rewrites every probe's report
+    shutil.rmtree(probes)
+    args, overrides = parser.parse_known_args([*argv[:10], "--report-only", *argv[12:]])
+    args.overrides = overrides
+    assert args.func(args) == 0
+    assert json.loads((probes / "passkey.json").read_text())["retnet"] == passkey
+    assert (probes / "extrapolation.png").is_file() and "| 16 |" in (probes / "mqar.md").read_text()
 
     args, overrides = parser.parse_known_args([*argv[:7], "--ood", str(tmp_path / "missing"), *argv[10:]])
     args.overrides = overrides

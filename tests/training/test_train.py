@@ -58,6 +58,10 @@ def test_exact_resume(dataset, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     metrics = [json.loads(x) for x in (tmp_path / "half" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in metrics if r["kind"] == "train"] == list(range(1, 13))
+    # the resumed run's clock starts from the time the first call had taken when it saved step 6
+    saved = json.loads((tmp_path / "half" / "checkpoints" / "step_00000006" / "elapsed.json").read_text())["wall_s"]
+    assert 0 < saved <= half.total_wall_s and half.total_wall_s == half.wall_s
+    assert resumed.total_wall_s == pytest.approx(saved + resumed.wall_s)
 
 
 def test_refuses_to_overwrite_and_checks_architecture(dataset, tmp_path):
