@@ -10,6 +10,7 @@ A checkpoint is a folder ``<run>/checkpoints/step_XXXXXXXX/``::
     config.json       # the RetNetConfig (architecture check on load)
     train_config.yaml # the TrainConfig of the run
     tokenizer/        # the tokenizer
+    elapsed.json      # wall seconds the run had taken at this save, over every call that led to it
     checkpoint.json   # sha256 of every file above, written last
 
 Everything is written into ``.step_XXXXXXXX.tmp`` and renamed when complete, so a process killed at any moment
