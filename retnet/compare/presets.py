@@ -108,17 +108,18 @@ COMPARE_PRESETS["scaling-tiny"] = dict(
     scaling=dict(sizes=[1, 2, 3, 4], aspect=16, tokens_per_parameter=4.0),
 )  # fmt: skip
 COMPARE_PRESETS["scaling-gpu"] = merge(COMPARE_PRESETS["medium"], dict(
-    # one H200, the medium preset's data and recipe, a run per (architecture, size, seed), the largest in one
-    # ten-minute command: depths 2-5 at width 128 per layer (1.84M, 6.20M, 14.7M and 28.7M non-embedding
-    # parameters, 15.6x), 12 tokens per parameter (22.0M to 344M tokens of 1,024-token windows). Throughput
+    # one H200, the medium preset's data and recipe, a run per (architecture, size, seed): depths 2-5 at width 128
+    # per layer (1.84M, 6.20M, 14.7M and 28.7M non-embedding parameters, 15.6x), 5 tokens per parameter (9.2M to
+    # 143M tokens of 1,024-token windows). The corpus bounds the ratio: the largest run sees its 77.3M training
+    # tokens 1.86 times, and more than 5.4 per parameter would show it some tokens more than twice. Throughput
     # assumed: 2.5e14 FLOP/s of 6 * N_mm per token, what compiled RetNet reached in the medium study (760k tokens/s
-    # at 42.5M + 12.6M head parameters); the largest run (N_mm 39.2M with the 16,384-token head) then trains in
-    # about 320 s, leaving room for a narrower model's lower efficiency, data preparation and evaluation.
+    # at 42.5M + 12.6M head parameters); an architecture's ladder (4.65e16 FLOPs) then trains in about 190 s, one
+    # command with its data preparation, compilations and evaluations.
     steps=1,
     model=dict(hidden_size=256, num_hidden_layers=2, num_heads=2, value_dim=512, ffn_dim=512,
                flavour="torchscale"),  # RetNet head dim 128 (value head dim 256)
     compare=dict(out_dir="runs/compare-scaling-gpu"),
     baseline=dict(num_heads=4),  # attention head dim 64
     sweep=dict(lrs=[]),  # one learning rate (optim.lr) for every size and architecture
-    scaling=dict(sizes=[2, 3, 4, 5], aspect=128, tokens_per_parameter=12.0),
+    scaling=dict(sizes=[2, 3, 4, 5], aspect=128, tokens_per_parameter=5.0),
 ))  # fmt: skip

@@ -35,7 +35,7 @@ def test_preset_ladders_span_8x_matched_within_2_percent_on_one_token_rule(prese
         assert z.tokens == z.config.steps * tokens_per_step
         assert abs(z.tokens - s.tokens_per_parameter * z.parameters) <= tokens_per_step / 2
     if preset == "scaling-gpu":  # the largest run's budget stated in the preset
-        assert sizes[-1].tokens == 344_129_536 and config.data.seq_len >= 1024 and config.sweep.lrs == []
+        assert sizes[-1].tokens == 143_392_768 and config.data.seq_len >= 1024 and config.sweep.lrs == []
 
 
 def test_token_and_seed_rules_and_bad_sections():
