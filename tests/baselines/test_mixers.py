@@ -27,9 +27,9 @@ def _seed():
     torch.manual_seed(0)
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_recurrent_matches_parallel_float64(arch):
-    model = MixerLM(tiny_config(arch)).double()
+@pytest.mark.parametrize("arch, extra", [(arch, {}) for arch in ARCHS] + [("h3", {"h3_head_dim": 1})])
+def test_recurrent_matches_parallel_float64(arch, extra):
+    model = MixerLM(tiny_config(arch, **extra)).double()
     ids = torch.randint(0, VOCAB, (2, 21))
     parallel = model(ids, form="parallel").logits
     recurrent = model(ids, form="recurrent").logits
