@@ -241,26 +241,16 @@ def test_merge_adds_missing_runs_and_keeps_held_ones(tmp_path, corpora, fake_tra
     parser = argparse.ArgumentParser()
     compare_cli.register(parser.add_subparsers())
     target = tmp_path / "merged.json"
-    argv = [
-        "compare",
-        "--preset",
-        "tiny",
-        "--report-only",
-        "--merge",
-        str(first),
-        str(second),
-        "--out",
-        str(tmp_path / "run-retnet"),
-    ]
+    argv = ["compare", "--preset", "tiny", "--report-only", "--merge", str(first), str(second),
+            "--out", str(tmp_path / "run-retnet")]  # fmt: skip
     args, rest = parser.parse_known_args(argv)
-    args.overrides = [o for o in overrides(tmp_path, corpora) if "out_dir" not in o] + [
-        f"--compare.results_file={target}",
-        *rest,
-    ]
+    merged = f"--compare.results_file={target}"
+    args.overrides = [o for o in overrides(tmp_path, corpora) if "out_dir" not in o] + [merged, *rest]
     assert args.func(args) == 0
     assert f"{first}: 2 runs added" in capsys.readouterr().out
     assert len(ResultsFile(target).entries) == 2
-    assert "| Transformer |" in (tmp_path / "run-retnet" / "results.md").read_text()
+    report = (tmp_path / "run-retnet" / "results.md").read_text()
+    assert "| Transformer |" in report and "| RetNet |" in report
     args.merge = [str(tmp_path / "missing.json")]
     with pytest.raises(FileNotFoundError, match="--merge: no such results file"):
         args.func(args)
