@@ -498,7 +498,7 @@ def _mqar_key(config, model_config, lr: float) -> str:
     from .entries import run_key
 
     optim = dataclasses.replace(config.optim, lr=lr)
-    return run_key({"model": model_config.to_dict(), "probe": _fields(config.probes, "mqar"),
+    return run_key({"model": model_config.to_dict(), "probe": _probe_fields(config.probes, "mqar"),
                     "optim": dataclasses.asdict(optim), "seed": config.seed, "precision": config.precision,
                     "form": config.form})  # fmt: skip
 
@@ -513,7 +513,7 @@ def finished_probes(config, results, matched: Mapping, lrs: Mapping[str, float],
     out: dict[str, dict] = {}
     probe_records = results.records(role="probe")
     for probe in PROBES:
-        fields = _fields(config.probes, _PREFIX[probe])
+        fields = _probe_fields(config.probes, probe)
         for name in config.compare.archs:
             if name not in matched:
                 continue
@@ -539,8 +539,9 @@ def write_probe_reports(out: Mapping[str, dict], run_dir: Path) -> None:
         write_extrapolation(out["extrapolation"], out_dir)
 
 
-def _fields(section: ProbeSection, prefix: str) -> dict:
-    return {k: v for k, v in dataclasses.asdict(section).items() if k.startswith(prefix)}
+def _probe_fields(section: ProbeSection, probe: str) -> dict:
+    """The settings of ``probe`` (the section's fields with its prefix): part of its results' keys."""
+    return {k: v for k, v in dataclasses.asdict(section).items() if k.startswith(_PREFIX[probe])}
 
 
 def run_probes(
@@ -603,7 +604,7 @@ def run_probes(
                 acc = evaluate_mqar(model, tasks, examples=p.mqar_examples, batch_size=p.mqar_batch_size, **kwargs)
                 return {"train": train, "accuracy": acc, "lr": optim.lr}
 
-            record = {"name": name, "probe": "mqar", "fields": _fields(p, "mqar")}
+            record = {"name": name, "probe": "mqar", "fields": _probe_fields(p, "mqar")}
             result = _cached(results, record, out_dir / "mqar" / f"{name}.json", _mqar_key(config, m.config, optim.lr),
                              train_and_score)  # fmt: skip
             logger.info("MQAR %s: %s", name, [round(r["accuracy"], 3) for r in result["accuracy"]])
@@ -617,7 +618,7 @@ def run_probes(
                 logger.warning("%s: %s has no trained model in this run folder; skipped", probe, name)
                 continue
             entry_key, model_dir = trained[name]
-            key = run_key({"entry": entry_key, "probe": _fields(p, probe + "_"), "data": str(ds.manifest["tokenizer"]),
+            key = run_key({"entry": entry_key, "probe": _probe_fields(p, probe), "data": str(ds.manifest["tokenizer"]),
                            "form": config.form})  # fmt: skip
 
             def score(probe=probe, model_dir=model_dir, name=name, ds=ds, stream=stream):
@@ -634,7 +635,7 @@ def run_probes(
                                             form=config.form, chunk_size=config.chunk_size,
                                             autocast=_autocast(config.precision, device))  # fmt: skip
 
-            record = {"name": name, "probe": probe, "fields": _fields(p, _PREFIX[probe]), "run_key": entry_key}
+            record = {"name": name, "probe": probe, "fields": _probe_fields(p, probe), "run_key": entry_key}
             _cached(results, record, out_dir / probe / f"{name}.json", key, score)
     out = finished_probes(config, results, matched, lrs, main_keys)
     write_probe_reports(out, run_dir)
