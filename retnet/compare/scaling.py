@@ -19,7 +19,9 @@ noise floor of the fits (:mod:`retnet.compare.scaling_fit`).
 **Runs.** Each (architecture, size, seed) is a model run of the results file (:mod:`retnet.compare.entries`), keyed
 by its own resolved config (the size's model and step count included, the ``scaling`` section itself not), so a
 study spreads over several commands and finished runs are skipped; ``only`` selects architectures and
-``only_sizes`` sizes for one call. Folders:
+``only_sizes`` sizes for one call. The compiler's cache is cleared before each size trains: compiled blocks of
+earlier sizes never run again, and every size adds graphs of new shapes to the same functions, so a ladder in one
+process would otherwise run into the compiler's recompilation limit (8 per function). Folders:
 ``<out_dir>/scaling/L<depth>-d<width>/<arch>/`` (``seed-<k>/`` for another seed). The report
 (:mod:`retnet.compare.scaling_report`) is rebuilt from the results file after every call.
 """
@@ -32,6 +34,8 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import torch
 
 from .archs import ENTRIES, MatchedModel, match_parameters
 
@@ -188,6 +192,13 @@ def ladder(config, vocab_size: int) -> list[Size]:
     return out
 
 
+def _recorded_vocab(results, default: int) -> int:
+    """The vocabulary of the scaling runs a results file holds (their data's tokenizer), else ``default``."""
+    for record in results.records(role="scaling"):
+        return int(record["run"]["model_config"]["vocab_size"])
+    return default
+
+
 def seeds_at(config, smallest: bool) -> list[int]:
     """The seeds of a size: the config's, and at the smallest size more up to ``scaling.seeds_at_smallest``."""
     seeds = list(config.seeds)
@@ -240,29 +251,36 @@ def run_scaling(
         raise ValueError(f"--sizes names depths {outside}, which scaling.sizes ({s.sizes}) does not hold")
     run_dir = Path(config.compare.out_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_resume(config, run_dir)  # the shared recipe and data must not change under a run folder
-    in_dir, ood_dirs = prepare_data(config, run_dir)
-    meta = {
-        "preset": config.compare.preset,
-        "command": command,
-        "in_domain": _corpus_slug(config.data.corpus),
-        "scaling": dataclasses.asdict(s),
-        "environment": environment_stamp(),
-    }
-    if prepare_only:
-        return {"meta": meta, "sizes": []}
-    sizes = ladder(config, PreparedDataset(in_dir).tokenizer.vocab_size)
     results = ResultsFile(config.compare.results_file or run_dir / "entries.json")
+    meta = {"preset": config.compare.preset, "command": command, "in_domain": _corpus_slug(config.data.corpus),
+            "scaling": dataclasses.asdict(s)}  # fmt: skip
+    if report_only:  # nothing is read but the results file (and the last report's environment and command)
+        in_dir = ood_dirs = None
+        vocab = _recorded_vocab(results, config.data.vocab_size)
+        old = run_dir / "scaling.json"
+        kept = json.loads(old.read_text()).get("meta", {}) if old.is_file() else {}
+        meta = {**meta, **{k: v for k, v in kept.items() if k in ("command", "environment")}, "report_command": command}
+    else:
+        _check_resume(config, run_dir)  # the shared recipe and data must not change under a run folder
+        in_dir, ood_dirs = prepare_data(config, run_dir)
+        meta["environment"] = environment_stamp()
+        if prepare_only:
+            return {"meta": meta, "sizes": []}
+        vocab = PreparedDataset(in_dir).tokenizer.vocab_size
+    sizes = ladder(config, vocab)
     selected = [a for a in s.archs if a in only] if only else list(s.archs)
     plan = []  # (size, arch, seed, key)
     for i, size in enumerate(sizes):
         entries = _Entries(size.config, run_dir / "scaling" / size.label, size.matched, in_dir, ood_dirs)
         entries.results = results  # one file for every size (and for the comparison's own runs)
+        trains = not report_only and (not only_sizes or size.depth in only_sizes)
+        if trains:
+            torch._dynamo.reset()  # the earlier sizes' compiled graphs (see the module docstring)
         for arch in s.archs:
             for seed in seeds_at(size.config, smallest=i == 0):
                 variant = _variant(size.config, seed, size.config.optim.lr)
                 plan.append((size, arch, seed, entries.key(variant, arch)[0]))
-                if arch in selected and (not only_sizes or size.depth in only_sizes) and not report_only:
+                if trains and arch in selected:
                     entries.run(variant, arch, "scaling")
     planned = [{"size": z.label, "depth": z.depth, "width": z.width, "parameters": z.parameters, "tokens": z.tokens,
                 "steps": z.config.steps, "arch": a, "seed": seed, "key": key} for z, a, seed, key in plan]  # fmt: skip

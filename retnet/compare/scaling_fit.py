@@ -8,7 +8,8 @@ Two architectures' lines meet where ``log a₁ − α₁ x = log a₂ − α₂ 
 reported as *no crossing within* that range.
 
 Uncertainty (:func:`monte_carlo`): every fitted point is a loss measured with run-to-run noise. Its size is taken
-from the seed spread at the smallest size (the pooled standard deviation of ``log L`` over seeds); each draw adds
+from the seed spread (the standard deviation of ``log L`` over seeds, pooled over the architectures and sizes that
+have two or more seeds); each draw adds
 independent Gaussian noise of that size to every point's ``log L``, refits both lines and recomputes the crossing.
 The random generator has a fixed seed, so the same points always give the same intervals. Intervals are the 16th
 and 84th percentiles of the draws (a one-sigma band for a Gaussian).
@@ -127,11 +128,11 @@ def crossing(first: PowerLaw, second: PowerLaw, bounds: tuple[float, float]) -> 
     return Crossing(kind, x, (low, high), ahead)
 
 
-def noise_from_seeds(groups: Mapping[str, Sequence[float]]) -> float | None:
+def noise_from_seeds(groups: Mapping[object, Sequence[float]]) -> float | None:
     """Pooled standard deviation of ``log L`` over seeds: the per-point noise of the fits.
 
     Args:
-        groups: per architecture, the losses of its seeds at the smallest size.
+        groups: the losses of the seeds of each group (an architecture at one size).
 
     Returns:
         ``sqrt(Σ (n−1)·s² / Σ (n−1))`` over the groups with two or more seeds, or None when none has two.

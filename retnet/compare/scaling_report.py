@@ -7,8 +7,8 @@ FLOPs C as power laws (:mod:`retnet.compare.scaling_fit`), on the per-size mean 
 C counts ``6 · N_mm · D`` for D training tokens, N_mm being the parameters in matrix products
 (:func:`retnet.training.flops.matmul_params`: every weight but the embedding lookup), the same for every
 architecture; the sequence-mixing products (retention's chunk terms, attention's scores) are left out for both.
-The uncertainty is the Monte Carlo of :func:`~retnet.compare.scaling_fit.monte_carlo` with the seed spread at the
-smallest size as the noise of one run (``σ/√n`` for a mean of n seeds).
+The uncertainty is the Monte Carlo of :func:`~retnet.compare.scaling_fit.monte_carlo` with the seed spread pooled
+over every (architecture, size) with two or more seeds as the noise of one run (``σ/√n`` for a mean of n seeds).
 """
 
 from __future__ import annotations
@@ -84,12 +84,13 @@ def analyse(rows: list[dict], scaling: dict) -> dict:
             fitted[arch][axis] = (xs, ys, counts)
             fits.setdefault(arch, {})[axis] = {"a": law.a, "alpha": law.alpha, "sizes": law.points,
                                                "rms_residual_log": law.rms_residual}  # fmt: skip
-    sizes = list(dict.fromkeys(row["size"] for row in rows))
-    smallest = sizes[0] if sizes else None
-    groups = {a: list(points[a][smallest]["losses"].values()) for a in archs if smallest in points.get(a, {})}
+    # every (architecture, size) with two or more finished seeds: the seed spread can grow with size
+    groups = {(a, size): list(p["losses"].values()) for a in archs for size, p in points[a].items()
+              if len(p["losses"]) >= 2}  # fmt: skip
     sigma = noise_from_seeds(groups)
-    doc = {"points": points, "fits": fits, "noise": {"smallest_size": smallest, "sigma_log_loss": sigma},
-           "crossing": {}, "uncertainty": {}, "notes": notes}  # fmt: skip
+    noise_sizes = list(dict.fromkeys(size for _, size in groups))
+    doc = {"points": points, "fits": fits, "noise": {"sizes": noise_sizes, "groups": len(groups),
+           "sigma_log_loss": sigma}, "crossing": {}, "uncertainty": {}, "notes": notes}  # fmt: skip
     pair = [a for a in scaling["archs"] if a in fits][:2]
     if len(pair) < 2 or pair != list(scaling["archs"][:2]):
         notes.append(f"no crossing: {' and '.join(LABELS.get(a, a) for a in scaling['archs'][:2])} both need a fit")
@@ -118,8 +119,7 @@ def analyse(rows: list[dict], scaling: dict) -> dict:
         doc["uncertainty"][axis] = monte_carlo(mc_points, per_point, bounds[axis], draws=scaling["mc_draws"],
                                                seed=scaling["mc_seed"])  # fmt: skip
     if sigma is None:
-        notes.append(f"no uncertainty: fewer than two finished seeds of one architecture at the smallest size "
-                     f"({smallest})")  # fmt: skip
+        notes.append("no uncertainty: no architecture has two finished seeds at any size")
     else:
         worst = max(f["parameters"]["rms_residual_log"] for f in fits.values())
         if worst > 2 * sigma:
@@ -201,8 +201,10 @@ def markdown(rows: list[dict], doc: dict, meta: dict) -> str:
         lines.append("")
     sigma = doc["noise"]["sigma_log_loss"]
     if sigma is not None:
-        lines += [f"Noise of one run: σ(log L) = {sigma:.4f}, the pooled seed spread at {doc['noise']['smallest_size']}"
-                  " (68 % intervals from a Monte Carlo of the fits with that noise on every point).", ""]  # fmt: skip
+        noise = doc["noise"]
+        lines += [f"Noise of one run: σ(log L) = {sigma:.4f}, the seed spread pooled over {noise['groups']} "
+                  f"(architecture, size) pairs with two or more seeds (sizes {', '.join(noise['sizes'])}; 68 % "
+                  "intervals from a Monte Carlo of the fits with that noise on every point).", ""]  # fmt: skip
     lines += ["## Crossing", ""]
     for axis in ("parameters", "flops"):
         lines.append(f"- Against {'N' if axis == 'parameters' else 'C'}: {crossing_text(doc, axis, s['archs'])}")

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import shutil
 
 import pytest
 
@@ -117,7 +118,7 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
     assert len(doc["runs"]) == 10 and all(r["result"] is not None for r in doc["runs"])
     assert [r["size"] for r in doc["runs"][:3]] == ["L1-d16"] * 3  # transformer seeds 0, 1 then RetNet's
     assert set(doc["fits"]) == {"transformer", "retnet"} and doc["fits"]["retnet"]["parameters"]["sizes"] == 4
-    assert doc["noise"]["sigma_log_loss"] is not None and doc["noise"]["smallest_size"] == "L1-d16"
+    assert doc["noise"]["sigma_log_loss"] is not None and doc["noise"]["sizes"] == ["L1-d16"]
     assert doc["crossing"]["parameters"]["kind"] in ("crossing", "no crossing", "parallel")
     assert doc["uncertainty"]["parameters"]["draws"] == 50
     records = ResultsFile(run / "entries.json").records(role="scaling")
@@ -129,11 +130,34 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
 
     trained.clear()
     (run / "scaling.md").unlink()
+    shutil.rmtree(run / "data")  # the report reads no data: a results file copied from elsewhere is enough
     assert _cli([*argv, "--report-only"]) == 0  # rebuilt from the results file, nothing trained
     assert trained == [] and (run / "scaling.md").read_text() == text
+    meta = json.loads((run / "scaling.json").read_text())["meta"]
+    assert meta["environment"] == doc["meta"]["environment"] and "report_command" in meta
+    assert not (run / "data").exists()
     with pytest.raises(ValueError, match="--only names \\['h3'\\]"):
         _cli([*argv, "--only", "h3"])
     with pytest.raises(ValueError, match="--sizes names depths \\[5\\]"):
         _cli([*argv, "--sizes", "5"])
     with pytest.raises(ValueError, match="--sizes needs --scaling"):
         _cli([a for a in argv if a != "--scaling"] + ["--sizes", "1"])
+
+
+def test_a_ladder_compiled_in_one_process_stays_within_the_recompilation_limit(tmp_path, monkeypatch):
+    # Every size compiles its blocks anew (new shapes, the same functions); without the cache cleared between sizes
+    # the graphs of all sizes add up against the limit, which a fullgraph compile turns into an error.
+    import torch
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+    corpus = write_corpus(tmp_path / "speeches", 0, docs=12, words=200)
+    plays = write_corpus(tmp_path / "plays", 1, docs=4, words=150)
+    argv = [
+        "compare", "--preset", "scaling-tiny", "--scaling", "--out", str(tmp_path / "run"), "--only", "retnet",
+        "--sizes", "1,2,3", f"--data.corpus={corpus}", f"--compare.out_of_domain=[{plays}]", "--data.fetch=false",
+        "--compare.eval_tokens=128", "--data.seq_len=32", "--batch_size=2", "--scaling.tokens_per_parameter=0.002",
+        "--scaling.mc_draws=10", "--compile=true", "--compile_backend=eager",
+    ]  # fmt: skip
+    assert _cli(argv) == 0
+    runs = json.loads((tmp_path / "run" / "scaling.json").read_text())["runs"]
+    assert sum(r["result"] is not None for r in runs) == 4  # RetNet: two seeds at the smallest size, one at the others

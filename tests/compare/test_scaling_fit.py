@@ -1,5 +1,6 @@
 """The scaling study's power-law fit, the crossing of two fitted lines, and the Monte Carlo uncertainty."""
 
+import json
 import math
 
 import numpy as np
@@ -124,3 +125,22 @@ def test_report_analysis_on_synthetic_runs_says_which_way_it_falls():
     assert not any("understate" in n for n in doc["notes"])  # the points lie on the lines within the seed noise
     curved = analyse(_rows({a: (lambda n: 1.0 + 1e3 * n**-0.5) for a in laws}), scaling)  # a floor under the loss
     assert any("pure power law does not describe these points" in n for n in curved["notes"])
+
+
+def test_the_noise_pools_every_size_with_two_seeds():
+    from retnet.compare.scaling_report import analyse
+
+    scaling = {"archs": ["transformer", "retnet"], "crossing_max": 1e12, "tokens_per_parameter": 2.0,
+               "mc_draws": 10, "mc_seed": 0}  # fmt: skip
+    laws = {"transformer": PowerLaw(4.0, 0.05, 5, 0.0), "retnet": PowerLaw(8.0, 0.09, 5, 0.0)}
+    rows = _rows(laws)
+    for row in [r for r in rows if r["size"] == "s2"]:  # a second seed at a larger size, 5 % apart
+        second = json.loads(json.dumps(row))
+        second["seed"] = 1
+        second["result"]["eval"]["in_domain"]["loss"] *= 1.05
+        rows.append(second)
+    doc = analyse(rows, scaling)
+    # one degree of freedom per (architecture, size): variances log(1.01)²/2 twice and log(1.05)²/2 twice
+    expected = math.sqrt((math.log(1.01) ** 2 + math.log(1.05) ** 2) / 4)
+    assert doc["noise"]["sigma_log_loss"] == pytest.approx(expected, rel=1e-9)
+    assert doc["noise"]["sizes"] == ["s0", "s2"] and doc["noise"]["groups"] == 4
