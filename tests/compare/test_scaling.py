@@ -144,12 +144,11 @@ def test_tiny_scaling_study_end_to_end_resumable_and_partial(tmp_path, monkeypat
         _cli([a for a in argv if a != "--scaling"] + ["--sizes", "1"])
 
 
-def test_a_ladder_compiled_in_one_process_stays_within_the_recompilation_limit(tmp_path, monkeypatch):
+def test_a_ladder_compiled_in_one_process_stays_within_the_recompilation_limit(tmp_path):
     # Every size compiles its blocks anew (new shapes, the same functions); without the cache cleared between sizes
     # the graphs of all sizes add up against the limit, which a fullgraph compile turns into an error.
     import torch
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
     corpus = write_corpus(tmp_path / "speeches", 0, docs=12, words=200)
     plays = write_corpus(tmp_path / "plays", 1, docs=4, words=150)
     argv = [
@@ -158,6 +157,7 @@ def test_a_ladder_compiled_in_one_process_stays_within_the_recompilation_limit(t
         "--compare.eval_tokens=128", "--data.seq_len=32", "--batch_size=2", "--scaling.tokens_per_parameter=0.002",
         "--scaling.mc_draws=10", "--compile=true", "--compile_backend=eager",
     ]  # fmt: skip
-    assert _cli(argv) == 0
+    with torch._dynamo.config.patch(recompile_limit=2):
+        assert _cli(argv) == 0
     runs = json.loads((tmp_path / "run" / "scaling.json").read_text())["runs"]
     assert sum(r["result"] is not None for r in runs) == 4  # RetNet: two seeds at the smallest size, one at the others
