@@ -13,8 +13,8 @@ parameters at that size, the count both architectures are matched to), rounded t
 and data are the config's (``optim.lr`` for every size).
 
 **Seeds.** Every size trains the config's seeds (``compare.seeds`` or ``[seed]``); the smallest size trains at
-least ``scaling.seeds_at_smallest`` of them (the config's, then the next unused integers), whose spread is the
-noise floor of the fits (:mod:`retnet.compare.scaling_fit`).
+least ``scaling.seeds_at_smallest`` of them (the config's, then the next unused integers). The seed spread of every
+size with two or more seeds, pooled, is the noise of the fits (:mod:`retnet.compare.scaling_report`).
 
 **Runs.** Each (architecture, size, seed) is a model run of the results file (:mod:`retnet.compare.entries`), keyed
 by its own resolved config (the size's model and step count included, the ``scaling`` section itself not), so a
@@ -194,9 +194,8 @@ def ladder(config, vocab_size: int) -> list[Size]:
 
 def _recorded_vocab(results, default: int) -> int:
     """The vocabulary of the scaling runs a results file holds (their data's tokenizer), else ``default``."""
-    for record in results.records(role="scaling"):
-        return int(record["run"]["model_config"]["vocab_size"])
-    return default
+    record = next(iter(results.records(role="scaling")), None)
+    return default if record is None else int(record["run"]["model_config"]["vocab_size"])
 
 
 def seeds_at(config, smallest: bool) -> list[int]:

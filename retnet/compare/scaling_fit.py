@@ -9,8 +9,8 @@ reported as *no crossing within* that range.
 
 Uncertainty (:func:`monte_carlo`): every fitted point is a loss measured with run-to-run noise. Its size is taken
 from the seed spread (the standard deviation of ``log L`` over seeds, pooled over the architectures and sizes that
-have two or more seeds); each draw adds
-independent Gaussian noise of that size to every point's ``log L``, refits both lines and recomputes the crossing.
+have two or more seeds); each draw adds independent Gaussian noise of that size to every point's ``log L``, refits
+both lines and recomputes the crossing.
 The random generator has a fixed seed, so the same points always give the same intervals. Intervals are the 16th
 and 84th percentiles of the draws (a one-sigma band for a Gaussian).
 """
