@@ -437,10 +437,10 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
                     trained[name] = (key, model_dir)
                     break
         datasets = {"": entries.in_dir, **entries.ood_dirs}
-        doc["probes"] = run_probes(config, entries.run_dir, entries.matched, selected, datasets, trained, lrs,
+        doc["probes"] = run_probes(config, entries.run_dir, entries.matched, selected, datasets, trained,
                                    entries.results, main_keys)  # fmt: skip
     else:
-        held = finished_probes(config, entries.results, entries.matched, lrs, main_keys)
+        held = finished_probes(config, entries.results, entries.matched, main_keys)
         if held:  # probes measured by earlier commands (or on other machines) keep their report
             write_probe_reports(held, entries.run_dir)
             doc["probes"] = held

@@ -65,7 +65,9 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
         "--model.ffn_dim=64", "--data.seq_len=32", "--batch_size=2", "--steps=3", "--log_every=1",
         "--probes.mqar_vocab_size=17", "--probes.mqar_seq_lens=[16]", "--probes.mqar_pairs=[2,4]",
         "--probes.mqar_steps=3", "--probes.mqar_batch_size=4", "--probes.mqar_examples=4",
-        "--probes.passkey_lengths=[200]", "--probes.passkey_depths=[0.0,1.0]", "--probes.passkey_trials=1",
+        "--probes.task_hidden_size=16", "--probes.task_layers=1", "--probes.task_heads=2", "--probes.task_lrs=[1e-3,3e-3]",
+        "--probes.passkey_train_length=200", "--probes.passkey_steps=2", "--probes.passkey_batch_size=2",
+        "--probes.passkey_lengths=[200,300]", "--probes.passkey_depths=[0.0,1.0]", "--probes.passkey_trials=1",
         "--probes.extrapolation_factor=2", "--probes.extrapolation_windows=1",
         "--sweep.lrs=[1e-3,2e-3,4e-3]", "--sweep.fraction=0.34",
     ]  # fmt: skip
@@ -86,29 +88,34 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
     probes = run / "probes"
     mqar = json.loads((probes / "mqar.json").read_text())["retnet"]
     assert [(r["seq_len"], r["num_pairs"]) for r in mqar["accuracy"]] == [(16, 2), (16, 4)]
+    assert [s["lr"] for s in mqar["sweep"]] == [1e-3, 3e-3] and mqar["lr"] in (1e-3, 3e-3)
     passkey = json.loads((probes / "passkey.json").read_text())["retnet"]
-    assert [(r["length"], r["depth"]) for r in passkey] == [(200, 0.0), (200, 1.0)]
+    assert [(r["length"], r["depth"]) for r in passkey["accuracy"]] == [(200, 0.0), (200, 1.0), (300, 0.0), (300, 1.0)]
+    assert passkey["train"]["steps"] == 2 and len(passkey["sweep"]) == 2
     extra = json.loads((probes / "extrapolation.json").read_text())["retnet"]
     assert extra["eval_len"] == 64 and extra["train_len"] == 32
     assert "| 16 |" in (probes / "mqar.md").read_text()
     assert all((probes / f"{p}.png").stat().st_size > 0 for p in ("mqar", "passkey", "extrapolation"))
 
-    # the probes' results live in the results file too: a command on another machine (a fresh folder, the same
-    # results file) trains seed 1, probes its model (seed 0's is not in that folder), and reports both commands'
+    # the probes' results live in the results file too: one record per task model and rate, one per extrapolated
+    # model. A command on another machine (a fresh folder, the same results file) trains seed 1, extrapolates its
+    # model (seed 0's is not in that folder), and reports both commands'
     records = ResultsFile(run / "entries.json").records(role="probe")
-    assert sorted(r["probe"] for r in records) == ["extrapolation", "mqar", "passkey"]
-    seed0 = next(r for r in records if r["probe"] == "passkey")["run_key"]
+    assert sorted(r["probe"] for r in records) == ["extrapolation", "mqar", "mqar", "passkey", "passkey"]
+    seed0 = next(r for r in records if r["probe"] == "extrapolation")["run_key"]
     assert ResultsFile(run / "entries.json").get(seed0)["seed"] == 0
     elsewhere = tmp_path / "elsewhere"
     shared = f"--compare.results_file={run / 'entries.json'}"
-    args, overrides = parser.parse_known_args([*argv[:6], str(elsewhere), *argv[7:10], "--probes", "passkey",
+    args, overrides = parser.parse_known_args([*argv[:6], str(elsewhere), *argv[7:10], "--probes", "extrapolation",
                                                "--seeds", "1", *argv[12:], shared])  # fmt: skip
     args.overrides = overrides
     assert args.func(args) == 0
-    passkey_runs = [r for r in ResultsFile(run / "entries.json").records(role="probe") if r["probe"] == "passkey"]
-    probed = [ResultsFile(run / "entries.json").get(r["run_key"]) for r in passkey_runs]
+    extrapolated = [r for r in ResultsFile(run / "entries.json").records(role="probe") if r["probe"] == "extrapolation"]
+    probed = [ResultsFile(run / "entries.json").get(r["run_key"]) for r in extrapolated]
     assert sorted((m["seed"], m["role"]) for m in probed) == [(0, "main"), (1, "main")]
-    assert json.loads((elsewhere / "probes" / "mqar.json").read_text()).keys() == {"retnet"}  # the earlier command's
+    for probe in ("mqar", "passkey"):  # the earlier command's task models, reported without training again
+        assert json.loads((elsewhere / "probes" / f"{probe}.json").read_text()).keys() == {"retnet"}
+    assert not (elsewhere / "probes" / "mqar").exists()
 
     # and the report alone, from the results file, rewrites every probe's report
     shutil.rmtree(probes)

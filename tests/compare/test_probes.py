@@ -1,5 +1,6 @@
 """Recall probes: MQAR and passkey generators (deterministic, answers checkable by reading the sequence), the
-accuracy functions on planted predictions, and MQAR training through the comparison's models."""
+accuracy functions on planted predictions, task training through the comparison's models, the task models' shape
+and the learning-rate rule."""
 
 import numpy as np
 import pytest
@@ -8,21 +9,17 @@ from torch import nn
 
 from retnet import RetNetConfig
 from retnet.compare.archs import BaselineSettings, build_model, match_parameters
-from retnet.compare.probes import (
-    BLANK,
+from retnet.compare.mqar import BLANK, MQARTask, evaluate_mqar, make_mqar, mqar_batches, mqar_vocabulary
+from retnet.compare.passkey import (
     PASSKEY_INTRO,
     PASSKEY_NEEDLE,
     PASSKEY_QUESTION,
-    MQARTask,
-    accuracy_table,
-    count_correct,
-    evaluate_mqar,
-    make_mqar,
     make_passkey,
-    mqar_vocabulary,
     passkey_accuracy,
-    train_mqar,
+    passkey_batches,
 )
+from retnet.compare.probes import accuracy_table, choose_rate
+from retnet.compare.task_training import TEST, TRAIN, VALIDATION, count_correct, train_on_task
 from retnet.data.tokenizer import ByteTokenizer
 from retnet.training.config import OptimSection
 
@@ -110,7 +107,7 @@ def test_evaluate_mqar_reports_the_planted_accuracy():
     late = sum(
         int(
             (
-                (make_mqar(n, seq_len=32, num_pairs=4, vocab_size=17, seed=[0, 1, 32, 4, s]).targets[:, 20:]) != -100
+                (make_mqar(n, seq_len=32, num_pairs=4, vocab_size=17, seed=[0, TEST, 32, 4, s]).targets[:, 20:]) != -100
             ).sum()
         )
         for s, n in ((0, 8), (8, 8), (16, 4))
@@ -118,7 +115,7 @@ def test_evaluate_mqar_reports_the_planted_accuracy():
     assert half[0]["accuracy"] == pytest.approx(1 - late / 80) and 0 < late < 80
 
 
-def test_train_mqar_learns_above_chance_in_the_comparison_models():
+def test_mqar_training_learns_above_chance_in_the_comparison_models():
     vocab = 17  # 8 keys, 8 values: chance is 1/8
     base = RetNetConfig(flavour="paper", hidden_size=32, num_hidden_layers=1, num_heads=2, vocab_size=vocab,
                         value_dim=64, ffn_dim=64)  # fmt: skip
@@ -126,11 +123,16 @@ def test_train_mqar_learns_above_chance_in_the_comparison_models():
     tasks = [MQARTask(12, 2)]
     before = evaluate_mqar(model, tasks, vocab_size=vocab, examples=64)[0]["accuracy"]
     optim = OptimSection(lr=1e-2, warmup_steps=5, schedule="linear", weight_decay=0.0)
-    out = train_mqar(model, tasks, vocab_size=vocab, steps=60, batch_size=32, optim=optim, log_every=20)
+    batches = mqar_batches(tasks, batch_size=32, vocab_size=vocab)
+    out = train_on_task(model, batches, steps=60, optim=optim, log_every=20)
     after = evaluate_mqar(model, tasks, vocab_size=vocab, examples=64)[0]["accuracy"]
     assert [p["step"] for p in out["loss_curve"]] == [20, 40, 60]
-    assert out["loss_curve"][-1]["loss"] < out["loss_curve"][0]["loss"]
+    assert out["loss_curve"][-1]["loss"] < out["loss_curve"][0]["loss"] and out["diverged_at"] is None
     assert after > max(2 / 8, before + 0.1), (before, after)
+    # a rate far too high stops at the first non-finite loss instead of training on
+    model = build_model(match_parameters(["transformer"], base, BaselineSettings(num_heads=2))["transformer"].config)
+    blown = train_on_task(model, batches, steps=20, optim=OptimSection(lr=1e30, warmup_steps=0, weight_decay=0.0))
+    assert blown["diverged_at"] is not None and blown["diverged_at"] <= 20 and blown["final_loss"] is None
 
 
 def test_passkey_sequence_is_exact_and_deterministic():
@@ -176,7 +178,7 @@ class _Oracle(nn.Module):
 def test_passkey_accuracy_scores_exactly_the_answer_tokens():
     tok = ByteTokenizer()
     lengths, depths, trials = (300, 500), (0.0, 1.0), 2
-    examples = [make_passkey(tok, FILLER, length=n, depth=d, seed=[0, n, t]) for n in lengths for d in depths
+    examples = [make_passkey(tok, FILLER, length=n, depth=d, seed=[0, TEST, n, t]) for n in lengths for d in depths
                 for t in range(trials)]  # fmt: skip
     rows = passkey_accuracy(_Oracle(examples, wrong_depth_from=10**9), tok, FILLER, lengths=lengths, depths=depths,
                             trials=trials)  # fmt: skip
@@ -189,3 +191,57 @@ def test_passkey_accuracy_scores_exactly_the_answer_tokens():
     ]  # fmt: skip
     table = accuracy_table(rows, "length", "depth", "Length")
     assert "| 500 | 100.0% | 0.0% |" in table and table.startswith("| Length | depth 0.0 | depth 1.0 |")
+
+
+def test_passkey_training_batches_score_only_the_answer_and_are_deterministic():
+    tok = ByteTokenizer()
+    filler = np.asarray(tok.encode(FILLER * 3), dtype=np.int64)
+    batch = passkey_batches(tok, filler, length=300, batch_size=4, seed=2)
+    ids, targets = batch(5)
+    again_ids, again_targets = batch(5)
+    assert torch.equal(ids, again_ids) and torch.equal(targets, again_targets)
+    assert not torch.equal(ids, batch(6)[0])
+    assert ids.shape == targets.shape == (4, 299)
+    starts = []
+    for row, target in zip(ids, targets):
+        text = tok.decode(row.tolist())
+        key = text.split("The pass key is ")[1][:5]  # the needle comes first
+        scored = (target != -100).nonzero().flatten()
+        answer = tok.decode(target[scored].tolist())
+        assert answer == f" {key}" and int(scored[-1]) == 298  # the answer ends the sequence
+        # each answer token is predicted one position before it: the inputs after the first scored one are the answer
+        assert tok.decode(row[int(scored[0]) + 1 :].tolist()) == answer[:-1]
+        starts.append(text.index("The pass key is"))
+    assert len(set(starts)) > 1  # depths are drawn per example
+    with pytest.raises(ValueError, match="too short"):
+        passkey_batches(tok, filler, length=50, batch_size=4)
+
+
+def test_the_task_rate_rule_reports_the_best_validation_and_the_sweep():
+    def result(validation, loss=1.0):
+        return {"train": {"final_loss": loss}, "validation": validation, "accuracy": [{"accuracy": validation}]}
+
+    chosen = choose_rate({1e-3: result(0.4), 3e-3: result(0.9, 0.5), 1e-2: result(None, None)})
+    assert chosen["lr"] == 3e-3 and chosen["accuracy"] == [{"accuracy": 0.9}]
+    assert [(s["lr"], s["validation"]) for s in chosen["sweep"]] == [(1e-3, 0.4), (3e-3, 0.9), (1e-2, None)]
+    assert choose_rate({3e-3: result(0.5), 1e-3: result(0.5)})["lr"] == 1e-3  # ties: the smaller rate
+    assert choose_rate({1e-3: result(None), 1e-2: result(0.0)})["lr"] == 1e-3  # diverged counts as nothing learned
+
+
+def test_task_models_share_one_small_shape_matched_across_every_entry():
+    from retnet.compare import ENTRIES, load_compare_config
+    from retnet.compare.probes import task_models
+
+    c = load_compare_config("medium", None, ["--compare.archs=[" + ",".join(ENTRIES) + "]"])
+    models = task_models(c, c.probes.mqar_vocab_size)
+    assert set(models) == set(ENTRIES)
+    retnet = models["retnet"].config
+    assert (retnet.hidden_size, retnet.num_hidden_layers, retnet.num_heads) == (128, 2, 2)
+    assert retnet.value_dim == 256 and retnet.ffn_dim == 256 and retnet.vocab_size == 8192  # medium's ratios (2d)
+    assert models["transformer"].config.num_heads == 2 and models["transformer"].config.hidden_size == 128
+    for name, m in models.items():
+        assert abs(m.parameters / models["retnet"].parameters - 1) <= 0.02, name
+    with pytest.raises(ValueError, match="task_hidden_size=100 is not a multiple of probes.task_heads=3"):
+        load_compare_config("medium", None, ["--probes.task_hidden_size=100", "--probes.task_heads=3"])
+    with pytest.raises(ValueError, match="probes.task_lrs"):
+        load_compare_config("medium", None, ["--probes.task_lrs=[]"])
