@@ -109,7 +109,12 @@ def make_mqar(
     rng = np.random.default_rng(seed)
     N, P, Q = num_examples, num_pairs, queries
     rows = np.arange(N)[:, None]
-    keys = np.argsort(rng.random((N, len(keys_range))), axis=1)[:, :P] + keys_range.start  # (N, P) distinct per row
+    # P distinct keys per row in random order: the P smallest of uniform draws, ordered by draw (argsort's first
+    # P columns, without sorting the whole row)
+    draws = rng.random((N, len(keys_range)))  # (N, K)
+    smallest = np.argpartition(draws, P - 1, axis=1)[:, :P]  # (N, P), unordered
+    order = np.argsort(np.take_along_axis(draws, smallest, axis=1), axis=1)
+    keys = np.take_along_axis(smallest, order, axis=1) + keys_range.start  # (N, P) distinct per row
     values = rng.integers(values_range.start, values_range.stop, size=(N, P))  # (N, P)
     asked = np.argsort(rng.random((N, P)), axis=1)[:, :Q]  # (N, Q) which pairs are queried, in query order
     where = np.sort(np.argsort(rng.random((N, slots)), axis=1)[:, :Q], axis=1)  # (N, Q) slot of each query

@@ -78,7 +78,7 @@ class ProbeSection:
     mqar_vocab_size: int = 8192
     mqar_seq_lens: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     mqar_pairs: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
-    mqar_steps: int = 4000
+    mqar_steps: int = 8000
     mqar_batch_size: int = 64
     mqar_examples: int = 256
     passkey_train_length: int = 1024
@@ -300,7 +300,8 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
         batches = passkey_batches(dataset.tokenizer, train_filler, length=p.passkey_train_length,
                                   batch_size=p.passkey_batch_size, seed=config.seed)  # fmt: skip
         steps = p.passkey_steps
-    train = train_on_task(model, batches, steps=steps, optim=_task_optim(config, probe, lr), **numerics)
+    train = train_on_task(model, batches, steps=steps, optim=_task_optim(config, probe, lr),
+                          log_every=max(1, steps // 100), **numerics)  # fmt: skip
     if train["diverged_at"] is not None:
         logger.warning("%s at lr %g diverged at step %d", probe, lr, train["diverged_at"])
         return {"train": train, "validation": None, "accuracy": []}

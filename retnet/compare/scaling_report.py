@@ -240,7 +240,7 @@ def plot_scaling(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
-    from matplotlib.ticker import ScalarFormatter
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     colors = plt.get_cmap("tab10").colors
@@ -259,6 +259,7 @@ def plot_scaling(doc: dict, path: Path) -> None:
         ax.set_yscale("log")
         ax.yaxis.set_major_formatter(ScalarFormatter())  # losses read as plain numbers, not powers of ten
         ax.yaxis.set_minor_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())  # labels at the powers of ten only: minor ones overlap
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss (nats/token)")
         ax.grid(alpha=0.3, which="both")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ def train_on_task(
 
     Returns:
         ``{"steps", "loss_curve": [{"step", "loss"}], "final_loss", "diverged_at", "wall_time_s"}``: a non-finite
-        loss stops training at that step (``diverged_at``, else None; ``final_loss`` is then None).
+        loss at a curve point stops training there (``diverged_at``, else None; ``final_loss`` is then None).
 
     Raises:
         ValueError: a non-positive ``steps``.
@@ -96,23 +97,36 @@ def train_on_task(
     clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
     curve, diverged_at, start = [], None, time.time()
     model.train()
-    for step in range(steps):
-        for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, optim.decay_steps or steps, optim)
+    # the next step's examples are drawn (and on CUDA pinned, so that their copy does not wait for the device) on a
+    # worker thread while this step runs: NumPy's generators and sorts release the GIL, and batches stay a function
+    # of the step alone. The loss is read back (a device sync) only at the curve's points, where a non-finite value
+    # stops training.
+    pinned = device.type == "cuda"
+
+    def draw(step: int) -> Batch:
         ids, targets = batch(step)
-        with autocast(precision, device):
-            loss = model(ids.to(device), form=form, chunk_size=chunk_size, targets=targets.to(device),
-                         return_logits=False).loss  # fmt: skip
-        value = float(loss.detach())
-        if not math.isfinite(value):
-            diverged_at = step + 1
-            break
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if (step + 1) % log_every == 0 or step + 1 == steps:
-            curve.append({"step": step + 1, "loss": value})
+        return (ids.pin_memory(), targets.pin_memory()) if pinned else (ids, targets)
+
+    with ThreadPoolExecutor(max_workers=1) as prefetch:
+        upcoming = prefetch.submit(draw, 0)
+        for step in range(steps):
+            for group in optimizer.param_groups:
+                group["lr"] = lr_at(step, optim.decay_steps or steps, optim)
+            ids, targets = (t.to(device, non_blocking=pinned) for t in upcoming.result())
+            if step + 1 < steps:
+                upcoming = prefetch.submit(draw, step + 1)
+            with autocast(precision, device):
+                loss = model(ids, form=form, chunk_size=chunk_size, targets=targets, return_logits=False).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if (step + 1) % log_every == 0 or step + 1 == steps:
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    diverged_at = step + 1
+                    break
+                curve.append({"step": step + 1, "loss": value})
     final = None if diverged_at else curve[-1]["loss"]
     return {"steps": steps, "loss_curve": curve, "final_loss": final, "diverged_at": diverged_at,
             "wall_time_s": time.time() - start}  # fmt: skip

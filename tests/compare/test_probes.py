@@ -68,6 +68,17 @@ def test_mqar_bad_arguments():
         make_mqar(0, seq_len=8, num_pairs=1, vocab_size=17)
 
 
+def test_training_validation_and_test_examples_are_different_streams():
+    task = MQARTask(64, 8)
+    train_ids = mqar_batches([task], batch_size=16, vocab_size=100, seed=0)(0)[0]
+    assert torch.equal(train_ids, make_mqar(16, seq_len=64, num_pairs=8, vocab_size=100, seed=[0, TRAIN, 0]).input_ids)
+    streams = [make_mqar(16, seq_len=64, num_pairs=8, vocab_size=100, seed=[0, split, 64, 8, 0]).input_ids
+               for split in (TEST, VALIDATION)]  # fmt: skip
+    rows = {tuple(r.tolist()) for r in train_ids}
+    assert not any(tuple(r.tolist()) in rows for ids in streams for r in ids)
+    assert not torch.equal(*streams) and len({TRAIN, TEST, VALIDATION}) == 3
+
+
 def test_count_correct_on_planted_logits():
     targets = torch.full((2, 5), -100)
     targets[0, 1], targets[0, 3], targets[1, 4] = 7, 2, 5
