@@ -24,7 +24,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,6 +54,8 @@ class ProbeSection:
         task_layers: their depth.
         task_heads: their heads (RetNet's retention heads and the attention-like baselines' heads).
         task_lrs: peak learning rates each task model trains at; the best on validation examples is reported.
+        workers: task models trained at once, each in its own process (1: one after another in this process);
+            where they run, not what they compute, so no result's key holds it.
         mqar_vocab_size: MQAR vocabulary V (the task models' vocabulary for MQAR).
         mqar_seq_lens: sequence lengths T of the MQAR grid.
         mqar_pairs: key-value pair counts P of the grid; settings with 4P > T (not every key queried) are left out.
@@ -75,6 +79,7 @@ class ProbeSection:
     task_layers: int = 2
     task_heads: int = 2
     task_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    workers: int = 1
     mqar_vocab_size: int = 8192
     mqar_seq_lens: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
     mqar_pairs: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
@@ -102,7 +107,7 @@ class ProbeSection:
         unknown = [p for p in self.run if p not in PROBES]
         if unknown:
             raise ValueError(f"unknown probe(s) {unknown} in probes.run; expected some of {', '.join(PROBES)}")
-        for name in ("task_hidden_size", "task_layers", "task_heads", "mqar_steps", "mqar_batch_size",
+        for name in ("task_hidden_size", "task_layers", "task_heads", "workers", "mqar_steps", "mqar_batch_size",
                      "mqar_examples", "passkey_train_length", "passkey_steps", "passkey_batch_size", "passkey_trials",
                      "extrapolation_factor", "extrapolation_windows"):  # fmt: skip
             if getattr(self, name) < 1:
@@ -231,18 +236,79 @@ def _task_vocab(config, probe: str, matched: Mapping) -> int:
     return int(next(iter(matched.values())).config.to_dict()["vocab_size"])
 
 
-def _cached(results, record: dict, path: Path, key: str, compute) -> dict:
-    """``compute()``'s result, kept under ``key`` in the results file (with ``record``'s fields) and in ``path``;
-    reused from either while the key is the same."""
+def _held(results, path: Path, key: str) -> dict | None:
+    """The result kept under ``key`` in the results file or in ``path``, else None."""
     held = results.get(key)
     if held is not None:
         return held["result"]
     doc = json.loads(path.read_text()) if path.is_file() else {}
-    result = doc["result"] if doc.get("key") == key else compute()
+    return doc["result"] if doc.get("key") == key else None
+
+
+def _keep(results, record: dict, path: Path, key: str, result: dict) -> None:
+    """Keep ``result`` under ``key`` in ``path`` and in the results file (with ``record``'s fields)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"key": key, "result": result}, indent=1) + "\n")
-    results.add(key, {**record, "role": "probe", "result": result})
+    if key not in results:
+        results.add(key, {**record, "role": "probe", "result": result})
+
+
+def _cached(results, record: dict, path: Path, key: str, compute) -> dict:
+    """``compute()``'s result, kept under ``key`` in the results file (with ``record``'s fields) and in ``path``;
+    reused from either while the key is the same."""
+    result = _held(results, path, key)
+    if result is None:
+        result = compute()
+    _keep(results, record, path, key, result)
     return result
+
+
+@dataclass(frozen=True)
+class _TaskJob:
+    """One task model to train: a probe, an entry, a rate, where its result goes."""
+
+    probe: str
+    name: str
+    lr: float
+    model_config: object
+    dataset_dir: str | None  # passkey's filler corpus
+    key: str
+    path: Path
+
+    def record(self, section: ProbeSection) -> dict:
+        return {"name": self.name, "probe": self.probe, "fields": _probe_fields(section, self.probe), "lr": self.lr}
+
+
+def _train_task_model(config, job: _TaskJob, device: str) -> dict:
+    """Build, train and score one task model (in this process or in a worker)."""
+    from ..data import PreparedDataset
+    from .archs import build_model
+
+    torch.manual_seed(config.seed)
+    model = build_model(job.model_config).to(device)
+    dataset = PreparedDataset(job.dataset_dir) if job.dataset_dir else None
+    return _train_and_score(config, job.probe, model, job.lr, dataset)
+
+
+def _set_worker_threads(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _train_task_models(config, jobs: list[_TaskJob], device: str):
+    """Yield ``(job, result)`` for every job as it finishes: one after another here, or ``probes.workers`` at once
+    in spawned processes (small models leave a GPU mostly idle, so several train side by side), the host's cores
+    shared among them."""
+    workers = min(config.probes.workers, len(jobs))
+    if workers <= 1:
+        for job in jobs:
+            yield job, _train_task_model(config, job, device)
+        return
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    context = torch.multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=_set_worker_threads, initargs=(threads,)) as pool:
+        futures = {pool.submit(_train_task_model, config, job, device): job for job in jobs}
+        for future in as_completed(futures):
+            yield futures[future], future.result()
 
 
 def finished_probes(config, results, matched: Mapping, main_keys: Mapping) -> dict:
@@ -330,7 +396,8 @@ def run_probes(
 ) -> dict:
     """Run ``config.probes.run`` for the ``selected`` entries and write ``<run_dir>/probes/<probe>.{json,md,png}``.
 
-    MQAR and passkey train task models (module docstring); extrapolation reads each entry's trained model. Each
+    MQAR and passkey train task models (module docstring; ``probes.workers`` of them at once); extrapolation reads
+    each entry's trained model. Each
     result is kept in the results file (role ``"probe"``) and in ``probes/<probe>/<entry>[/lr-<rate>].json``, and
     reused while its inputs are the same; the reports list every entry whose probes the results file holds.
 
@@ -348,7 +415,6 @@ def run_probes(
         ``{probe: {entry: result}}`` of every entry with results.
     """
     from ..data import PreparedDataset
-    from .archs import build_model
     from .entries import run_key
     from .extrapolation import length_extrapolation
     from .harness import load_entry_model
@@ -358,21 +424,23 @@ def run_probes(
     for corpus in (p.passkey_corpus, p.extrapolation_corpus):
         if corpus not in datasets:
             raise ValueError(f"probe corpus {corpus!r} is not '' (in-domain) or one of compare.out_of_domain")
+    jobs = []
     for probe in (t for t in TASK_PROBES if t in p.run):
-        dataset = PreparedDataset(datasets[p.passkey_corpus]) if probe == "passkey" else None
+        dataset_dir = str(datasets[p.passkey_corpus]) if probe == "passkey" else None
         models = task_models(config, _task_vocab(config, probe, matched))
         for name in selected:
             for lr in p.task_lrs:
-
-                def compute(name=name, lr=lr, probe=probe, models=models, dataset=dataset):
-                    torch.manual_seed(config.seed)
-                    model = build_model(models[name].config).to(device)
-                    return _train_and_score(config, probe, model, lr, dataset)
-
-                record = {"name": name, "probe": probe, "fields": _probe_fields(p, probe), "lr": lr}
-                result = _cached(results, record, out_dir / probe / name / f"lr-{lr:g}.json",
-                                 _task_key(config, probe, name, models[name].config, lr), compute)  # fmt: skip
-                logger.info("%s %s lr %g: validation accuracy %s", probe, name, lr, result["validation"])
+                config_of = models[name].config
+                job = _TaskJob(probe, name, lr, config_of, dataset_dir, _task_key(config, probe, name, config_of, lr),
+                               out_dir / probe / name / f"lr-{lr:g}.json")  # fmt: skip
+                held = _held(results, job.path, job.key)
+                if held is None:
+                    jobs.append(job)
+                else:
+                    _keep(results, job.record(p), job.path, job.key, held)
+    for job, result in _train_task_models(config, jobs, device.type):
+        _keep(results, job.record(p), job.path, job.key, result)
+        logger.info("%s %s lr %g: validation accuracy %s", job.probe, job.name, job.lr, result["validation"])
     if "extrapolation" in p.run:
         ds = PreparedDataset(datasets[p.extrapolation_corpus])
         stream = ds.tokens("val")

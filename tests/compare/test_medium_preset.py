@@ -118,6 +118,19 @@ def test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line(tmp
         assert json.loads((elsewhere / "probes" / f"{probe}.json").read_text()).keys() == {"retnet"}
     assert not (elsewhere / "probes" / "mqar").exists()
 
+    # task models trained two at a time in worker processes compute what one after another in this process did
+    parallel = tmp_path / "parallel"
+    args, overrides = parser.parse_known_args([*argv[:6], str(parallel), *argv[7:10], "--probes", "mqar,passkey",
+                                               *argv[12:], "--probes.workers=2"])  # fmt: skip
+    args.overrides = overrides
+    assert args.func(args) == 0
+    for probe, serial in (("mqar", mqar), ("passkey", passkey)):
+        again = json.loads((parallel / "probes" / f"{probe}.json").read_text())["retnet"]
+        assert again["accuracy"] == serial["accuracy"] and again["lr"] == serial["lr"]
+        assert [s["validation"] for s in again["sweep"]] == [s["validation"] for s in serial["sweep"]]
+        curve = [p["loss"] for p in serial["train"]["loss_curve"]]
+        assert [p["loss"] for p in again["train"]["loss_curve"]] == pytest.approx(curve, rel=1e-4)
+
     # and the report alone, from the results file, rewrites every probe's report
     shutil.rmtree(probes)
     args, overrides = parser.parse_known_args([*argv[:10], "--report-only", *argv[12:]])
