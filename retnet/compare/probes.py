@@ -41,7 +41,10 @@ logger = logging.getLogger(__name__)
 
 PROBES = ("mqar", "passkey", "extrapolation")
 TASK_PROBES = ("mqar", "passkey")  # trained on their task at the task models' shape
-TASK_RULE = "highest mean accuracy on validation examples (ties: the smaller rate)"
+TASK_RULE = (
+    "highest mean accuracy on validation examples (a diverged rate counts as 0; ties: a rate that trained, then the "
+    "smaller)"
+)
 
 
 @dataclass
@@ -187,7 +190,8 @@ def choose_rate(per_rate: Mapping[float, dict]) -> dict:
         ``{"lr", "rule", "sweep": [{"lr", "validation", "final_loss"}], "accuracy", "train"}``.
     """
     rates = sorted(per_rate)
-    best = max(rates, key=lambda lr: (per_rate[lr]["validation"] or 0.0, -lr))
+    # a diverged rate counts as nothing learned and loses ties to one that trained
+    best = max(rates, key=lambda lr: (per_rate[lr]["validation"] or 0.0, per_rate[lr]["validation"] is not None, -lr))
     sweep = [{"lr": lr, "validation": per_rate[lr]["validation"], "final_loss": per_rate[lr]["train"]["final_loss"]}
              for lr in rates]  # fmt: skip
     return {"lr": best, "rule": TASK_RULE, "sweep": sweep, "accuracy": per_rate[best]["accuracy"],
@@ -217,7 +221,8 @@ def _task_key(config, probe: str, name: str, model_config, lr: float) -> str:
         "probe": probe,
         "entry": name,
         "model_config": model_config.to_dict(),
-        "fields": _probe_fields(config.probes, probe),
+        # the other rates of the sweep do not change this model: adding a rate keeps the others' results
+        "fields": {k: v for k, v in _probe_fields(config.probes, probe).items() if k != "task_lrs"},
         "optim": dataclasses.asdict(_task_optim(config, probe, lr)),
         "seed": config.seed,
         "precision": config.precision,

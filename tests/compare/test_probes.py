@@ -236,7 +236,9 @@ def test_the_task_rate_rule_reports_the_best_validation_and_the_sweep():
     assert chosen["lr"] == 3e-3 and chosen["accuracy"] == [{"accuracy": 0.9}]
     assert [(s["lr"], s["validation"]) for s in chosen["sweep"]] == [(1e-3, 0.4), (3e-3, 0.9), (1e-2, None)]
     assert choose_rate({3e-3: result(0.5), 1e-3: result(0.5)})["lr"] == 1e-3  # ties: the smaller rate
-    assert choose_rate({1e-3: result(None), 1e-2: result(0.0)})["lr"] == 1e-3  # diverged counts as nothing learned
+    assert choose_rate({1e-3: result(None), 1e-2: result(0.1)})["lr"] == 1e-2  # diverged counts as nothing learned
+    assert choose_rate({1e-3: result(None), 1e-2: result(0.0)})["lr"] == 1e-2  # and loses a tie to a trained rate
+    assert choose_rate({1e-3: result(None), 1e-2: result(None)})["lr"] == 1e-3
 
 
 def test_task_models_share_one_small_shape_matched_across_every_entry():
@@ -256,3 +258,20 @@ def test_task_models_share_one_small_shape_matched_across_every_entry():
         load_compare_config("medium", None, ["--probes.task_hidden_size=100", "--probes.task_heads=3"])
     with pytest.raises(ValueError, match="probes.task_lrs"):
         load_compare_config("medium", None, ["--probes.task_lrs=[]"])
+
+
+def test_a_task_models_key_covers_what_it_computes_and_not_the_other_rates_or_the_workers():
+    from retnet.compare import load_compare_config
+    from retnet.compare.probes import _task_key, task_models
+
+    def key(*extra, probe="mqar", lr=1e-3):
+        c = load_compare_config("medium", None, list(extra))
+        model = task_models(c, c.probes.mqar_vocab_size)["retnet"].config
+        return _task_key(c, probe, "retnet", model, lr)
+
+    base = key()
+    assert base == key("--probes.task_lrs=[1e-3,2e-3]", "--probes.workers=4", "--probes.passkey_steps=7")
+    for changed in ("--probes.task_hidden_size=64", "--probes.mqar_steps=10", "--seed=1", "--probes.mqar_pairs=[4]"):
+        assert key(changed) != base, changed
+    assert key(lr=3e-3) != base and key(probe="passkey") != base
+    assert key("--data.seq_len=512", probe="passkey") != key(probe="passkey")  # passkey's filler comes from the data
