@@ -1,11 +1,11 @@
 """Mutation testing of the core: plant one realistic single-line bug at a time and see whether the tests notice.
 
-Each mutant replaces one exact piece of one line in ``retnet/ops``, ``retnet/layers``, ``retnet/generation`` or
-``retnet/training/checkpoint.py`` (an operator swapped, an index off by one, a term or a branch dropped). The
-package and the tests are copied to a temporary folder once; every mutant is written into that copy, its tests run
-there in a fresh ``pytest -x`` process with a time limit, and the file is restored, so the working tree is never
-modified (not even when the job is killed). A mutant is *killed* when a test fails (or the run times out), and
-*survives* when its tests pass. The score is killed / mutants.
+Each mutant replaces one exact piece of one line in ``retnet/ops``, ``retnet/layers``, ``retnet/generation``,
+``retnet/training/checkpoint.py`` or the comparison's recall probes (an operator swapped, an index off by one, a
+term or a branch dropped). The package and the tests are copied to a temporary folder once; every mutant is
+written into that copy, its tests run there in a fresh ``pytest -x`` process with a time limit, and the file is
+restored, so the working tree is never modified (not even when the job is killed). A mutant is *killed* when a
+test fails (or the run times out), and *survives* when its tests pass. The score is killed / mutants.
 
 Each mutant names the tests it runs (the tests of the code it changes: a test selection, as mutation tools do),
 so that all of them run in about an hour on a busy 2-core machine, rather than the whole suite per mutant. See
@@ -65,6 +65,10 @@ LAYER_TESTS = [
     "tests/generation/test_decode_logits.py",
 ]
 GENERATION_TESTS = ["tests/generation"]
+PROBE_TESTS = [
+    "tests/compare/test_probes.py",
+    "tests/compare/test_medium_preset.py::test_ood_paths_reach_the_evaluation_and_probes_run_from_the_command_line",
+]
 CHECKPOINT_TESTS = [
     "tests/training/test_exact_resume.py",
     "tests/training/test_checkpoint_safety.py",
@@ -114,6 +118,10 @@ SAMPLING = "retnet/generation/sampling.py"
 GENERATE = "retnet/generation/generate.py"
 ENGINE = "retnet/generation/engine.py"
 CKPT = "retnet/training/checkpoint.py"
+MQAR = "retnet/compare/mqar.py"
+PASSKEY = "retnet/compare/passkey.py"
+TASKS = "retnet/compare/task_training.py"
+PROBES = "retnet/compare/probes.py"
 
 MUTANTS = [
     # ---- decay schedules and the decay-row normaliser
@@ -286,6 +294,25 @@ MUTANTS = [
        "the oldest valid checkpoint is taken as the latest", CHECKPOINT_TESTS),
     _m("C5", CKPT, "if sha256_file(f) != digest:", "if sha256_file(f) != digest and False:",
        "checksums not compared", CHECKPOINT_TESTS),
+    # ---- recall probes (task models)
+    _m("Q1", MQAR, "targets[rows, pos] = values[rows, asked]", "targets[rows, pos + 1] = values[rows, asked]",
+       "MQAR answers scored one position late", PROBE_TESTS),
+    _m("Q2", MQAR, "seed=[seed, split, task.seq_len, task.num_pairs, start]",
+       "seed=[seed, TEST, task.seq_len, task.num_pairs, start]",
+       "MQAR validation examples are the test examples", PROBE_TESTS),
+    _m("Q3", PASSKEY, "np.random.default_rng([seed, TRAIN, step, i, 1])",
+       "np.random.default_rng([seed, TRAIN, step, 0, 1])",
+       "every passkey training example of a step at the same depth", PROBE_TESTS),
+    _m("Q4", PASSKEY, "targets[i, ex.answer_start - 1 :] = ex.answer_ids",
+       "targets[i, ex.answer_start - 2 : -1] = ex.answer_ids", "passkey answers scored one position early",
+       PROBE_TESTS),
+    _m("Q5", TASKS, "upcoming = prefetch.submit(draw, step + 1)", "upcoming = prefetch.submit(draw, step)",
+       "the prefetched batch is the current step's again", PROBE_TESTS),
+    _m("Q6", PROBES, "best = max(rates, key=", "best = min(rates, key=", "the worst rate reported", PROBE_TESTS),
+    _m("Q7", PROBES, '"seed": config.seed,', '"seed": 0,', "a task model's key ignores the seed", PROBE_TESTS),
+    _m("Q8", PROBES, "if all(r is not None for r in records.values()):",
+       "if any(r is not None for r in records.values()):", "a task probe reported from part of its sweep",
+       PROBE_TESTS),
 ]  # fmt: skip
 
 

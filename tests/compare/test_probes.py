@@ -275,3 +275,63 @@ def test_a_task_models_key_covers_what_it_computes_and_not_the_other_rates_or_th
         assert key(changed) != base, changed
     assert key(lr=3e-3) != base and key(probe="passkey") != base
     assert key("--data.seq_len=512", probe="passkey") != key(probe="passkey")  # passkey's filler comes from the data
+
+
+class _Recorder(nn.Module):
+    """Remembers the inputs it is shown; predicts nothing in particular."""
+
+    def __init__(self, vocab):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(()))
+        self.vocab, self.seen = vocab, []
+
+    def forward(self, ids, form="chunkwise", chunk_size=None, targets=None, return_logits=True):
+        self.seen.append(ids.clone())
+        logits = torch.zeros(*ids.shape, self.vocab) + self.weight
+        loss = None
+        if targets is not None:
+            loss = nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=-100)
+        return type("Out", (), {"logits": logits, "loss": loss})
+
+
+def test_evaluation_reads_the_stream_of_its_split():
+    tasks = [MQARTask(32, 4)]
+    for split in (TEST, VALIDATION):
+        model = _Recorder(17)
+        evaluate_mqar(model, tasks, vocab_size=17, examples=8, batch_size=8, seed=3, split=split)
+        expected = make_mqar(8, seq_len=32, num_pairs=4, vocab_size=17, seed=[3, split, 32, 4, 0]).input_ids
+        assert torch.equal(model.seen[0], expected)
+
+
+def test_task_training_trains_step_s_on_batch_s_once_each():
+    calls, made = [], {}
+
+    def batch(step):
+        calls.append(step)
+        made[step] = make_mqar(2, seq_len=16, num_pairs=2, vocab_size=17, seed=[0, TRAIN, step])
+        return made[step].input_ids, made[step].targets
+
+    model = _Recorder(17)
+    out = train_on_task(model, batch, steps=5, optim=OptimSection(lr=1e-3, warmup_steps=0), log_every=2)
+    assert sorted(calls) == [0, 1, 2, 3, 4]
+    assert all(torch.equal(seen, made[s].input_ids) for s, seen in enumerate(model.seen))
+    assert [p["step"] for p in out["loss_curve"]] == [2, 4, 5]
+
+
+def test_a_task_probe_reports_only_when_every_rate_is_in_the_results_file(tmp_path):
+    from retnet.compare import load_compare_config
+    from retnet.compare.entries import ResultsFile
+    from retnet.compare.probes import _task_key, finished_probes, task_models
+
+    c = load_compare_config("medium", None, ["--compare.archs=[retnet]", "--probes.task_lrs=[1e-3,3e-3]"])
+    results = ResultsFile(tmp_path / "entries.json")
+    model = task_models(c, c.probes.mqar_vocab_size)["retnet"]
+    result = {"train": {"final_loss": 1.0}, "validation": 0.5, "accuracy": [{"seq_len": 64, "num_pairs": 4,
+                                                                              "accuracy": 0.5}]}  # fmt: skip
+    matched = {"retnet": task_models(c, 64)["retnet"]}
+    results.add(_task_key(c, "mqar", "retnet", model.config, 1e-3), {"name": "retnet", "role": "probe",
+                                                                      "probe": "mqar", "result": result})  # fmt: skip
+    assert "mqar" not in finished_probes(c, results, matched, {})
+    results.add(_task_key(c, "mqar", "retnet", model.config, 3e-3), {"name": "retnet", "role": "probe",
+                                                                      "probe": "mqar", "result": result})  # fmt: skip
+    assert finished_probes(c, results, matched, {})["mqar"]["retnet"]["lr"] == 1e-3
