@@ -41,7 +41,7 @@ from .archs import LABELS, TABLE5, TABLE6, build_model, match_parameters
 from .config import CompareConfig, save_config
 from .entries import ResultsFile, run_config, run_key, seed_summary, seed_table
 from .report import write_report
-from .sweep import RULE, pick_learning_rate, sweep_config, sweep_table
+from .sweep import RULE, pick_learning_rate, rate_source, sweep_config, sweep_table
 
 logger = logging.getLogger(__name__)
 
@@ -164,10 +164,13 @@ class _Entries:
         return self.run_dir / name if seed == self.config.seed else self.run_dir / name / f"seed-{seed}"
 
     def chosen_lr(self, name: str) -> tuple[float, dict | None]:
-        """The learning rate of ``name``'s full runs and its sweep (None without one, or while unfinished)."""
-        sweep = self.config.sweep
+        """The learning rate of ``name``'s full runs and its own sweep (None without one, while unfinished, or when
+        the rate is another entry's: :func:`~retnet.compare.sweep.rate_source`)."""
+        sweep, source = self.config.sweep, rate_source(self.config, name)
         if not sweep.lrs:
             return self.config.optim.lr, None
+        if source != name:
+            return self.chosen_lr(source)[0], None
         losses = {}
         for lr in sweep.lrs:
             record = self.results.get(self.key(sweep_config(self.config, lr), name)[0])
@@ -332,8 +335,12 @@ def run_comparison(
     entries = _Entries(config, run_dir, matched, in_dir, ood_dirs)
     selected = [a for a in c.archs if a in only] if only else list(c.archs)
     for name in selected:
+        source = rate_source(config, name)
+        if source not in c.archs:
+            raise ValueError(f"{name} trains at {source}'s swept rate (sweep.ablations={config.sweep.ablations!r}), "
+                             f"but compare.archs does not hold {source}")  # fmt: skip
         for lr in config.sweep.lrs:
-            entries.run(sweep_config(config, lr), name, "sweep")
+            entries.run(sweep_config(config, lr), source, "sweep")  # skipped where finished
         if sweep_only:
             continue
         lr = entries.chosen_lr(name)[0]
@@ -409,7 +416,7 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
     if config.sweep.lrs:
         steps = sweep_config(config, config.optim.lr).steps
         meta["sweep"] = {"rule": RULE, "lrs": list(config.sweep.lrs), "fraction": config.sweep.fraction,
-                         "steps": steps, "results": sweeps}  # fmt: skip
+                         "steps": steps, "ablations": config.sweep.ablations, "results": sweeps}  # fmt: skip
     summary = seed_summary(entries.results.records(role="main", keys=keys))
     meta["seeds"] = {"seeds": config.seeds, "summary": summary}
     doc = write_report(entries.run_dir, meta)
@@ -420,7 +427,8 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
                   seed_table(summary, names, meta["out_of_domain"]), ""]  # fmt: skip
     if sweeps:
         steps = sweep_config(config, config.optim.lr).steps
-        extra += ["## Learning-rate sweep", "", f"Rule: {RULE}; {steps} steps per run.", "",
+        shared = " The Table-6 ablations train at RetNet's rate." if config.sweep.ablations == "retnet" else ""
+        extra += ["## Learning-rate sweep", "", f"Rule: {RULE}; {steps} steps per run.{shared}", "",
                   "In-domain validation loss per peak learning rate:", "", sweep_table(sweeps), ""]  # fmt: skip
     if extra:
         with open(entries.run_dir / "results.md", "a") as f:

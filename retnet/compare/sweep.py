@@ -5,8 +5,9 @@ recipe — ``steps`` and ``optim.warmup_steps`` (and ``optim.decay_steps`` when 
 same schedule shape, seed and data order — and is scored by its in-domain validation loss on the second half of
 the held-out split (the reported evaluation reads windows from its start, so the two do not overlap unless
 ``compare.eval_tokens`` exceeds half the split). :func:`pick_learning_rate` takes the lowest loss; a diverged run
-scores infinity. The full-budget runs of that architecture then use the chosen rate. Every sweep run is a model
-run of the results file (:mod:`retnet.compare.entries`), so a finished one is never repeated.
+scores infinity. The full-budget runs of that architecture then use the chosen rate. With ``sweep.ablations``
+``"retnet"`` the Table-6 ablations take RetNet's rate instead (:func:`rate_source`). Every sweep run is a model run
+of the results file (:mod:`retnet.compare.entries`), so a finished one is never repeated.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 RULE = "lowest in-domain validation loss (second half of the held-out split) after a fraction of the budget"
+ABLATION_RATES = ("own", "retnet")  # sweep.ablations
 
 
 @dataclass
@@ -26,10 +28,14 @@ class SweepSection:
     Attributes:
         lrs: candidate peak learning rates; empty trains every architecture at ``optim.lr`` without a sweep.
         fraction: share of the budget (steps and warm-up) that each sweep run trains.
+        ablations: ``"own"``: the Table-6 ablations sweep like every architecture; ``"retnet"``: they train at the
+            rate RetNet's sweep chose and sweep nothing themselves (the paper's ablations keep RetNet's
+            hyperparameters), which saves their sweep runs.
     """
 
     lrs: list[float] = field(default_factory=list)
     fraction: float = 0.1
+    ablations: str = "own"
 
     def validate(self) -> None:
         """Check the values.
@@ -37,6 +43,8 @@ class SweepSection:
         Raises:
             ValueError: fewer than three or repeated rates, a rate that is not positive, or a fraction outside (0, 1].
         """
+        if self.ablations not in ABLATION_RATES:
+            raise ValueError(f"config sweep.ablations={self.ablations!r} is invalid; expected one of {ABLATION_RATES}")
         if not self.lrs:
             return
         if len(self.lrs) < 3 or len(set(self.lrs)) != len(self.lrs):
@@ -45,6 +53,14 @@ class SweepSection:
             raise ValueError(f"config sweep.lrs={self.lrs} is invalid; every rate must be > 0")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"config sweep.fraction={self.fraction!r} is invalid; it must be in (0, 1]")
+
+
+def rate_source(config, name: str) -> str:
+    """The entry whose sweep picks ``name``'s learning rate: RetNet for a Table-6 ablation under
+    ``sweep.ablations="retnet"``, else ``name`` itself."""
+    from .archs import TABLE6
+
+    return "retnet" if config.sweep.ablations == "retnet" and name in TABLE6[1:] else name
 
 
 def sweep_config(config, lr: float):

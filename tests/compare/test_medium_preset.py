@@ -29,7 +29,7 @@ def test_medium_models_match_within_two_percent_at_40m_and_the_budget():
         assert abs(m.parameters / target - 1) <= 0.02, f"{name}: {m.parameters:,} vs {target:,}"
     assert c.tokens >= 150_000_000 and c.data.seq_len >= 1024 and c.precision == "bf16"
     assert c.data.corpus == "linux-200mb" and len(set(c.compare.out_of_domain) - {"linux"}) >= 3
-    assert len(c.sweep.lrs) >= 3 and 0 < c.sweep.fraction < 1
+    assert len(c.sweep.lrs) >= 3 and 0 < c.sweep.fraction < 1 and c.sweep.ablations == "retnet"
     assert c.probes.passkey_corpus == "sotu"  # prose filler, one of the out-of-domain corpora
     with pytest.raises(ValueError, match="probes.passkey_corpus='pg19' is invalid"):
         load_compare_config("medium", None, ["--probes.passkey_corpus=pg19"])

@@ -254,3 +254,34 @@ def test_merge_adds_missing_runs_and_keeps_held_ones(tmp_path, corpora, fake_tra
     args.merge = [str(tmp_path / "missing.json")]
     with pytest.raises(FileNotFoundError, match="--merge: no such results file"):
         args.func(args)
+
+
+def test_ablations_can_take_retnets_swept_rate_and_sweep_nothing_themselves(tmp_path, corpora, fake_training):
+    calls = fake_training
+    archs = ("retnet", "retnet-no-swish", "transformer")
+    extra = ["--sweep.lrs=[1e-3,3e-3,1e-2]", "--sweep.ablations=retnet"]
+    # the ablation alone first: RetNet's sweep runs for it, then its full run at RetNet's choice (1e-3 by the fake)
+    doc = run_comparison(load_compare_config("tiny", None, overrides(tmp_path, corpora, archs=archs, extra=extra)),
+                         only=["retnet-no-swish"])  # fmt: skip
+    assert sorted((c[0], c[1], c[3]) for c in calls) == [
+        ("retnet", "sweep", 1e-3), ("retnet", "sweep", 3e-3), ("retnet", "sweep", 1e-2),
+        ("retnet-no-swish", "main", 1e-3),
+    ]  # fmt: skip
+    assert doc["results"]["retnet-no-swish"]["lr"] == 1e-3
+    assert "retnet-no-swish" not in doc["meta"]["sweep"]["results"]
+    assert doc["meta"]["sweep"]["ablations"] == "retnet"
+    calls.clear()
+    doc = run_comparison(load_compare_config("tiny", None, overrides(tmp_path, corpora, archs=archs, extra=extra)))
+    assert sorted((c[0], c[1]) for c in calls) == [("retnet", "main"), ("transformer", "main")] + [
+        ("transformer", "sweep")] * 3  # fmt: skip
+    assert "The Table-6 ablations train at RetNet's rate." in (tmp_path / "run" / "results.md").read_text()
+    # each sweeps its own under the default
+    calls.clear()
+    run_comparison(load_compare_config("tiny", None, overrides(tmp_path, corpora, out="own", archs=archs[:2],
+                                                               extra=extra[:1])))  # fmt: skip
+    assert sorted({c[0] for c in calls if c[1] == "sweep"}) == ["retnet", "retnet-no-swish"]
+    with pytest.raises(ValueError, match="compare.archs does not hold retnet"):
+        alone = overrides(tmp_path, corpora, out="alone", archs=("retnet-no-swish",), extra=extra)
+        run_comparison(load_compare_config("tiny", None, alone))
+    with pytest.raises(ValueError, match="sweep.ablations='mine'"):
+        load_compare_config("tiny", None, ["--sweep.ablations=mine"])
