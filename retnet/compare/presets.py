@@ -88,7 +88,7 @@ COMPARE_PRESETS: dict[str, dict] = {
         # head's state is d_h × d_h, so d_h = 8 would multiply the work of its FFT convolution by 8)
         baseline=dict(num_heads=12, max_position_embeddings=1024, h3_head_dim=1),
         # the Table-6 ablations keep RetNet's hyperparameters, as in the paper: its swept rate, no sweep of their own
-        sweep=dict(lrs=[5e-4, 1e-3, 2e-3, 4e-3], fraction=0.1, ablations="retnet"),
+        sweep=dict(lrs=[5e-4, 1e-3, 2e-3, 4e-3], fraction=0.1, ablations="retnet", extend=2),
         probes=dict(passkey_corpus="sotu", extrapolation_corpus=""),
     ),
 }  # fmt: skip

@@ -41,7 +41,7 @@ from .archs import LABELS, TABLE5, TABLE6, build_model, match_parameters
 from .config import CompareConfig, save_config
 from .entries import ResultsFile, run_config, run_key, seed_summary, seed_table
 from .report import write_report
-from .sweep import RULE, pick_learning_rate, rate_source, sweep_config, sweep_table
+from .sweep import RULE, next_rate, pick_learning_rate, rate_source, sweep_config, sweep_table
 
 logger = logging.getLogger(__name__)
 
@@ -143,6 +143,11 @@ def _check_resume(config: CompareConfig, run_dir: Path) -> None:
     save_config(config, path)
 
 
+def _scores(losses: dict) -> dict:
+    """Sweep losses as the rule scores them: a diverged run (None) is infinity."""
+    return {lr: math.inf if loss is None else loss for lr, loss in losses.items()}
+
+
 def _variant(config: CompareConfig, seed: int, lr: float) -> CompareConfig:
     return dataclasses.replace(config, seed=seed, optim=dataclasses.replace(config.optim, lr=lr))
 
@@ -171,14 +176,32 @@ class _Entries:
             return self.config.optim.lr, None
         if source != name:
             return self.chosen_lr(source)[0], None
-        losses = {}
-        for lr in sweep.lrs:
-            record = self.results.get(self.key(sweep_config(self.config, lr), name)[0])
-            if record is None:
-                return self.config.optim.lr, None
-            losses[lr] = record["result"]["val_loss"]  # None: diverged (kept as null in the JSON)
-        chosen = pick_learning_rate({lr: math.inf if loss is None else loss for lr, loss in losses.items()})
+        losses = self.sweep(name, train=False)
+        if losses is None:
+            return self.config.optim.lr, None
+        chosen = pick_learning_rate(_scores(losses))
         return chosen, {"losses": losses, "chosen": chosen}
+
+    def sweep(self, name: str, train: bool) -> dict | None:
+        """``{rate: validation loss}`` (None: diverged) of ``name``'s sweep: ``sweep.lrs``, then the rates
+        :func:`~retnet.compare.sweep.next_rate` adds (at most ``sweep.extend``). ``train``: run what is unfinished;
+        else None as soon as a run is missing from the results file."""
+        sweep = self.config.sweep
+        losses, pending = {}, list(sweep.lrs)
+        while pending:
+            cfg = sweep_config(self.config, pending.pop(0))
+            if train:
+                result = self.run(cfg, name, "sweep")
+            else:
+                record = self.results.get(self.key(cfg, name)[0])
+                if record is None:
+                    return None
+                result = record["result"]
+            losses[cfg.optim.lr] = result["val_loss"]  # None: diverged (kept as null in the JSON)
+            if not pending and len(losses) < len(sweep.lrs) + sweep.extend:
+                extra = next_rate(_scores(losses))
+                pending += [] if extra is None else [extra]
+        return losses
 
     def run(self, cfg: CompareConfig, name: str, role: str) -> dict:
         """The result of one model run: from the results file, a finished folder, or by training it now."""
@@ -339,8 +362,7 @@ def run_comparison(
         if source not in c.archs:
             raise ValueError(f"{name} trains at {source}'s swept rate (sweep.ablations={config.sweep.ablations!r}), "
                              f"but compare.archs does not hold {source}")  # fmt: skip
-        for lr in config.sweep.lrs:
-            entries.run(sweep_config(config, lr), source, "sweep")  # skipped where finished
+        entries.sweep(source, train=True)  # finished runs are skipped
         if sweep_only:
             continue
         lr = entries.chosen_lr(name)[0]
@@ -416,7 +438,8 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
     if config.sweep.lrs:
         steps = sweep_config(config, config.optim.lr).steps
         meta["sweep"] = {"rule": RULE, "lrs": list(config.sweep.lrs), "fraction": config.sweep.fraction,
-                         "steps": steps, "ablations": config.sweep.ablations, "results": sweeps}  # fmt: skip
+                         "steps": steps, "ablations": config.sweep.ablations, "extend": config.sweep.extend,
+                         "results": sweeps}  # fmt: skip
     summary = seed_summary(entries.results.records(role="main", keys=keys))
     meta["seeds"] = {"seeds": config.seeds, "summary": summary}
     doc = write_report(entries.run_dir, meta)
@@ -428,6 +451,9 @@ def _report(config: CompareConfig, entries: _Entries, meta: dict, selected: list
     if sweeps:
         steps = sweep_config(config, config.optim.lr).steps
         shared = " The Table-6 ablations train at RetNet's rate." if config.sweep.ablations == "retnet" else ""
+        if config.sweep.extend:
+            shared += (f" Where the best rate was an end of the grid, up to {config.sweep.extend} more rates were tried"
+                       " beyond it, a grid step each.")  # fmt: skip
         extra += ["## Learning-rate sweep", "", f"Rule: {RULE}; {steps} steps per run.{shared}", "",
                   "In-domain validation loss per peak learning rate:", "", sweep_table(sweeps), ""]  # fmt: skip
     if extra:

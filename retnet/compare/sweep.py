@@ -5,7 +5,9 @@ recipe — ``steps`` and ``optim.warmup_steps`` (and ``optim.decay_steps`` when 
 same schedule shape, seed and data order — and is scored by its in-domain validation loss on the second half of
 the held-out split (the reported evaluation reads windows from its start, so the two do not overlap unless
 ``compare.eval_tokens`` exceeds half the split). :func:`pick_learning_rate` takes the lowest loss; a diverged run
-scores infinity. The full-budget runs of that architecture then use the chosen rate. With ``sweep.ablations``
+scores infinity. Where the best rate is the grid's largest or smallest, up to ``sweep.extend`` further rates are tried
+beyond that end, one at a time, each a step of the grid's own ratio there (:func:`next_rate`), until the best lies
+inside. The full-budget runs of that architecture then use the chosen rate. With ``sweep.ablations``
 ``"retnet"`` the Table-6 ablations take RetNet's rate instead (:func:`rate_source`). Every sweep run is a model run
 of the results file (:mod:`retnet.compare.entries`), so a finished one is never repeated.
 """
@@ -31,11 +33,14 @@ class SweepSection:
         ablations: ``"own"``: the Table-6 ablations sweep like every architecture; ``"retnet"``: they train at the
             rate RetNet's sweep chose and sweep nothing themselves (the paper's ablations keep RetNet's
             hyperparameters), which saves their sweep runs.
+        extend: further rates an architecture's sweep may try beyond the end of ``lrs`` where its best rate lies
+            (:func:`next_rate`); 0 keeps to ``lrs``.
     """
 
     lrs: list[float] = field(default_factory=list)
     fraction: float = 0.1
     ablations: str = "own"
+    extend: int = 0
 
     def validate(self) -> None:
         """Check the values.
@@ -53,6 +58,8 @@ class SweepSection:
             raise ValueError(f"config sweep.lrs={self.lrs} is invalid; every rate must be > 0")
         if not 0 < self.fraction <= 1:
             raise ValueError(f"config sweep.fraction={self.fraction!r} is invalid; it must be in (0, 1]")
+        if not isinstance(self.extend, int) or self.extend < 0:
+            raise ValueError(f"config sweep.extend={self.extend!r} is invalid; it must be an int >= 0")
 
 
 def rate_source(config, name: str) -> str:
@@ -86,6 +93,26 @@ def pick_learning_rate(losses: Mapping[float, float]) -> float:
     if not finite:
         raise ValueError(f"every sweep run diverged or none ran ({dict(losses)}); try lower sweep.lrs")
     return min(finite, key=lambda lr: (finite[lr], lr))
+
+
+def next_rate(losses: Mapping[float, float]) -> float | None:
+    """The rate to try next where the best of ``losses`` is an end of the tried rates, else None.
+
+    Beyond the largest rate ``r_n`` it is ``r_n · r_n / r_(n-1)``, below the smallest ``r_1 · r_1 / r_2`` (the grid's
+    ratio at that end, three significant digits); None when the best lies inside or every run diverged.
+
+    Args:
+        losses: ``{learning rate: validation loss}`` of at least two rates (NaN or infinity: diverged).
+    """
+    rates = sorted(losses)
+    if len(rates) < 2 or not any(math.isfinite(loss) for loss in losses.values()):
+        return None
+    best = pick_learning_rate(losses)
+    if best == rates[-1]:
+        return float(f"{rates[-1] * rates[-1] / rates[-2]:.3g}")
+    if best == rates[0]:
+        return float(f"{rates[0] * rates[0] / rates[1]:.3g}")
+    return None
 
 
 def sweep_table(sweeps: Mapping[str, dict]) -> str:

@@ -9,7 +9,7 @@ import pytest
 from retnet.compare import load_compare_config, report, run_comparison
 from retnet.compare.entries import ResultsFile, run_config, run_key, seed_summary
 from retnet.compare.runner import _Entries
-from retnet.compare.sweep import SweepSection, pick_learning_rate, sweep_config
+from retnet.compare.sweep import SweepSection, next_rate, pick_learning_rate, sweep_config
 
 from .test_compare_e2e import write_corpus
 
@@ -285,3 +285,35 @@ def test_ablations_can_take_retnets_swept_rate_and_sweep_nothing_themselves(tmp_
         run_comparison(load_compare_config("tiny", None, alone))
     with pytest.raises(ValueError, match="sweep.ablations='mine'"):
         load_compare_config("tiny", None, ["--sweep.ablations=mine"])
+
+
+def test_next_rate_steps_past_the_end_where_the_best_lies():
+    assert next_rate({5e-4: 3.0, 1e-3: 2.9, 2e-3: 2.8, 4e-3: 2.7}) == 8e-3  # best at the top: double it
+    assert next_rate({1e-3: 2.0, 3e-3: 2.5, 1e-2: 2.9}) == 3.33e-4  # best at the bottom: the grid's ratio down
+    assert next_rate({1e-3: 2.5, 2e-3: 2.0, 4e-3: 2.4}) is None  # inside
+    assert next_rate({1e-3: 2.5, 2e-3: 2.4, 4e-3: math.inf}) is None  # the top diverged: the best is inside
+    assert next_rate({1e-3: math.nan, 2e-3: math.inf}) is None  # nothing trained
+    with pytest.raises(ValueError, match="sweep.extend"):
+        load_compare_config("tiny", None, ["--sweep.lrs=[1e-3,2e-3,4e-3]", "--sweep.extend=-1"])
+
+
+def test_a_sweep_whose_best_is_an_end_extends_it_and_a_rerun_repeats_nothing(tmp_path, corpora, fake_training):
+    """The fake loss (log10 lr + 3)^2 is lowest at 1e-3: from [1e-5, 3e-5, 1e-4] (best at the top) the sweep adds
+    3.33e-4, then 1.11e-3, where the limit of two extensions stops it."""
+    calls = fake_training
+    shared = f"--compare.results_file={tmp_path / 'entries.json'}"
+    sweep = ["--sweep.lrs=[1e-5,3e-5,1e-4]", "--sweep.fraction=0.25", shared, "--sweep.extend=2"]
+    config = load_compare_config("tiny", None, overrides(tmp_path, corpora, archs=("retnet",), extra=sweep))
+    doc = run_comparison(config)
+    assert [c[3] for c in calls if c[1] == "sweep"] == [1e-5, 3e-5, 1e-4, 3.33e-4, 1.11e-3]
+    record = doc["meta"]["sweep"]
+    assert record["extend"] == 2 and record["results"]["retnet"]["chosen"] == 1.11e-3
+    assert [c[3] for c in calls if c[1] == "main"] == [1.11e-3]
+    assert "up to 2 more rates were tried" in (tmp_path / "run" / "results.md").read_text()
+    calls.clear()
+    run_comparison(config)
+    assert calls == []  # the extended rates are found in the results file like the grid's
+    narrow = load_compare_config("tiny", None, overrides(tmp_path, corpora, out="narrow", archs=("retnet",),
+                                                         extra=[*sweep[:3], "--sweep.extend=1"]))  # fmt: skip
+    assert run_comparison(narrow)["meta"]["sweep"]["results"]["retnet"]["chosen"] == 3.33e-4
+    assert [c[1] for c in calls] == ["main"]  # its sweep was held; only the full run at the new rate trains
