@@ -356,6 +356,14 @@ def write_probe_reports(out: Mapping[str, dict], run_dir: Path) -> None:
         write_extrapolation(out["extrapolation"], out_dir)
 
 
+def _task_compile(config, model) -> bool | str:
+    """How task models train: compiled blocks where the comparison's full runs compile (``compile``, resolved for the
+    model's device), on ``compile_backend``; else eager. Like the worker count, not part of a result's key."""
+    from ..training.trainer import resolve_compile
+
+    return resolve_compile(config.compile, next(model.parameters()).device) and config.compile_backend
+
+
 def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
     """Train one task model at ``lr`` and score it: ``{"train", "validation", "accuracy"}`` (module docstring)."""
     p = config.probes
@@ -372,7 +380,7 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
                                   batch_size=p.passkey_batch_size, seed=config.seed)  # fmt: skip
         steps = p.passkey_steps
     train = train_on_task(model, batches, steps=steps, optim=_task_optim(config, probe, lr),
-                          log_every=max(1, steps // 100), **numerics)  # fmt: skip
+                          log_every=max(1, steps // 100), compile=_task_compile(config, model), **numerics)  # fmt: skip
     if train["diverged_at"] is not None:
         logger.warning("%s at lr %g diverged at step %d", probe, lr, train["diverged_at"])
         return {"train": train, "validation": None, "accuracy": []}

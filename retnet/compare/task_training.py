@@ -64,6 +64,7 @@ def train_on_task(
     form: str = "chunkwise",
     chunk_size: int = 64,
     log_every: int = 10,
+    compile: bool | str = False,
 ) -> dict:
     """Train ``model`` in place: step ``s`` trains on ``batch(s)``; the loss is the mean cross-entropy of the answers.
 
@@ -79,6 +80,8 @@ def train_on_task(
         form: training form.
         chunk_size: chunkwise chunk size.
         log_every: steps between loss-curve points.
+        compile: compile each block as one graph first, as the comparison's full runs do (True: inductor, or the
+            name of a ``torch.compile`` backend); False: eager.
 
     Returns:
         ``{"steps", "loss_curve": [{"step", "loss"}], "final_loss", "diverged_at", "wall_time_s"}``: a non-finite
@@ -93,6 +96,9 @@ def train_on_task(
     if steps < 1:
         raise ValueError(f"steps={steps} is invalid; it must be >= 1")
     device = next(model.parameters()).device
+    if compile:
+        for block in model.trunk.layers:
+            block.compile(backend="inductor" if compile is True else compile, fullgraph=True)
     optimizer = build_optimizer(model, optim)
     clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
     curve, diverged_at, start = [], None, time.time()

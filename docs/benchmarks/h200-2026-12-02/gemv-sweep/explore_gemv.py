@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-SHAPES = {"o_proj": (2048, 3456), "qkvg": (11008, 2048), "glu_in": (6912, 2048)}  # the FFN's second matrix is o_proj's shape
+SHAPES = {"o_proj": (2048, 3456), "qkvg": (11008, 2048), "glu_in": (6912, 2048)}  # FFN output: o_proj's shape
 COPIES = 8  # distinct weights per shape: 8 × 14-45 MB, beyond the 50 MB L2
 CALLS = 96  # products per graph
 REPLAYS = 10
@@ -79,6 +79,48 @@ def graph_time(fn) -> float:
     return best
 
 
+def sweep_shape(name: str, N: int, K: int, grid, inductor_mm, rows: list) -> dict:
+    """Time the peers and every launch configuration at one weight shape; append rows; return the best Triton row."""
+    ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K**0.5 for _ in range(COPIES)]
+    x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
+    src = [torch.empty(N * K, device="cuda", dtype=torch.bfloat16) for _ in range(COPIES)]
+    dst = torch.empty(N * K, device="cuda", dtype=torch.bfloat16)
+    nbytes = N * K * 2
+    ref = F.linear(x.float(), ws[0].float())  # (1, N)
+    yb = torch.empty(1, N, device="cuda", dtype=torch.bfloat16)
+    y32 = torch.empty(1, N, device="cuda", dtype=torch.float32)
+    peers = {
+        "copy": lambda i: dst.copy_(src[i]),
+        "cublas": lambda i: torch.mm(x, ws[i].t(), out=yb),
+        "inductor-cdt": lambda i: yb.copy_(inductor_mm(x, ws[i])),
+    }
+    for peer, fn in peers.items():
+        us = graph_time(fn)
+        rows.append({"shape": name, "N": N, "K": K, "kernel": peer, "us": us, "TBps": nbytes / us / 1e6})
+        print(f"{name:8s} {peer:14s} {us:7.2f} us {nbytes / us / 1e6:5.2f} TB/s", flush=True)
+    best = None
+    for BN, BK, warps, stages, split in grid:
+        if BN * BK > 16384 or K % split or (K // split) < BK:
+            continue
+        y = y32 if split > 1 else yb
+        cfg = dict(BN=BN, BK=BK, warps=warps, stages=stages, split=split)
+        try:
+            triton_gemv(x, ws[0], y, **cfg)
+            torch.cuda.synchronize()
+            err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
+            us = graph_time(lambda i, y=y, cfg=cfg: triton_gemv(x, ws[i], y, **cfg))
+        except Exception as e:  # noqa: BLE001 - a config the compiler refuses is recorded, not fatal
+            rows.append({"shape": name, "kernel": "triton", **cfg, "error": repr(e)[:200]})
+            continue
+        row = {"shape": name, "N": N, "K": K, "kernel": "triton", **cfg, "us": us, "TBps": nbytes / us / 1e6,
+               "rel_err": err}  # fmt: skip
+        rows.append(row)
+        if best is None or us < best["us"]:
+            best = row
+    print(f"{name:8s} triton best    {best['us']:7.2f} us {best['TBps']:5.2f} TB/s {best}", flush=True)
+    return best
+
+
 def main():
     out = os.environ.get("OUT", ".")
     torch.manual_seed(0)
@@ -87,45 +129,7 @@ def main():
                                 options={"coordinate_descent_tuning": True})  # fmt: skip
     grid = list(itertools.product((8, 16, 32), (256, 512), (4, 8), (2, 3, 4), (1, 2, 4)))
     for name, (N, K) in SHAPES.items():
-        ws = [torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / K**0.5 for _ in range(COPIES)]
-        x = torch.randn(1, K, device="cuda", dtype=torch.bfloat16)
-        src = [torch.empty(N * K, device="cuda", dtype=torch.bfloat16) for _ in range(COPIES)]
-        dst = torch.empty(N * K, device="cuda", dtype=torch.bfloat16)
-        nbytes = N * K * 2
-        ref = F.linear(x.float(), ws[0].float())  # (1, N)
-        yb = torch.empty(1, N, device="cuda", dtype=torch.bfloat16)
-        y32 = torch.empty(1, N, device="cuda", dtype=torch.float32)
-        peers = {
-            "copy": lambda i: dst.copy_(src[i]),
-            "cublas": lambda i: torch.mm(x, ws[i].t(), out=yb),
-            "inductor-cdt": lambda i: yb.copy_(inductor_mm(x, ws[i])),
-        }
-        for peer, fn in peers.items():
-            us = graph_time(fn)
-            rows.append({"shape": name, "N": N, "K": K, "kernel": peer, "us": us, "TBps": nbytes / us / 1e6})
-            print(f"{name:8s} {peer:14s} {us:7.2f} us {nbytes / us / 1e6:5.2f} TB/s", flush=True)
-        best = None
-        for BN, BK, warps, stages, split in grid:
-            if BN * BK > 16384 or K % split or (K // split) < BK:
-                continue
-            y = y32 if split > 1 else yb
-            cfg = dict(BN=BN, BK=BK, warps=warps, stages=stages, split=split)
-            try:
-                triton_gemv(x, ws[0], y, **cfg)
-                torch.cuda.synchronize()
-                err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-                us = graph_time(lambda i, y=y, cfg=cfg: triton_gemv(x, ws[i], y, **cfg))
-            except Exception as e:  # noqa: BLE001 - a config the compiler refuses is recorded, not fatal
-                rows.append({"shape": name, "kernel": "triton", **cfg, "error": repr(e)[:200]})
-                continue
-            row = {"shape": name, "N": N, "K": K, "kernel": "triton", **cfg, "us": us, "TBps": nbytes / us / 1e6,
-                   "rel_err": err}  # fmt: skip
-            rows.append(row)
-            if best is None or us < best["us"]:
-                best = row
-        print(f"{name:8s} triton best    {best['us']:7.2f} us {best['TBps']:5.2f} TB/s {best}", flush=True)
-        report.append(best)
-        del ws, src, dst
+        report.append(sweep_shape(name, N, K, grid, inductor_mm, rows))
         torch.cuda.empty_cache()
     meta = {"torch": torch.__version__, "triton": triton.__version__, "gpu": torch.cuda.get_device_name(),
             "calls_per_graph": CALLS, "copies": COPIES, "argv": sys.argv}  # fmt: skip
