@@ -31,5 +31,5 @@ if __name__ == "__main__":
     out = train_on_task(model, batches, steps=steps, optim=_task_optim(config, "mqar", lr), log_every=100,
                         precision="fp32")  # fmt: skip
     acc = evaluate_mqar(model, grid, vocab_size=vocab, examples=128, split=VALIDATION)
-    print(mix, vocab, steps, lr, arch, f"{time.time() - start:.0f}s", [round(p["loss"], 2) for p in out["loss_curve"]][-6:],
-          [round(r["accuracy"], 3) for r in acc], flush=True)  # fmt: skip
+    losses = [round(p["loss"], 2) for p in out["loss_curve"]][-6:]
+    print(mix, vocab, steps, lr, arch, f"{time.time() - start:.0f}s", losses, [round(r["accuracy"], 3) for r in acc])
