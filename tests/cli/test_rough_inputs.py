@@ -62,6 +62,8 @@ def test_convert_without_vocab_size_or_embedding(tmp_path, capsys):
 def test_ctrl_c_ends_without_traceback():
     prelude = (
         "import os, signal, retnet.cli.demo as d\n"
+        # Python leaves SIGINT ignored when it starts ignored (a background job of a non-interactive shell)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "def interrupted(args):\n"
         "    os.kill(os.getpid(), signal.SIGINT)\n"
         "d.run = interrupted\n"
