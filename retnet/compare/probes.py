@@ -57,6 +57,8 @@ class ProbeSection:
         task_layers: their depth.
         task_heads: their heads (RetNet's retention heads and the attention-like baselines' heads).
         task_lrs: peak learning rates each task model trains at; the best on validation examples is reported.
+        task_stop_accuracy: a task model stops training at the first check (every 5 % of its steps) where its
+            mean validation accuracy (the rate rule's examples) reaches this; None trains every step.
         workers: task models trained at once, each in its own process (1: one after another in this process);
             where they run, not what they compute, so no result's key holds it.
         mqar_vocab_size: MQAR vocabulary V (the task models' vocabulary for MQAR).
@@ -82,6 +84,7 @@ class ProbeSection:
     task_layers: int = 2
     task_heads: int = 2
     task_lrs: list[float] = field(default_factory=lambda: [1e-3, 3e-3, 1e-2])
+    task_stop_accuracy: float | None = 0.99
     workers: int = 1
     mqar_vocab_size: int = 8192
     mqar_seq_lens: list[int] = field(default_factory=lambda: [64, 128, 256, 512])
@@ -118,6 +121,9 @@ class ProbeSection:
         if self.task_hidden_size % self.task_heads:
             raise ValueError(f"config probes.task_hidden_size={self.task_hidden_size} is not a multiple of "
                              f"probes.task_heads={self.task_heads}")  # fmt: skip
+        if self.task_stop_accuracy is not None and not 0 < self.task_stop_accuracy <= 1:
+            raise ValueError(f"config probes.task_stop_accuracy={self.task_stop_accuracy!r} is invalid; give an "
+                             "accuracy in (0, 1] or null")  # fmt: skip
         if not self.task_lrs or any(not lr > 0 for lr in self.task_lrs):
             raise ValueError(f"config probes.task_lrs={self.task_lrs} is invalid; give one or more rates > 0")
         mqar_vocabulary(self.mqar_vocab_size)
@@ -379,22 +385,35 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
         batches = passkey_batches(dataset.tokenizer, train_filler, length=p.passkey_train_length,
                                   batch_size=p.passkey_batch_size, seed=config.seed)  # fmt: skip
         steps = p.passkey_steps
+    if probe == "mqar":
+        score = dict(vocab_size=p.mqar_vocab_size, examples=p.mqar_examples, batch_size=p.mqar_batch_size,
+                     seed=config.seed, **numerics)  # fmt: skip
+
+        def validation():
+            return evaluate_mqar(model, tasks, split=VALIDATION, **score)
+
+    else:
+        score = dict(depths=p.passkey_depths, trials=p.passkey_trials, seed=config.seed, **numerics)
+
+        def validation():
+            return passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
+                                    split=VALIDATION, **score)  # fmt: skip
+
+    def solved() -> bool:
+        return float(np.mean([r["accuracy"] for r in validation()])) >= p.task_stop_accuracy
+
+    stop = {} if p.task_stop_accuracy is None else {"stop": solved, "check_every": max(1, steps // 20)}
     train = train_on_task(model, batches, steps=steps, optim=_task_optim(config, probe, lr),
-                          log_every=max(1, steps // 100), compile=_task_compile(config, model), **numerics)  # fmt: skip
+                          log_every=max(1, steps // 100), compile=_task_compile(config, model), **stop,
+                          **numerics)  # fmt: skip
     if train["diverged_at"] is not None:
         logger.warning("%s at lr %g diverged at step %d", probe, lr, train["diverged_at"])
         return {"train": train, "validation": None, "accuracy": []}
     if probe == "mqar":
-        score = dict(vocab_size=p.mqar_vocab_size, examples=p.mqar_examples, batch_size=p.mqar_batch_size,
-                     seed=config.seed, **numerics)  # fmt: skip
-        validation = evaluate_mqar(model, tasks, split=VALIDATION, **score)
         test = evaluate_mqar(model, tasks, **score)
     else:
-        score = dict(depths=p.passkey_depths, trials=p.passkey_trials, seed=config.seed, **numerics)
-        validation = passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
-                                      split=VALIDATION, **score)  # fmt: skip
         test = passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=p.passkey_lengths, **score)
-    return {"train": train, "validation": float(np.mean([r["accuracy"] for r in validation])), "accuracy": test}
+    return {"train": train, "validation": float(np.mean([r["accuracy"] for r in validation()])), "accuracy": test}
 
 
 def run_probes(
@@ -493,7 +512,10 @@ def _write_task_reports(out: Mapping[str, dict], out_dir: Path) -> None:
         for name, r in results.items():
             sweep = ", ".join(f"{s['lr']:g}: " + ("diverged" if s["validation"] is None else f"{s['validation']:.1%}")
                               for s in r["sweep"])  # fmt: skip
-            parts += [f"## {LABELS.get(name, name)} (lr {r['lr']:g}; validation accuracy by rate: {sweep})", ""]
+            train = r.get("train") or {}
+            stopped = f"; solved, stopped at step {train['stopped_at']:,}" if train.get("stopped_at") else ""
+            heading = f"{LABELS.get(name, name)} (lr {r['lr']:g}; validation accuracy by rate: {sweep}{stopped})"
+            parts += [f"## {heading}", ""]
             parts += [accuracy_table(r["accuracy"], key_row, key_col) if r["accuracy"] else "(every rate diverged)", ""]
         (out_dir / f"{probe}.md").write_text("\n".join(parts))
         _plot_accuracy(results, probe, out_dir / f"{probe}.png")

@@ -65,6 +65,8 @@ def train_on_task(
     chunk_size: int = 64,
     log_every: int = 10,
     compile: bool | str = False,
+    stop: Callable[[], bool] | None = None,
+    check_every: int = 0,
 ) -> dict:
     """Train ``model`` in place: step ``s`` trains on ``batch(s)``; the loss is the mean cross-entropy of the answers.
 
@@ -82,26 +84,32 @@ def train_on_task(
         log_every: steps between loss-curve points.
         compile: compile each block as one graph first, as the comparison's full runs do (True: inductor, or the
             name of a ``torch.compile`` backend); False: eager.
+        stop: asked after every ``check_every`` steps (before the last); True ends training there, the schedule
+            being the one of ``steps`` (early stopping once the task is solved).
+        check_every: steps between ``stop``'s checks.
 
     Returns:
-        ``{"steps", "loss_curve": [{"step", "loss"}], "final_loss", "diverged_at", "wall_time_s"}``: a non-finite
-        loss at a curve point stops training there (``diverged_at``, else None; ``final_loss`` is then None).
+        ``{"steps", "loss_curve": [{"step", "loss"}], "final_loss", "diverged_at", "stopped_at", "wall_time_s"}``:
+        a non-finite loss at a curve point stops training there (``diverged_at``, else None; ``final_loss`` is
+        then None); ``stopped_at`` is the step after which ``stop`` ended training (None: every step ran).
 
     Raises:
-        ValueError: a non-positive ``steps``.
+        ValueError: a non-positive ``steps``, or ``stop`` without a positive ``check_every``.
     """
     from ..training.optim import build_optimizer
     from ..training.schedule import lr_at
 
     if steps < 1:
         raise ValueError(f"steps={steps} is invalid; it must be >= 1")
+    if stop is not None and check_every < 1:
+        raise ValueError(f"check_every={check_every} is invalid with a stop check; it must be >= 1")
     device = next(model.parameters()).device
     if compile:
         for block in model.trunk.layers:
             block.compile(backend="inductor" if compile is True else compile, fullgraph=True)
     optimizer = build_optimizer(model, optim)
     clip = optim.grad_clip if optim.grad_clip > 0 else float("inf")
-    curve, diverged_at, start = [], None, time.time()
+    curve, diverged_at, stopped_at, start = [], None, None, time.time()
     model.train()
     # the next step's examples are drawn (and on CUDA pinned, so that their copy does not wait for the device) on a
     # worker thread while this step runs: NumPy's generators and sorts release the GIL, and batches stay a function
@@ -133,6 +141,11 @@ def train_on_task(
                     diverged_at = step + 1
                     break
                 curve.append({"step": step + 1, "loss": value})
+            if stop is not None and (step + 1) % check_every == 0 and step + 1 < steps and stop():
+                stopped_at = step + 1
+                if not curve or curve[-1]["step"] != stopped_at:  # the curve ends where training did
+                    curve.append({"step": stopped_at, "loss": float(loss.detach())})
+                break
     final = None if diverged_at else curve[-1]["loss"]
     return {"steps": steps, "loss_curve": curve, "final_loss": final, "diverged_at": diverged_at,
-            "wall_time_s": time.time() - start}  # fmt: skip
+            "stopped_at": stopped_at, "wall_time_s": time.time() - start}  # fmt: skip

@@ -265,6 +265,23 @@ def test_the_task_rate_rule_reports_the_best_validation_and_the_sweep():
     assert choose_rate({1e-3: result(None), 1e-2: result(None)})["lr"] == 1e-3
 
 
+def test_the_report_says_where_a_solved_task_model_stopped(tmp_path):
+    from retnet.compare.probes import write_probe_reports
+
+    def result(validation, stopped_at):
+        train = {"final_loss": 0.1, "stopped_at": stopped_at}
+        return {"train": train, "validation": validation,
+                "accuracy": [{"seq_len": 64, "num_pairs": 4, "accuracy": validation}]}  # fmt: skip
+
+    out = {"mqar": {"transformer": choose_rate({1e-3: result(1.0, 1200), 3e-3: result(0.5, None)}),
+                    "retnet": choose_rate({1e-3: result(0.2, None)})}}  # fmt: skip
+    write_probe_reports(out, tmp_path)
+    text = (tmp_path / "probes" / "mqar.md").read_text()
+    assert "## Transformer (lr 0.001; validation accuracy by rate: 0.001: 100.0%, 0.003: 50.0%; solved, stopped at" \
+           " step 1,200)" in text  # fmt: skip
+    assert "## RetNet (lr 0.001; validation accuracy by rate: 0.001: 20.0%)" in text
+
+
 def test_task_models_share_one_small_shape_matched_across_every_entry():
     from retnet.compare import ENTRIES, load_compare_config
     from retnet.compare.probes import task_models
@@ -340,6 +357,54 @@ def test_task_training_trains_step_s_on_batch_s_once_each():
     assert sorted(calls) == [0, 1, 2, 3, 4]
     assert all(torch.equal(seen, made[s].input_ids) for s, seen in enumerate(model.seen))
     assert [p["step"] for p in out["loss_curve"]] == [2, 4, 5]
+
+
+def test_task_training_stops_where_the_check_says_and_never_after_the_last_step():
+    calls, checks = [], []
+
+    def batch(step):
+        calls.append(step)
+        data = make_mqar(2, seq_len=16, num_pairs=2, vocab_size=17, seed=[0, TRAIN, step])
+        return data.input_ids, data.targets
+
+    def second_check_stops():
+        checks.append(len(checks))
+        return len(checks) == 2
+
+    optim = OptimSection(lr=1e-3, warmup_steps=0)
+    out = train_on_task(_Recorder(17), batch, steps=10, optim=optim, log_every=3, stop=second_check_stops,
+                        check_every=2)  # fmt: skip
+    assert out["stopped_at"] == 4 and checks == [0, 1] and out["steps"] == 10
+    assert [p["step"] for p in out["loss_curve"]] == [3, 4] and out["final_loss"] == out["loss_curve"][-1]["loss"]
+    assert sorted(calls)[:5] == [0, 1, 2, 3, 4] and max(calls) <= 5  # the step after the stop is at most prefetched
+    checks.clear()
+    out = train_on_task(_Recorder(17), batch, steps=4, optim=optim, stop=lambda: checks.append(1) or False,
+                        check_every=2)  # fmt: skip
+    assert out["stopped_at"] is None and checks == [1]  # checked after step 2, not after the last
+    with pytest.raises(ValueError, match="check_every"):
+        train_on_task(_Recorder(17), batch, steps=4, optim=optim, stop=lambda: True)
+
+
+def test_a_task_model_stops_at_the_first_check_its_validation_accuracy_passes():
+    from retnet.compare import load_compare_config
+    from retnet.compare.probes import _train_and_score, task_models
+
+    overrides = ["--compare.archs=[transformer]", "--probes.mqar_vocab_size=17", "--probes.mqar_seq_lens=[16]",
+                 "--probes.mqar_pairs=[2]", "--probes.mqar_steps=40", "--probes.mqar_batch_size=4",
+                 "--probes.mqar_examples=8", "--probes.task_hidden_size=16", "--probes.task_layers=1"]  # fmt: skip
+    above_zero = load_compare_config("tiny", None, [*overrides, "--probes.task_stop_accuracy=1e-6"])
+    never = load_compare_config("tiny", None, [*overrides, "--probes.task_stop_accuracy=null"])
+    results = []
+    for c in (above_zero, never):
+        torch.manual_seed(0)
+        results.append(_train_and_score(c, "mqar", build_model(task_models(c, 17)["transformer"].config), 1e-3, None))
+    stopped, full = (r["train"] for r in results)
+    # checked every 5 % of the 40 steps: the first check with any validation answer right stops it
+    assert stopped["stopped_at"] in range(2, 40, 2) and stopped["loss_curve"][-1]["step"] == stopped["stopped_at"]
+    assert results[0]["validation"] > 0
+    assert full["stopped_at"] is None and full["loss_curve"][-1]["step"] == 40
+    with pytest.raises(ValueError, match="task_stop_accuracy"):
+        load_compare_config("tiny", None, ["--probes.task_stop_accuracy=1.5"])
 
 
 def test_a_task_probe_reports_only_when_every_rate_is_in_the_results_file(tmp_path):
