@@ -5,10 +5,11 @@ language modelling: every architecture trains a fresh *task model* on each of th
 small shape shared by all (``probes.task_layers`` layers of width ``probes.task_hidden_size`` with
 ``probes.task_heads`` heads, the value and FFN widths in the ratio of the comparison's RetNet row, the baselines
 matched to RetNet's non-embedding parameters as in the comparison). This follows Arora et al. (two layers, fixed
-width, many steps): recall is learned or not by the mixer alone, at a size where every architecture trains in a
-minute. Each task model trains at every rate of ``probes.task_lrs``; the rate whose model scores the highest mean
-accuracy on validation examples (a seed stream of their own, :mod:`retnet.compare.task_training`) is reported, with
-the sweep beside it. MQAR trains and tests on the grid ``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at
+width, many steps): recall is learned or not by the mixer alone, at a size small enough to train many models.
+Each task model trains at every rate of ``probes.task_lrs``, on the comparison's path (compiled blocks where it
+compiles), and stops early once its validation accuracy reaches ``probes.task_stop_accuracy``; the rate whose model
+scores the highest mean accuracy on validation examples (a seed stream of their own,
+:mod:`retnet.compare.task_training`) is reported, with the sweep beside it. MQAR trains and tests on the grid ``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at
 ``passkey_train_length`` tokens with filler from the training split of ``passkey_corpus`` and is tested at every
 ``passkey_lengths`` × ``passkey_depths`` with filler from its held-out split, so lengths past the training length
 measure whether retrieval carries over.
