@@ -9,10 +9,10 @@ width, many steps): recall is learned or not by the mixer alone, at a size small
 Each task model trains at every rate of ``probes.task_lrs``, on the comparison's path (compiled blocks where it
 compiles), and stops early once its validation accuracy reaches ``probes.task_stop_accuracy``; the rate whose model
 scores the highest mean accuracy on validation examples (a seed stream of their own,
-:mod:`retnet.compare.task_training`) is reported, with the sweep beside it. MQAR trains and tests on the grid ``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at
-``passkey_train_length`` tokens with filler from the training split of ``passkey_corpus`` and is tested at every
-``passkey_lengths`` × ``passkey_depths`` with filler from its held-out split, so lengths past the training length
-measure whether retrieval carries over.
+:mod:`retnet.compare.task_training`) is reported, with the sweep beside it. MQAR trains and tests on the grid
+``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at ``passkey_train_length`` tokens with filler from the training
+split of ``passkey_corpus`` and is tested at every ``passkey_lengths`` × ``passkey_depths`` with filler from its
+held-out split, so lengths past the training length measure whether retrieval carries over.
 
 **Length extrapolation** (:mod:`retnet.compare.extrapolation`) scores each entry's trained language model.
 
