@@ -21,12 +21,15 @@ from ..baselines import MixerLM, MixerLMConfig
 from ..generation import RetNetForCausalLM
 from ..model import RetNetConfig
 
-TABLE5 = ("transformer", "linear_transformer", "rwkv", "h3", "hyena", "retnet")
+TABLE5 = ("transformer", "transformer-pp", "linear_transformer", "rwkv", "h3", "hyena", "retnet")
 TABLE6 = ("retnet", "retnet-no-swish", "retnet-no-groupnorm", "retnet-no-decay", "retnet-single-decay",
           "retnet-small-head")  # fmt: skip
 ENTRIES = tuple(dict.fromkeys(TABLE5 + TABLE6))
+# The paper's eleven (its Tables 5 and 6): what a comparison trains unless ``compare.archs`` says otherwise.
+PAPER_ENTRIES = tuple(name for name in ENTRIES if name != "transformer-pp")
 LABELS = {
     "transformer": "Transformer",
+    "transformer-pp": "Transformer++",
     "linear_transformer": "Linear Transformer",
     "rwkv": "RWKV",
     "h3": "H3",
@@ -46,6 +49,18 @@ ABLATIONS = {
     "retnet-no-decay": {"decay_schedule": "none"},
     "retnet-single-decay": {"decay_schedule": "single"},
 }
+
+
+# Baseline entries with blocks of their own instead of the RetNet row's: ``{entry: (mixer, fields)}``. The
+# Transformer++ of the literature (LLaMA's blocks: rotary positions, RMSNorm, SwiGLU FFN, no biases), the attention
+# baseline of later comparisons (the GLA paper's); the plain ``transformer`` entry keeps the RetNet row's blocks,
+# so that its mixer alone differs, as in the paper's Table 5.
+OWN_BLOCKS = {"transformer-pp": ("transformer", {"norm": "rmsnorm", "ffn_glu": True, "activation": "silu"})}
+
+
+def mixer_of(name: str) -> str:
+    """The baseline mixer (``MixerLMConfig.arch``) of entry ``name``."""
+    return OWN_BLOCKS.get(name, (name,))[0]
 
 
 # MixerLMConfig fields copied from the RetNet row, so that only the token mixer differs.
@@ -98,10 +113,11 @@ def _retnet_config(name: str, base: RetNetConfig, small_head_factor: int, ffn_di
 
 
 def _mixer_config(name: str, base: RetNetConfig, baseline: BaselineSettings, ffn_dim: int) -> MixerLMConfig:
-    shared = {key: getattr(base, key) for key in SHARED_FIELDS}
-    others = {key for arch, keys in OWN_FIELDS.items() if arch != name for key in keys}
+    arch = mixer_of(name)
+    shared = {key: getattr(base, key) for key in SHARED_FIELDS} | OWN_BLOCKS.get(name, (arch, {}))[1]
+    others = {key for mixer, keys in OWN_FIELDS.items() if mixer != arch for key in keys}
     own = {key: value for key, value in dataclasses.asdict(baseline).items() if key not in others}
-    return MixerLMConfig(arch=name, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **own)
+    return MixerLMConfig(arch=arch, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **own)
 
 
 def entry_config(

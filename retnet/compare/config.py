@@ -33,7 +33,7 @@ from pathlib import Path
 
 from ..training.config import TrainConfig
 from ..utils import config_loader
-from .archs import ENTRIES, BaselineSettings
+from .archs import ENTRIES, PAPER_ENTRIES, BaselineSettings
 from .presets import COMPARE_PRESETS, RECIPE
 from .probes import ProbeSection
 from .scaling import ScalingSection
@@ -64,7 +64,7 @@ class CompareSection:
     """
 
     preset: str = "tiny"
-    archs: list[str] = field(default_factory=lambda: list(ENTRIES))
+    archs: list[str] = field(default_factory=lambda: list(PAPER_ENTRIES))
     out_dir: str = "runs/compare-tiny"
     out_of_domain: list[str] = field(default_factory=lambda: ["shakespeare", "python-docs", "linux"])
     ood_max_bytes: int = 2_000_000

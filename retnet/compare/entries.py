@@ -19,7 +19,7 @@ import statistics
 from collections.abc import Iterable
 from pathlib import Path
 
-from .archs import LABELS, OWN_FIELDS, BaselineSettings
+from .archs import LABELS, OWN_FIELDS, BaselineSettings, mixer_of
 
 # Settings that say where or how a run happened, not what it computed, are left out of the key: folders, caches,
 # workers, checkpoint cadence, and compilation with its memory budget (compiled blocks compute the same function; an
@@ -59,7 +59,7 @@ def run_config(config, name: str, model_config) -> dict:
     # another architecture's own settings do not change this run: they are hashed at their defaults
     defaults = BaselineSettings()
     for arch, keys in OWN_FIELDS.items():
-        if arch != name and "baseline" in doc:
+        if arch != mixer_of(name) and "baseline" in doc:
             doc["baseline"].update({key: getattr(defaults, key) for key in keys})
     return {"entry": name, "model_config": model_config.to_dict(), "recipe": doc}
 

@@ -3,14 +3,15 @@
 Each preset is a nested mapping in the layout of :class:`~retnet.compare.config.CompareConfig` (the ordinary
 ``retnet train`` keys plus the ``compare`` and ``baseline`` sections), applied over :data:`RECIPE`.
 
-``tiny``: CPU, minutes for all eleven models; used in tests (with smaller overrides) and for the committed CPU run.
-It reads only the small corpora (sotu in-domain; shakespeare and python-docs out-of-domain, about 30 MB of
+``tiny``: CPU, minutes for the paper's eleven models; used in tests (with smaller overrides) and for the committed
+CPU run. It reads only the small corpora (sotu in-domain; shakespeare and python-docs out-of-domain, about 30 MB of
 downloads in all): the Linux source (1.2 GB) is left to the larger presets.
-``small``: one H200; all eleven models in one command of under ten minutes (a few million tokens each).
-``medium``: one H200, one architecture per GPU command; every model 42.5M non-embedding parameters and 151M tokens
-of the kernel's C (at most two epochs); its data travels as one corpus archive (docs/compare.md).
+``small``: one H200; the eleven models in one command of under ten minutes (a few million tokens each).
+``medium``: one H200, one architecture per GPU command, the eleven and the Transformer++; every model 42.5M
+non-embedding parameters and 151M tokens of the kernel's C (at most two epochs); its data travels as one corpus
+archive (docs/compare.md).
 ``200m``: the paper's Table-5 setting (16 layers, d = 1024, 4 heads of 256, FFN 2d, 200M parameters, 5B tokens,
-2048-token sequences, 32k BPE vocabulary) for users with a multi-GPU budget.
+2048-token sequences, 32k BPE vocabulary), the eleven and the Transformer++, for users with a multi-GPU budget.
 ``scaling-tiny`` and ``scaling-gpu``: the size-scaling study (``retnet compare --scaling``,
 :mod:`retnet.compare.scaling`) on a CPU and on one H200.
 """
@@ -18,6 +19,7 @@ of the kernel's C (at most two epochs); its data travels as one corpus archive (
 from __future__ import annotations
 
 from ..utils.config_loader import merge
+from .archs import ENTRIES
 
 # The recipe every preset shares (TrainConfig keys). AdamW β = (0.9, 0.98) and clip 2.0 are TrainConfig's defaults.
 RECIPE: dict = dict(
@@ -63,7 +65,7 @@ COMPARE_PRESETS: dict[str, dict] = {
         data=dict(tokenizer="bpe", vocab_size=32000, seq_len=2048),
         optim=dict(lr=6e-4, warmup_steps=375),
         checkpoint=dict(every=500),
-        compare=dict(out_dir="runs/compare-200m", ood_max_bytes=50_000_000, eval_tokens=2_097_152),
+        compare=dict(archs=list(ENTRIES), out_dir="runs/compare-200m", ood_max_bytes=50_000_000, eval_tokens=2_097_152),
         baseline=dict(num_heads=16),  # attention head dim 64
     ),
     "medium": dict(
@@ -82,7 +84,8 @@ COMPARE_PRESETS: dict[str, dict] = {
                   workers=16),
         optim=dict(lr=1e-3, warmup_steps=100),
         checkpoint=dict(every=500),  # a save takes seconds; 100 would cost a fifth of a full run
-        compare=dict(out_dir="runs/compare-medium", out_of_domain=["sotu", "shakespeare", "python-docs"],
+        compare=dict(archs=list(ENTRIES), out_dir="runs/compare-medium",
+                     out_of_domain=["sotu", "shakespeare", "python-docs"],
                      ood_max_bytes=4_000_000, eval_tokens=1_048_576, bpe_train_bytes=50_000_000, seeds=[0, 1]),
         # attention head dim 64; Hyena's filters span T; H3 with head dim 1, the released H3 models' setting (each
         # head's state is d_h × d_h, so d_h = 8 would multiply the work of its FFT convolution by 8)

@@ -76,3 +76,25 @@ def test_a_setting_of_one_architecture_leaves_the_other_entries_unchanged():
     assert changed["h3"].config.hyena_order == 2
     for name in ("transformer", "rwkv"):
         assert changed[name].config == default[name].config
+
+
+def test_the_transformer_pp_has_llama_blocks_and_the_paper_entries_stay_the_default():
+    """The Transformer++ entry: the attention mixer with RMSNorm and a SwiGLU FFN whatever the RetNet row's blocks
+    (here the paper's LayerNorm and GELU MLP, which the plain Transformer entry copies); a comparison trains it only
+    where ``compare.archs`` names it."""
+    from retnet.compare import load_compare_config
+    from retnet.compare.archs import PAPER_ENTRIES
+    from retnet.compare.entries import run_config, run_key
+
+    matched = match_parameters(("retnet", "transformer", "transformer-pp"), base_config())
+    pp, plain = matched["transformer-pp"].config, matched["transformer"].config
+    assert (pp.arch, pp.norm, pp.ffn_glu, pp.activation) == ("transformer", "rmsnorm", True, "silu")
+    assert (plain.arch, plain.norm, plain.ffn_glu, plain.activation) == ("transformer", "layernorm", False, "gelu")
+    model = MixerLM(pp)
+    assert all(m.bias is None for m in model.modules() if isinstance(m, torch.nn.Linear))
+    assert not any(isinstance(m, torch.nn.LayerNorm) for m in model.modules())
+    assert "transformer-pp" not in PAPER_ENTRIES and len(PAPER_ENTRIES) == 11
+    assert load_compare_config("tiny", None, []).compare.archs == list(PAPER_ENTRIES)
+    assert "transformer-pp" in load_compare_config("medium", None, []).compare.archs
+    config = load_compare_config("tiny", None, [])
+    assert run_key(run_config(config, "transformer-pp", pp)) != run_key(run_config(config, "transformer", plain))
