@@ -164,7 +164,8 @@ def seed_summary(records: Iterable[dict]) -> dict[str, dict]:
 
 
 def seed_table(summary: dict[str, dict], names: Iterable[str], ood: list[str]) -> str:
-    """Markdown: perplexity mean ± standard deviation over seeds, a row per entry present in ``summary``."""
+    """Markdown: perplexity mean ± standard deviation over seeds, a row per entry present in ``summary`` (an entry
+    of one seed shows its perplexities alone: one run has no spread to show)."""
     header = ["Method", "Seeds", "In-domain", *ood]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name in names:
@@ -172,6 +173,7 @@ def seed_table(summary: dict[str, dict], names: Iterable[str], ood: list[str]) -
         if s is None:
             continue
         cells = [s["in_domain"], *(s["out_of_domain"].get(c, (math.nan, math.nan)) for c in ood)]
-        text = [f"{m:.2f} ± {d:.2f}" if math.isfinite(m) else "—" for m, d in cells]
+        spread = len(s["seeds"]) > 1
+        text = [("—" if not math.isfinite(m) else f"{m:.2f} ± {d:.2f}" if spread else f"{m:.2f}") for m, d in cells]
         lines.append(f"| {LABELS.get(name, name)} | {', '.join(map(str, s['seeds']))} | " + " | ".join(text) + " |")
     return "\n".join(lines)

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from retnet.compare import load_compare_config, report, run_comparison
-from retnet.compare.entries import ResultsFile, run_config, run_key, seed_summary
+from retnet.compare.entries import ResultsFile, run_config, run_key, seed_summary, seed_table
 from retnet.compare.runner import _Entries
 from retnet.compare.sweep import SweepSection, next_rate, pick_learning_rate, sweep_config
 
@@ -166,6 +166,9 @@ def test_seed_summary_of_one_seed_has_no_spread():
     ev = {"in_domain": {"perplexity": 5.0}, "out_of_domain": {"a": {"perplexity": 7.0}}}
     s = seed_summary([{"name": "h3", "seed": 0, "result": {"eval": ev}}])
     assert s["h3"] == {"seeds": [0], "in_domain": (5.0, 0.0), "out_of_domain": {"a": (7.0, 0.0)}}
+    two = seed_summary([{"name": "rwkv", "seed": k, "result": {"eval": ev}} for k in (0, 1)])
+    table = seed_table(s | two, ["h3", "rwkv"], ["a"]).splitlines()
+    assert table[2] == "| H3 | 0 | 5.00 | 7.00 |" and table[3] == "| RWKV | 0, 1 | 5.00 ± 0.00 | 7.00 ± 0.00 |"
 
 
 def test_report_only_rebuilds_the_report_from_the_results_file_alone(tmp_path, corpora, fake_training):
