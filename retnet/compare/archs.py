@@ -60,7 +60,7 @@ OWN_BLOCKS = {"transformer-pp": ("transformer", {"norm": "rmsnorm", "ffn_glu": T
 
 def mixer_of(name: str) -> str:
     """The baseline mixer (``MixerLMConfig.arch``) of entry ``name``."""
-    return OWN_BLOCKS.get(name, (name,))[0]
+    return OWN_BLOCKS.get(name, (name, {}))[0]
 
 
 # MixerLMConfig fields copied from the RetNet row, so that only the token mixer differs.
@@ -113,8 +113,8 @@ def _retnet_config(name: str, base: RetNetConfig, small_head_factor: int, ffn_di
 
 
 def _mixer_config(name: str, base: RetNetConfig, baseline: BaselineSettings, ffn_dim: int) -> MixerLMConfig:
-    arch = mixer_of(name)
-    shared = {key: getattr(base, key) for key in SHARED_FIELDS} | OWN_BLOCKS.get(name, (arch, {}))[1]
+    arch, blocks = OWN_BLOCKS.get(name, (name, {}))
+    shared = {key: getattr(base, key) for key in SHARED_FIELDS} | blocks
     others = {key for mixer, keys in OWN_FIELDS.items() if mixer != arch for key in keys}
     own = {key: value for key, value in dataclasses.asdict(baseline).items() if key not in others}
     return MixerLMConfig(arch=arch, vocab_size=base.vocab_size, ffn_dim=ffn_dim, **shared, **own)
