@@ -5,7 +5,9 @@ here (2 pre-LayerNorm blocks of width 128 and 2 heads, FFN 4d) trained with plai
 T = 64 (vocabulary 512, 64 examples per step, the probes' generator) and scored on 256 validation examples every
 200 steps. POSITIONS is ``rope`` (the harness's rotation applied to q and k) or ``learned`` (absolute position
 embeddings); BIASES is ``bias`` or ``nobias`` (the linear layers); PARTS joins with "+" ``gelu`` (the FFN's
-activation, else ReLU) and ``final`` (a LayerNorm before the LM head, as every model of the harness has).
+activation, else ReLU), ``final`` (a LayerNorm before the LM head, as every model of the harness has), ``rmsfinal``
+(an RMSNorm there instead), ``plainfinal`` (a LayerNorm without gain and bias there) and ``harnessinit`` (the
+harness's initialisation: Xavier-uniform linears, zero biases, N(0, 1/d) embeddings and head).
 """
 
 import os
@@ -53,6 +55,19 @@ class Model(nn.Module):
         self.blocks = nn.ModuleList([Block(WIDTH, HEADS, bias, rope, gelu) for _ in range(2)])
         self.head = nn.Linear(WIDTH, VOCAB, bias=bias)
         self.final_norm = nn.LayerNorm(WIDTH) if "final" in parts else nn.Identity()
+        if "rmsfinal" in parts:
+            self.final_norm = nn.RMSNorm(WIDTH)
+        if "plainfinal" in parts:
+            self.final_norm = nn.LayerNorm(WIDTH, elementwise_affine=False)
+        if "harnessinit" in parts:
+            for module in self.modules():
+                if isinstance(module, nn.Linear):
+                    nn.init.xavier_uniform_(module.weight)
+                    if module.bias is not None:
+                        nn.init.zeros_(module.bias)
+                elif isinstance(module, nn.Embedding):
+                    nn.init.normal_(module.weight, std=WIDTH**-0.5)
+            nn.init.normal_(self.head.weight, std=WIDTH**-0.5)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids) + (self.position(torch.arange(ids.shape[1])) if self.position is not None else 0)
