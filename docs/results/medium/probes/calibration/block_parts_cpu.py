@@ -54,11 +54,10 @@ class Model(nn.Module):
         rope, gelu = positions == "rope", "gelu" in parts
         self.blocks = nn.ModuleList([Block(WIDTH, HEADS, bias, rope, gelu) for _ in range(2)])
         self.head = nn.Linear(WIDTH, VOCAB, bias=bias)
-        self.final_norm = nn.LayerNorm(WIDTH) if "final" in parts else nn.Identity()
-        if "rmsfinal" in parts:
-            self.final_norm = nn.RMSNorm(WIDTH)
-        if "plainfinal" in parts:
-            self.final_norm = nn.LayerNorm(WIDTH, elementwise_affine=False)
+        final_norms = {"final": lambda: nn.LayerNorm(WIDTH), "rmsfinal": lambda: nn.RMSNorm(WIDTH),
+                       "plainfinal": lambda: nn.LayerNorm(WIDTH, elementwise_affine=False)}  # fmt: skip
+        chosen = [make for name, make in final_norms.items() if name in parts]
+        self.final_norm = chosen[0]() if chosen else nn.Identity()
         if "harnessinit" in parts:
             for module in self.modules():
                 if isinstance(module, nn.Linear):
