@@ -8,8 +8,8 @@ never trained on. RetNet runs in the chunkwise form by default (``"recurrent"`` 
 token, docs/spec.md §3); the other architectures run their own forward whatever form is named, except
 ``"recurrent"``, which steps them too.
 
-:func:`write_extrapolation` writes ``extrapolation.json``, ``extrapolation.md`` (a row per bucket, a column per
-model) and ``extrapolation.png``.
+:func:`write_extrapolation` writes ``extrapolation.json``, ``extrapolation.md`` (a row per model with its
+perplexity up to and past ``T``, then a row per bucket with a column per model) and ``extrapolation.png``.
 """
 
 from __future__ import annotations
@@ -162,6 +162,15 @@ def extrapolation_table(results: Mapping[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def extrapolation_summary(results: Mapping[str, dict]) -> str:
+    """Markdown: a row per model with its perplexity up to T and past T and their ratio, best past T first."""
+    lines = ["| Model | perplexity up to T | perplexity past T | past / up to |", "|---|---|---|---|"]
+    for name in sorted(results, key=lambda n: results[n]["beyond"]):
+        within, beyond = (math.exp(min(results[name][k], 700.0)) for k in ("in_range", "beyond"))
+        lines.append(f"| {LABELS.get(name, name)} | {within:.2f} | {beyond:.2f} | {beyond / within:.2f}× |")
+    return "\n".join(lines)
+
+
 def write_extrapolation(results: Mapping[str, dict], out_dir: str | Path) -> Path:
     """Write ``extrapolation.{json,md,png}`` into ``out_dir``; returns the JSON path.
 
@@ -184,6 +193,10 @@ def write_extrapolation(results: Mapping[str, dict], out_dir: str | Path) -> Pat
         "",
         f"Perplexity by position on held-out windows of {first['eval_len']:,} tokens ({first['windows']} windows), "
         f"{first['eval_len'] // first['train_len']}× the training length T = {first['train_len']:,}.",
+        "",
+        extrapolation_summary(results),
+        "",
+        "By position:",
         "",
         extrapolation_table(results),
         "",

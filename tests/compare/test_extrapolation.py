@@ -67,6 +67,8 @@ def test_buckets_and_report(models, tmp_path):
     assert json.loads(path.read_text())["transformer"]["eval_len"] == 64
     table = (tmp_path / "extrapolation.md").read_text()
     assert "| Positions | RetNet | Transformer |" in table and "| 56–63 (beyond T) |" in table
+    within, beyond = (math.exp(results["retnet"][k]) for k in ("in_range", "beyond"))
+    assert f"| RetNet | {within:.2f} | {beyond:.2f} | {beyond / within:.2f}× |" in table
     assert "| 0–7 |" in table and (tmp_path / "extrapolation.png").stat().st_size > 0
     with pytest.raises(ValueError, match="holds 4 windows"):
         position_losses(models["retnet"], tokens, length=64, windows=5)

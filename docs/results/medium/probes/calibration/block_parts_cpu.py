@@ -6,8 +6,11 @@ T = 64 (vocabulary 512, 64 examples per step, the probes' generator) and scored 
 200 steps. POSITIONS is ``rope`` (the harness's rotation applied to q and k) or ``learned`` (absolute position
 embeddings); BIASES is ``bias`` or ``nobias`` (the linear layers); PARTS joins with "+" ``gelu`` (the FFN's
 activation, else ReLU), ``final`` (a LayerNorm before the LM head, as every model of the harness has), ``rmsfinal``
-(an RMSNorm there instead), ``plainfinal`` (a LayerNorm without gain and bias there) and ``harnessinit`` (the
-harness's initialisation: Xavier-uniform linears, zero biases, N(0, 1/d) embeddings and head).
+(an RMSNorm there instead), ``plainfinal`` (a LayerNorm without gain and bias there), ``harnessinit`` (the
+harness's initialisation: Xavier-uniform linears, zero biases, N(0, 1/d) embeddings and head), its pieces
+``xavier`` (Xavier-uniform linears and zero biases, the head included), ``smallembed`` (N(0, 1/d) embeddings) and
+``smallhead`` (an N(0, 1/d) head), and ``tied`` (the LM head shares the embedding matrix; with ``bias`` it keeps
+its own bias).
 """
 
 import os
@@ -59,14 +62,18 @@ class Model(nn.Module):
         chosen = [make for name, make in final_norms.items() if name in parts]
         self.final_norm = chosen[0]() if chosen else nn.Identity()
         if "harnessinit" in parts:
-            for module in self.modules():
-                if isinstance(module, nn.Linear):
-                    nn.init.xavier_uniform_(module.weight)
-                    if module.bias is not None:
-                        nn.init.zeros_(module.bias)
-                elif isinstance(module, nn.Embedding):
-                    nn.init.normal_(module.weight, std=WIDTH**-0.5)
+            parts = parts | {"xavier", "smallembed", "smallhead"}
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and "xavier" in parts:
+                nn.init.xavier_uniform_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding) and "smallembed" in parts:
+                nn.init.normal_(module.weight, std=WIDTH**-0.5)
+        if "smallhead" in parts:
             nn.init.normal_(self.head.weight, std=WIDTH**-0.5)
+        if "tied" in parts:
+            self.head.weight = self.embed.weight
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         h = self.embed(ids) + (self.position(torch.arange(ids.shape[1])) if self.position is not None else 0)
