@@ -1,9 +1,9 @@
 """MQAR on one setting with the task model's embedding and head varied (``tie-*.log``; CPU).
 
 ``[SCHEDULE=constant] [SCALE=1] python tie_cpu.py VOCAB STEPS LR ARCH PAIRS TIE``: the medium preset's task model
-of ARCH (TIE 1: with ``tie_word_embeddings``; SCALE 1: with ``scale_embedding``, the embeddings multiplied by √d) trained with ``train_on_task`` (fp32, 64 examples per step, the probes' warm-up
-and decay over STEPS, or a constant rate after the warm-up) on T = 64 with PAIRS pairs alone; validation accuracy
-(256 examples) printed every 200 steps.
+of ARCH (TIE 1: with ``tie_word_embeddings``; SCALE 1: with ``scale_embedding``, the embeddings multiplied by √d)
+trained with ``train_on_task`` (fp32, 64 examples per step, the probes' warm-up and decay over STEPS, or a constant
+rate after the warm-up) on T = 64 with PAIRS pairs alone; validation accuracy (256 examples) printed every 200 steps.
 """
 
 import dataclasses
@@ -27,8 +27,9 @@ if __name__ == "__main__":
     overrides.append(f"--optim.schedule={os.environ.get('SCHEDULE', 'linear')}")
     config = load_compare_config("medium", None, overrides)
     torch.manual_seed(0)
-    model_config = dataclasses.replace(task_models(config, vocab)[arch].config, tie_word_embeddings=tie,
-                                       scale_embedding=os.environ.get("SCALE") == "1")
+    model_config = dataclasses.replace(
+        task_models(config, vocab)[arch].config, tie_word_embeddings=tie, scale_embedding=os.environ.get("SCALE") == "1"
+    )
     model = build_model(model_config)
     tasks, start, step = [MQARTask(64, pairs)], time.time(), [0]
 
@@ -38,8 +39,9 @@ if __name__ == "__main__":
         (row,) = evaluate_mqar(model, tasks, vocab_size=vocab, examples=256, batch_size=64, split=VALIDATION,
                                precision="fp32")  # fmt: skip
         model.train()
-        print(f"{arch} V {vocab} lr {lr:g} {config.optim.schedule} P {pairs} tied {int(tie)} scaled {int(model_config.scale_embedding)} step {step[0]} accuracy {row['accuracy']:.3f} "
-              f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
+        scaled = int(model_config.scale_embedding)
+        print(f"{arch} V {vocab} lr {lr:g} {config.optim.schedule} P {pairs} tied {int(tie)} scaled {scaled} "
+              f"step {step[0]} accuracy {row['accuracy']:.3f} {time.time() - start:.0f}s", flush=True)  # fmt: skip
         return False
 
     batches = mqar_batches(tasks, batch_size=64, vocab_size=vocab, seed=0)
