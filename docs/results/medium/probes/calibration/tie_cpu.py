@@ -1,7 +1,8 @@
 """MQAR on one setting with the task model's embedding and head varied (``tie-*.log``; CPU).
 
-``[SCHEDULE=constant] [SCALE=1] python tie_cpu.py VOCAB STEPS LR ARCH PAIRS TIE``: the medium preset's task model
-of ARCH (TIE 1: with ``tie_word_embeddings``; SCALE 1: with ``scale_embedding``, the embeddings multiplied by √d)
+``[SCHEDULE=constant] [SCALE=1] [EMBED_STD=S] python tie_cpu.py VOCAB STEPS LR ARCH PAIRS TIE``: the medium
+preset's task model of ARCH (TIE 1: with ``tie_word_embeddings``; SCALE 1: with ``scale_embedding``, the embeddings
+multiplied by √d; EMBED_STD: its token embeddings drawn again from N(0, S²) after the model's own initialisation)
 trained with ``train_on_task`` (fp32, 64 examples per step, the probes' warm-up and decay over STEPS, or a constant
 rate after the warm-up) on T = 64 with PAIRS pairs alone; validation accuracy (256 examples) printed every 200 steps.
 """
@@ -31,6 +32,8 @@ if __name__ == "__main__":
         task_models(config, vocab)[arch].config, tie_word_embeddings=tie, scale_embedding=os.environ.get("SCALE") == "1"
     )
     model = build_model(model_config)
+    if "EMBED_STD" in os.environ:
+        torch.nn.init.normal_(model.trunk.embed_tokens.weight, std=float(os.environ["EMBED_STD"]))
     tasks, start, step = [MQARTask(64, pairs)], time.time(), [0]
 
     def report() -> bool:
@@ -41,6 +44,7 @@ if __name__ == "__main__":
         model.train()
         scaled = int(model_config.scale_embedding)
         print(f"{arch} V {vocab} lr {lr:g} {config.optim.schedule} P {pairs} tied {int(tie)} scaled {scaled} "
+            f"embed_std {os.environ.get('EMBED_STD', '-')} "
               f"step {step[0]} accuracy {row['accuracy']:.3f} {time.time() - start:.0f}s", flush=True)  # fmt: skip
         return False
 
