@@ -7,12 +7,12 @@ small shape shared by all (``probes.task_layers`` layers of width ``probes.task_
 matched to RetNet's non-embedding parameters as in the comparison). This follows Arora et al. (two layers, fixed
 width, many steps): recall is learned or not by the mixer alone, at a size small enough to train many models.
 Each task model trains at every rate of ``probes.task_lrs``, on the comparison's path (compiled blocks where it
-compiles), and stops early once its validation accuracy reaches ``probes.task_stop_accuracy``; the rate whose model
-scores the highest mean accuracy on validation examples (a seed stream of their own,
-:mod:`retnet.compare.task_training`) is reported, with the sweep beside it. MQAR trains and tests on the grid
-``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at ``passkey_train_length`` tokens with filler from the training
-split of ``passkey_corpus`` and is tested at every ``passkey_lengths`` × ``passkey_depths`` with filler from its
-held-out split, so lengths past the training length measure whether retrieval carries over.
+compiles; scoring runs them eagerly), and stops early once its validation accuracy reaches
+``probes.task_stop_accuracy``; the rate whose model scores the highest mean accuracy on validation examples (a seed
+stream of their own, :mod:`retnet.compare.task_training`) is reported, with the sweep beside it. MQAR trains and
+tests on the grid ``mqar_seq_lens`` × ``mqar_pairs``; passkey trains at ``passkey_train_length`` tokens with filler
+from the training split of ``passkey_corpus`` and is tested at every ``passkey_lengths`` × ``passkey_depths`` with
+filler from its held-out split, so lengths past the training length measure whether retrieval carries over.
 
 **Length extrapolation** (:mod:`retnet.compare.extrapolation`) scores each entry's trained language model.
 
@@ -391,14 +391,16 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
                      seed=config.seed, **numerics)  # fmt: skip
 
         def validation():
-            return evaluate_mqar(model, tasks, split=VALIDATION, **score)
+            with torch.compiler.set_stance("force_eager"):
+                return evaluate_mqar(model, tasks, split=VALIDATION, **score)
 
     else:
         score = dict(depths=p.passkey_depths, trials=p.passkey_trials, seed=config.seed, **numerics)
 
         def validation():
-            return passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
-                                    split=VALIDATION, **score)  # fmt: skip
+            with torch.compiler.set_stance("force_eager"):
+                return passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
+                                        split=VALIDATION, **score)  # fmt: skip
 
     def solved() -> bool:
         return float(np.mean([r["accuracy"] for r in validation()])) >= p.task_stop_accuracy
@@ -410,10 +412,13 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
     if train["diverged_at"] is not None:
         logger.warning("%s at lr %g diverged at step %d", probe, lr, train["diverged_at"])
         return {"train": train, "validation": None, "accuracy": []}
-    if probe == "mqar":
-        test = evaluate_mqar(model, tasks, **score)
-    else:
-        test = passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=p.passkey_lengths, **score)
+    # scoring runs the blocks eagerly: their graphs are compiled for training, and each test length and the forward
+    # without gradients would recompile every block (up to dynamo's limit) for a few forward passes
+    with torch.compiler.set_stance("force_eager"):
+        if probe == "mqar":
+            test = evaluate_mqar(model, tasks, **score)
+        else:
+            test = passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=p.passkey_lengths, **score)
     return {"train": train, "validation": float(np.mean([r["accuracy"] for r in validation()])), "accuracy": test}
 
 

@@ -407,6 +407,33 @@ def test_a_task_model_stops_at_the_first_check_its_validation_accuracy_passes():
         load_compare_config("tiny", None, ["--probes.task_stop_accuracy=1.5"])
 
 
+def test_a_compiled_task_model_is_scored_without_recompiling():
+    """Compiled blocks are for training: validation checks and the test at other lengths, without gradients, run
+    eagerly, so scoring compiles nothing (it recompiled every block per test length up to dynamo's limit)."""
+    from retnet.compare import load_compare_config
+    from retnet.compare.probes import _train_and_score, task_models
+
+    overrides = ["--compare.archs=[transformer]", "--probes.mqar_vocab_size=17", "--probes.mqar_seq_lens=[16,32]",
+                 "--probes.mqar_pairs=[2]", "--probes.mqar_steps=4", "--probes.mqar_batch_size=4",
+                 "--probes.mqar_examples=8", "--probes.task_hidden_size=16", "--probes.task_layers=1",
+                 "--probes.task_stop_accuracy=null", "--compile=true", "--compile_backend=aot_eager"]  # fmt: skip
+    config = load_compare_config("tiny", None, overrides)
+    model = build_model(task_models(config, 17)["transformer"].config)
+    torch._dynamo.reset()
+    counters.clear()
+    train_on_task(model, mqar_batches(config.probes.mqar_tasks(), batch_size=4, vocab_size=17), steps=2,
+                  optim=OptimSection(lr=1e-3, warmup_steps=1), compile="aot_eager")  # fmt: skip
+    trained = counters["stats"]["unique_graphs"]
+    assert trained > 0
+    torch.manual_seed(0)
+    model = build_model(task_models(config, 17)["transformer"].config)
+    torch._dynamo.reset()
+    counters.clear()
+    out = _train_and_score(config, "mqar", model, 1e-3, None)
+    assert out["train"]["steps"] == 4 and len(out["accuracy"]) == 2  # both test lengths were scored
+    assert counters["stats"]["unique_graphs"] == trained  # the training graphs only
+
+
 def test_a_task_probe_reports_only_when_every_rate_is_in_the_results_file(tmp_path):
     from retnet.compare import load_compare_config
     from retnet.compare.entries import ResultsFile
