@@ -390,17 +390,17 @@ def _train_and_score(config, probe: str, model, lr: float, dataset) -> dict:
         score = dict(vocab_size=p.mqar_vocab_size, examples=p.mqar_examples, batch_size=p.mqar_batch_size,
                      seed=config.seed, **numerics)  # fmt: skip
 
+        @torch.compiler.set_stance("force_eager")  # scoring runs eagerly, as below
         def validation():
-            with torch.compiler.set_stance("force_eager"):
-                return evaluate_mqar(model, tasks, split=VALIDATION, **score)
+            return evaluate_mqar(model, tasks, split=VALIDATION, **score)
 
     else:
         score = dict(depths=p.passkey_depths, trials=p.passkey_trials, seed=config.seed, **numerics)
 
+        @torch.compiler.set_stance("force_eager")  # scoring runs eagerly, as below
         def validation():
-            with torch.compiler.set_stance("force_eager"):
-                return passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
-                                        split=VALIDATION, **score)  # fmt: skip
+            return passkey_accuracy(model, dataset.tokenizer, test_filler, lengths=[p.passkey_train_length],
+                                    split=VALIDATION, **score)  # fmt: skip
 
     def solved() -> bool:
         return float(np.mean([r["accuracy"] for r in validation()])) >= p.task_stop_accuracy

@@ -44,8 +44,8 @@ if __name__ == "__main__":
         model.train()
         scaled = int(model_config.scale_embedding)
         print(f"{arch} V {vocab} lr {lr:g} {config.optim.schedule} P {pairs} tied {int(tie)} scaled {scaled} "
-            f"embed_std {os.environ.get('EMBED_STD', '-')} "
-              f"step {step[0]} accuracy {row['accuracy']:.3f} {time.time() - start:.0f}s", flush=True)  # fmt: skip
+              f"embed_std {os.environ.get('EMBED_STD', '-')} step {step[0]} accuracy {row['accuracy']:.3f} "
+              f"{time.time() - start:.0f}s", flush=True)  # fmt: skip
         return False
 
     batches = mqar_batches(tasks, batch_size=64, vocab_size=vocab, seed=0)
