@@ -143,7 +143,7 @@ def _warm_engine(model, B: int, context: int, args, device, *, short: bool) -> D
     engine = DecodeEngine(
         model, max_batch=B, max_len=context + args.warmup + args.steps, cuda_graph=False if args.no_graph else None,
         prefill_chunk=args.prefill_chunk, compile=args.compile, compile_options=compile_options(args),
-        pack_weights=not args.no_pack,
+        pack_weights=not args.no_pack, fused=FUSED[args.fused],
     )  # fmt: skip
     fill(engine, B, context, "short" if short else args.fill, args.prefill_batch, model.config.vocab_size)
     for _ in range(args.warmup):
@@ -185,6 +185,7 @@ def decode_row(model, B: int, context: int, args, device, *, short: bool = False
         "memory_gib": _peak_gib(device),
         "state_gib": engine.state_bytes() / 2**30,
         "cuda_graph": engine.uses_cuda_graph,
+        "fused": engine.uses_fused_step,
     }
     del engine
     return row
@@ -532,12 +533,20 @@ def parse_args(argv):
         "fused Triton reductions)",
     )
     p.add_argument("--no-pack", action="store_true", help="keep each projection's weight separate (no stacking)")
+    p.add_argument(
+        "--fused", choices=sorted(FUSED), default="auto",
+        help="RetNet's fused step: the engine's choice (auto: batch 1) or never (off); rows record it",
+    )  # fmt: skip
     p.add_argument("--profile-batch", type=int, default=0, help="write a per-kernel profile of steps at this batch")
     p.add_argument(
         "--profile-prefill", type=int, default=0, help="write a per-kernel profile of the prefill of this length"
     )
     p.add_argument("--out", required=True)
     return p.parse_args(argv)
+
+
+FUSED = {"auto": None, "off": False}
+"""``--fused`` as the engine's ``fused`` argument."""
 
 
 def compile_options(args) -> dict | None:

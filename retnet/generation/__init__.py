@@ -7,6 +7,7 @@ is the public RetNet model composed with it (the model package itself does not d
 """
 
 from .engine import DecodeEngine
+from .fused_step import FusedLaunches
 from .generate import generate, left_pad, stream_generate
 from .mixin import GenerationMixin
 from .models import RetNetForCausalLM
@@ -14,6 +15,7 @@ from .sampling import SamplingConfig, choose_tokens, filter_logits, gumbel_noise
 
 __all__ = [
     "DecodeEngine",
+    "FusedLaunches",
     "GenerationMixin",
     "RetNetForCausalLM",
     "SamplingConfig",

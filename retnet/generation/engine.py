@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from .decoder_parts import DecoderParts, decoder_parts
+from .fused_step import AUTO_FUSED_BATCH, FusedDecodeStep, FusedLaunches, fused_step_unsupported
 from .sampling import SamplingConfig, choose_tokens, sampling_key
 
 logger = logging.getLogger(__name__)
@@ -122,11 +123,13 @@ def _engine_step(
     sampling: SamplingConfig,
     pad_token_id: int,
     block_step=_block_step,
+    head_step=None,
 ) -> None:
     """One step for every slot: pick tokens from the logits buffer, then run all layers on them, in place.
 
     A free function of its buffers (not a method), so that a compiled ``block_step`` guards on shapes, not on
-    the engine object, and engines of one shape share the compiled code.
+    the engine object, and engines of one shape share the compiled code. ``head_step(x, logits)`` writes the
+    final norm and LM head of ``x`` into the logits buffer (default: ``parts.head``, copied).
     """
     token = choose_tokens(buffers.logits, sampling, buffers.seen, buffers.keys, buffers.counts)  # (B,)
     token = torch.where(buffers.finished, pad_token_id, token)
@@ -143,7 +146,10 @@ def _engine_step(
     rotation = None if build is None else build(states[0].position[:, None])  # from (B, 1) positions
     for block, state in zip(parts.blocks, states):
         x = block_step(block, x, state, rotation)
-    buffers.logits.copy_(parts.head(x))  # (B, vocab)
+    if head_step is None:
+        buffers.logits.copy_(parts.head(x))  # (B, vocab)
+    else:
+        head_step(x, buffers.logits)
 
 
 def _int_arg(name: str, value, minimum: int) -> int:
@@ -179,6 +185,12 @@ class DecodeEngine:
         pack_weights: stack the projections that read the same input (RetNet's q/k/v/g, the Transformer's q/k/v,
             a GLU's two input matrices) into one weight each, in place, so a step reads them with one product
             (the parameters become views; values and memory unchanged; see :mod:`retnet.layers.packing`).
+        fused: run each RetNet layer's step as five fused Triton kernels (:mod:`retnet.generation.fused_step`;
+            batches up to 4, stacked weights). None (default): on CUDA at batch 1, where it is the faster step,
+            whenever it can serve the model, else the default step (the reason is logged); True, or a
+            :class:`~.fused_step.FusedLaunches` to launch its products differently: required (ValueError if it
+            cannot serve); False: never. With ``compile`` the fused step itself is not compiled (its prefill
+            still is).
 
     Raises:
         ValueError: on bad sizes, ids or dtype, ``cuda_graph=True`` off CUDA, or a model in training mode with
@@ -202,6 +214,7 @@ class DecodeEngine:
         compile: bool | str = False,
         compile_options: dict | None = None,
         pack_weights: bool = True,
+        fused: bool | FusedLaunches | None = None,
     ):
         self.max_batch = _int_arg("max_batch", max_batch, 1)
         self.max_len = _int_arg("max_len", max_len, 1)
@@ -257,12 +270,16 @@ class DecodeEngine:
         self._buffers = StepBuffers(
             self.logits, self.tokens, self.finished, self.keys, self.counts, self.seen, self._eos
         )
-        self._block_step, self._block_prefill = _block_step, _block_prefill
+        self._block_step, self._block_prefill, self._head_step = _block_step, _block_prefill, None
+        self._fused = self._fused_step(fused)
         if compile:
             backend = "inductor" if compile is True else compile
             extra = {} if compile_options is None else {"options": dict(compile_options)}
-            self._block_step = torch.compile(_block_step, backend=backend, fullgraph=True, dynamic=False, **extra)
+            if self._fused is None:
+                self._block_step = torch.compile(_block_step, backend=backend, fullgraph=True, dynamic=False, **extra)
             self._block_prefill = torch.compile(_block_prefill, backend=backend, fullgraph=True, **extra)
+        if self._fused is not None:
+            self._block_step, self._head_step = self._fused.block_step, self._fused.head_step
         self._step_fn = self._step_body
         self._graph = self._capture() if cuda_graph else None
 
@@ -271,6 +288,11 @@ class DecodeEngine:
     def free_slots(self) -> list[int]:
         """Indices of the slots that hold no request."""
         return [i for i, s in enumerate(self._slots) if s is None]
+
+    @property
+    def uses_fused_step(self) -> bool:
+        """Whether each step runs the fused RetNet kernels (:mod:`retnet.generation.fused_step`)."""
+        return self._fused is not None
 
     @property
     def uses_cuda_graph(self) -> bool:
@@ -424,8 +446,29 @@ class DecodeEngine:
             self.seen.index_fill_(0, index, False)
             self.seen[index] = self.seen[index].scatter(1, ids, True)
 
+    def _fused_step(self, fused: bool | FusedLaunches | None) -> FusedDecodeStep | None:
+        """The fused step if it is asked for (or, with None, if it can serve at a batch where it is the faster step
+        on CUDA), else None."""
+        if fused is False:
+            return None
+        launches = fused if isinstance(fused, FusedLaunches) else None
+        if fused is not None and fused is not True and launches is None:
+            raise ValueError(f"fused must be True, False, None or a FusedLaunches, got {fused!r}")
+        reason = fused_step_unsupported(self.parts, self.max_batch, self.device, self.dtype)
+        if reason is None and not fused and self.max_batch > AUTO_FUSED_BATCH:
+            reason = f"max_batch {self.max_batch} > {AUTO_FUSED_BATCH}, where the default step is as fast or faster"
+        if reason is None and (fused or self.device.type == "cuda"):
+            return FusedDecodeStep(self.parts, self.max_batch, launches)
+        if fused:
+            raise ValueError(f"fused=True, but the fused decode step cannot serve this engine: {reason}")
+        if self.device.type == "cuda":
+            logger.info("decoding engine: the default step, not the fused one: %s", reason)
+        return None
+
     def _step_body(self) -> None:
-        _engine_step(self.parts, self.states, self._buffers, self.sampling, self.pad_token_id, self._block_step)
+        _engine_step(
+            self.parts, self.states, self._buffers, self.sampling, self.pad_token_id, self._block_step, self._head_step
+        )
 
     @torch.no_grad()
     def _capture(self) -> torch.cuda.CUDAGraph:
