@@ -69,7 +69,7 @@ class FusedLaunches:
 
 @dataclass(frozen=True)
 class _Norm:
-    """A block norm as the kernels take it: kind, weight and bias (ones / zeros where the module has none)."""
+    """A block norm as the kernels take it: kind, weight and bias (zeros for a LayerNorm without one)."""
 
     kind: str
     weight: torch.Tensor

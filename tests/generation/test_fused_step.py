@@ -29,8 +29,8 @@ VARIANTS = {
 }
 
 
-def _model(variant: str, **sizes) -> RetNetForCausalLM:
-    torch.manual_seed(0)
+def _model(variant: str, seed: int = 0, **sizes) -> RetNetForCausalLM:
+    torch.manual_seed(seed)
     dims = dict(vocab_size=61, hidden_size=32, num_hidden_layers=2, num_heads=2, value_dim=48, ffn_dim=40)
     cfg = RetNetConfig(**{**dims, **sizes, **VARIANTS[variant]})
     model = RetNetForCausalLM(cfg).eval()
@@ -66,6 +66,19 @@ def test_fused_engine_emits_the_default_engines_tokens_and_logits(variant):
         assert_close(a.S, b.S, 1e-4, name=f"layer {i} S")
         assert_close(a.z, b.z, 1e-4, name=f"layer {i} z")
         assert torch.equal(a.position, b.position)
+
+
+def test_fused_step_follows_in_place_weight_updates():
+    """The fused step reads the model's own (stacked) parameters, so ``load_state_dict`` after building reaches it."""
+    model = _model("torchscale")
+    engine = DecodeEngine(model, max_batch=1, max_len=16, fused=TEST_LAUNCHES)
+    other = _model("torchscale", seed=1)
+    model.load_state_dict(other.state_dict())
+    expected = DecodeEngine(other, max_batch=1, max_len=16, fused=False)
+    for e in (engine, expected):
+        e.add([[4, 5, 6]])
+        e.step()
+    assert_close(engine.logits, expected.logits, 1e-4, name="logits after load_state_dict")
 
 
 def _reference_projection(x, weight, norm, activation=None, residual=None):

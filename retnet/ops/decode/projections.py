@@ -347,8 +347,9 @@ def gated_output_residual(
         launch: the program shape (``cols`` is unused: a program reads one head of V columns at a time).
         head_norm: ``"none"``, ``"rms"`` or ``"groupnorm"`` (with ``head_weight`` and ``head_bias`` ``(H·V,)``).
         eps: the head norm's epsilon.
-        z, z_new, position: the layer's state key sums, the step's new ones and the positions: the first program
-            copies z_new into z and advances the positions by one.
+        z: ``(B, H, K)`` the layer's state key sums, which the first program overwrites with ``z_new``.
+        z_new: ``(B, H, K)`` the step's new key sums.
+        position: ``(B,)`` the layer's state positions, which the first program advances by one.
 
     Returns:
         ``out``.

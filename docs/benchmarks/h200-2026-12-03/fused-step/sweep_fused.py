@@ -9,6 +9,10 @@ fused step at batch 1, and the 6.7B preset at batch 1 (both steps). Tokens/s are
 weight-bandwidth floor (B tokens per step moving the weight and state bytes once at the copy bandwidth measured in
 the run, as ``benchmarks/decode.py`` counts it).
 Writes ``sweep.json`` and ``profile-fused-B1.txt``.
+
+``--refine``: a second pass from the defaults of ``FusedLaunches`` (the first pass's best): narrower column loads
+for the wide products, the FFN output's neighbours, the retention step's launch (``retention_tuning(step_launch=
+...)``), and batch 2 with fewer rows per program against the compiled default step. Writes ``refine.json``.
 """
 
 import dataclasses
@@ -68,8 +72,60 @@ CANDIDATES = {
 COMPILED = {"fused": False, "compile": True, "compile_options": {"coordinate_descent_tuning": True}}
 
 
+REFINE = {
+    "qkvg": [MatvecLaunch(r, c, 4, 3) for r, c in itertools.product((4, 8, 16), (128, 256))],
+    "ffn_in": [MatvecLaunch(r, c, 4, 3) for r, c in itertools.product((2, 4), (128, 256))],
+    "ffn_out": [MatvecLaunch(r, c, w, 2) for r, c, w in itertools.product((2, 4), (1024, 2048), (4, 8))],
+}
+STEP_LAUNCHES = [(bv, w) for bv in (16, 32, 64) for w in (2, 4)]
+
+
+def refine(out: Path) -> None:
+    from retnet.ops.retention.triton.tuning import retention_tuning
+
+    bandwidth = copy_bandwidth(torch.device("cuda"))
+    meta = {"torch": torch.__version__, "triton": triton.__version__, "argv": sys.argv,
+            "gpu": torch.cuda.get_device_name(), "copy_bandwidth_bytes_per_s": bandwidth}  # fmt: skip
+    results = {"meta": meta, "rows": []}
+    model = build("1.3b")
+
+    def record(name: str, value: float, engine, **extra) -> None:
+        floor = floor_tokens_per_s(model, engine, bandwidth)
+        results["rows"].append({"name": name, "tokens_per_s": value, "fraction_of_floor": value / floor, **extra})
+        print(f"{name:40s} {value:9.1f} tokens/s  {value / floor:6.1%} of floor {extra}", flush=True)
+        (out / "refine.json").write_text(json.dumps(results, indent=1))
+
+    best = FusedLaunches()
+    value, engine = tokens_per_s(model, 1, fused=True)
+    record("B1 fused, defaults", value, engine)
+    best_value = value
+    for product, candidates in REFINE.items():
+        for launch in candidates:
+            trial = dataclasses.replace(best, **{product: launch})
+            value, engine = tokens_per_s(model, 1, fused=trial)
+            record(f"refine {product}", value, engine, launch=dataclasses.asdict(launch))
+            if value > best_value:
+                best, best_value = trial, value
+    for bv, warps in STEP_LAUNCHES:
+        with retention_tuning(step_launch=(bv, warps)):
+            value, engine = tokens_per_s(model, 1, fused=best)
+        record("refine step", value, engine, step_launch=[bv, warps])
+    results["best_launches"] = dataclasses.asdict(best)
+    for B, rows in ((2, 2), (2, 4), (2, 8)):
+        fewer = [getattr(best, f.name) for f in dataclasses.fields(best)]
+        trial = FusedLaunches(*(dataclasses.replace(launch, rows=max(2, launch.rows // rows)) for launch in fewer))
+        value, engine = tokens_per_s(model, B, fused=trial)
+        record(f"B{B} fused, rows / {rows}", value, engine, launches=dataclasses.asdict(trial))
+    value, engine = tokens_per_s(model, 2, fused=best)
+    record("B2 fused, best", value, engine)
+    value, engine = tokens_per_s(model, 2, **COMPILED)
+    record("B2 default step, compiled (coordinate descent)", value, engine)
+
+
 def main() -> None:
     out = Path(os.environ.get("OUT", "."))
+    if "--refine" in sys.argv:
+        return refine(out)
     quick = "--quick" in sys.argv
     bandwidth = copy_bandwidth(torch.device("cuda"))
     results = {
