@@ -13,6 +13,10 @@ forward, next-token loss, backward, fused AdamW, zeroed gradients. Models (``--m
 - ``transformer-opt``: the same Transformer equally optimised: compiled blocks, the fused loss, the fastest SDPA
   backend (cuDNN, else flash).
 
+``--trainer-step`` adds to every model's step what ``retnet train``'s step does beyond it
+(:meth:`retnet.training.trainer.Trainer._train_step`): the gradient norm clipped at ``--grad-clip`` (the trainer's
+default 2.0) and the loss and the norm read back to the host, two synchronisations per step.
+
 ``--precision bf16`` keeps bf16 parameters and AdamW states for every model (flash-linear-attention's own mode);
 ``--precision mixed`` keeps fp32 master weights under bf16 autocast (``retnet train``'s default). MFU counts
 6·N FLOPs per token for every model (N: parameters in matrix products, embedding excluded), over the GPU's
@@ -160,6 +164,9 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
         with autocast, sdpa_context(name, device):
             loss = loss_fn(ids)
         loss.backward()
+        if args.trainer_step:  # the trainer reads the loss, clips, then reads the norm, before the update
+            float(loss)
+            float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
         opt.step()
         opt.zero_grad(set_to_none=True)
 
@@ -177,7 +184,7 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
     seconds = (time.perf_counter() - t0) / args.steps
     row = {
         "model": name, "T": T, "batch": B, "tokens_per_step": B * T, "tokens_per_s": B * T / seconds,
-        "step_ms": seconds * 1e3, "warmup_s": warmup_s, "matmul_params": n_matmul,
+        "step_ms": seconds * 1e3, "warmup_s": warmup_s, "matmul_params": n_matmul, "trainer_step": args.trainer_step,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "loss": _loss_used(name, ids),
     }  # fmt: skip
@@ -282,7 +289,9 @@ def write_report(results: dict, out: Path) -> str:
     """Table-4 layout: per (tokens per step, T) the tokens/s, memory and MFU of each model, with ratios."""
     rows = results["rows"]
     peak = results.get("datasheet_tflops")
-    lines = [f"Precision: {results['args']['precision']}; GPU: {results['environment']['device']}.", ""]
+    trainer = results["args"].get("trainer_step")
+    step = "retnet train's (clipped, the loss and the norm read back)" if trainer else "bare"
+    lines = [f"Precision: {results['args']['precision']}; step: {step}; GPU: {results['environment']['device']}.", ""]
     lines += ["| tokens/step | T | model | tokens/s | step ms | peak GiB | MFU | retnet / model |", "|" + "---|" * 8]
     for tokens, T in sorted({(r["tokens_per_step"], r["T"]) for r in rows}):
         group = [r for r in rows if r["tokens_per_step"] == tokens and r["T"] == T]
@@ -349,15 +358,16 @@ def plot(rows: list[dict], out: Path, setting: str = "") -> None:
 
 
 def merge_results(paths: list[str], out: Path) -> dict:
-    """One report of the rows of several runs (one GPU and precision mode; each run's stamp is kept).
+    """One report of the rows of several runs (one GPU, precision mode and step; each run's stamp is kept).
 
     Raises:
-        ValueError: runs of different precision modes or devices (their rows would not compare).
+        ValueError: runs of different precision modes, steps (``--trainer-step``) or devices (their rows would not
+            compare).
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    modes = {(r["args"]["precision"], r["environment"]["device"]) for r in runs}
+    modes = {(r["args"]["precision"], r["args"].get("trainer_step", False), r["environment"]["device"]) for r in runs}
     if len(modes) != 1:
-        raise ValueError(f"cannot merge runs of different precision modes or devices: {sorted(modes)}")
+        raise ValueError(f"cannot merge runs of different precision modes, steps or devices: {sorted(modes)}")
     merged = {**runs[0], "rows": [row for r in runs for row in r["rows"]], "runs": [r["environment"] for r in runs]}
     (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
     print(write_report(merged, out))
@@ -379,6 +389,11 @@ def main(argv: list[str] | None = None) -> dict:
         "--activation-memory-budget", type=float, default=TrainConfig.activation_memory_budget,
         help="share of each compiled block's activations its backward may keep (retnet train's default)",
     )  # fmt: skip
+    p.add_argument(
+        "--trainer-step", action="store_true",
+        help="also clip the gradient norm and read the loss and the norm back every step, as retnet train does",
+    )  # fmt: skip
+    p.add_argument("--grad-clip", type=float, default=TrainConfig().optim.grad_clip, help="with --trainer-step")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--profile", choices=MODELS, default=None, help="profile one step of this model at every row")
