@@ -184,6 +184,22 @@ def _teacher_forced(model, tokens: torch.Tensor, step=None) -> torch.Tensor:
     return torch.stack(out)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_fused_step_is_within_the_references_error(dtype):
+    """16-bit weights under the interpreter: the fused logits as close to float64 as the default step's are."""
+    model = _model("paper")
+    tokens = torch.randint(0, 61, (5, 2))
+    ref64 = _teacher_forced(model.double(), tokens)
+    model = model.to(dtype)
+    ref_lp = _teacher_forced(model, tokens)
+    parts = decoder_parts(model)
+    for block in parts.blocks:
+        block.mixer.pack_decode_weights_()
+        block.ffn.pack_decode_weights_()
+    got = _teacher_forced(model, tokens, FusedDecodeStep(parts, 2, TEST_LAUNCHES))
+    assert_within_reference_error(f"{dtype} logits", got, ref64, ref_lp, dtype)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 @pytest.mark.parametrize("B", [1, 4])
