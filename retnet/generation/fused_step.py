@@ -35,9 +35,6 @@ from ..ops.retention import RetentionState
 from ..ops.triton_utils import triton_runtime_available
 from .decoder_parts import DecoderParts
 
-MAX_FUSED_BATCH = MAX_BATCH
-"""Largest number of slots the fused step serves; larger batches keep the default step, whose matrix products read
-each weight once for the whole batch."""
 AUTO_FUSED_BATCH = 1
 """Largest number of slots for which the engine picks the fused step by itself (``fused=None``). On the H200 at
 1.3B it is 1.22× the compiled default step at batch 1, as fast at 2 and 0.64× at 4 (each batch row streams the
@@ -134,8 +131,8 @@ def fused_step_unsupported(
 
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         return f"the model's dtype is {dtype} (the fused step takes float32, bfloat16 and float16)"
-    if batch_size > MAX_FUSED_BATCH:
-        return f"max_batch {batch_size} > {MAX_FUSED_BATCH}"
+    if batch_size > MAX_BATCH:  # the kernels' limit: larger batches are the default step's matrix products
+        return f"max_batch {batch_size} > {MAX_BATCH}"
     if parts.lm_head.bias is not None:
         return "the LM head has a bias"
     for i, block in enumerate(parts.blocks):

@@ -77,6 +77,35 @@ def _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM: tl.constexpr)
 
 
 @triton.jit
+def _row_sums(x_row, norm_w, norm_b, w, r0, r1, m_r, K, eps, NORM: tl.constexpr, TWO: tl.constexpr,
+              BR: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+    """``(Σ_k W[r0, k] · norm(x)[k], the same for r1)``, ``(BR,)`` each, streaming x once (r1's sums are zeros
+    unless ``TWO``): the norm's factor applied, as every product of this module computes them."""
+    mean = 0.0
+    rstd = 1.0
+    if NORM == 2:
+        mean, rstd = _layer_norm_moments(x_row, K, eps, BK)
+    acc0 = tl.zeros((BR, BK), tl.float32)
+    acc1 = tl.zeros((BR, BK), tl.float32)
+    squares = tl.zeros((BK,), tl.float32)
+    for k0 in range(0, K, BK):
+        cols = k0 + tl.arange(0, BK)
+        b_x, b_sq = _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM)
+        squares += b_sq
+        m_w = m_r[:, None] & (cols < K)[None, :]
+        acc0 += tl.load(w + r0[:, None] * K + cols[None, :], mask=m_w, other=0.0).to(tl.float32) * b_x[None, :]
+        if TWO:
+            acc1 += tl.load(w + r1[:, None] * K + cols[None, :], mask=m_w, other=0.0).to(tl.float32) * b_x[None, :]
+    a = tl.sum(acc0, axis=1)
+    b = tl.sum(acc1, axis=1)
+    if NORM == 1:
+        factor = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+        a = a * factor
+        b = b * factor
+    return a, b
+
+
+@triton.jit
 def _projection_kernel(
     x, norm_w, norm_b, w, residual, y,
     N, K, eps,
@@ -86,22 +115,7 @@ def _projection_kernel(
     i_b = tl.program_id(0)
     rows = tl.program_id(1) * BN + tl.arange(0, BN)
     m_n = rows < N
-    x_row = x + i_b * K
-    mean = 0.0
-    rstd = 1.0
-    if NORM == 2:
-        mean, rstd = _layer_norm_moments(x_row, K, eps, BK)
-    acc = tl.zeros((BN, BK), tl.float32)
-    squares = tl.zeros((BK,), tl.float32)
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
-        b_x, b_sq = _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM)
-        squares += b_sq
-        b_w = tl.load(w + rows[:, None] * K + cols[None, :], mask=m_n[:, None] & (cols < K)[None, :], other=0.0)
-        acc += b_w.to(tl.float32) * b_x[None, :]
-    out = tl.sum(acc, axis=1)  # (BN,)
-    if NORM == 1:
-        out = out / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
+    out, _ = _row_sums(x + i_b * K, norm_w, norm_b, w, rows, rows, m_n, K, eps, NORM, False, BN, BK)  # (BN,)
     out = _activate(out, ACT)
     if RESIDUAL:
         out += tl.load(residual + i_b * N + rows, mask=m_n, other=0.0).to(tl.float32)
@@ -124,27 +138,7 @@ def _paired_projection_kernel(
     else:
         r0 = 2 * p
     r1 = r0 + SECOND
-    x_row = x + i_b * K
-    mean = 0.0
-    rstd = 1.0
-    if NORM == 2:
-        mean, rstd = _layer_norm_moments(x_row, K, eps, BK)
-    acc0 = tl.zeros((BP, BK), tl.float32)
-    acc1 = tl.zeros((BP, BK), tl.float32)
-    squares = tl.zeros((BK,), tl.float32)
-    for k0 in range(0, K, BK):
-        cols = k0 + tl.arange(0, BK)
-        b_x, b_sq = _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM)
-        squares += b_sq
-        m_w = m_p[:, None] & (cols < K)[None, :]
-        acc0 += tl.load(w + r0[:, None] * K + cols[None, :], mask=m_w, other=0.0).to(tl.float32) * b_x[None, :]
-        acc1 += tl.load(w + r1[:, None] * K + cols[None, :], mask=m_w, other=0.0).to(tl.float32) * b_x[None, :]
-    a = tl.sum(acc0, axis=1)  # (BP,)
-    b = tl.sum(acc1, axis=1)
-    if NORM == 1:
-        factor = 1.0 / tl.sqrt(tl.sum(squares, axis=0) / K + eps)
-        a = a * factor
-        b = b * factor
+    a, b = _row_sums(x + i_b * K, norm_w, norm_b, w, r0, r1, m_p, K, eps, NORM, True, BP, BK)  # (BP,) each
     y_row = y + i_b * Y_STRIDE
     if GLU:
         tl.store(y_row + p, (_activate(a, ACT) * b).to(y.dtype.element_ty), mask=m_p)
