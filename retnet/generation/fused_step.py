@@ -73,6 +73,10 @@ class _Norm:
     bias: torch.Tensor | None
     eps: float
 
+    def args(self) -> dict:
+        """The norm as the product kernels' keyword arguments."""
+        return {"norm": self.kind, "norm_weight": self.weight, "norm_bias": self.bias, "eps": self.eps}
+
 
 @dataclass(frozen=True)
 class _LayerPlan:
@@ -238,11 +242,9 @@ class FusedDecodeStep:
         L, H, K = self.launches, plan.heads, plan.key_dim
         if rotation is None:
             rotation = block.mixer.rotation_table(state.position[:, None])
-        norm = plan.mixer_norm
         paired_projection(
-            x, plan.qkvg, self.qkvg, L.qkvg, norm=norm.kind, norm_weight=norm.weight, norm_bias=norm.bias,
-            eps=norm.eps, rotation=rotation, rotated_rows=2 * H * K, key_rows_from=H * K, head_dim=K,
-            key_scale=plan.key_scale,
+            x, plan.qkvg, self.qkvg, L.qkvg, rotation=rotation, rotated_rows=2 * H * K, key_rows_from=H * K,
+            head_dim=K, key_scale=plan.key_scale, **plan.mixer_norm.args(),
         )  # fmt: skip
         retention_step_with_stats(self.qkvg, plan.log_decay, state, self.o, self.stats, self.z_new)
         gated_output_residual(
@@ -250,8 +252,7 @@ class FusedDecodeStep:
             head_norm=plan.head_norm, head_weight=plan.head_weight, head_bias=plan.head_bias, eps=plan.head_eps,
             z=state.z, z_new=self.z_new, position=state.position,
         )  # fmt: skip
-        norm = plan.ffn_norm
-        norm_args = {"norm": norm.kind, "norm_weight": norm.weight, "norm_bias": norm.bias, "eps": norm.eps}
+        norm_args = plan.ffn_norm.args()
         if plan.ffn_glu:
             paired_projection(
                 self.hidden, plan.ffn_in, self.ffn_hidden, L.ffn_in, glu_activation=plan.ffn_activation, **norm_args
@@ -265,8 +266,4 @@ class FusedDecodeStep:
         """Final norm and LM head of ``x`` ``(B, D)`` into ``logits`` ``(B, vocab)`` float32, in place."""
         from ..ops.decode.projections import projection
 
-        norm = self._final_norm
-        projection(
-            x, self.parts.lm_head.weight, logits, self.launches.head, norm=norm.kind, norm_weight=norm.weight,
-            norm_bias=norm.bias, eps=norm.eps,
-        )  # fmt: skip
+        projection(x, self.parts.lm_head.weight, logits, self.launches.head, **self._final_norm.args())
