@@ -186,7 +186,7 @@ class DecodeEngine:
             a GLU's two input matrices) into one weight each, in place, so a step reads them with one product
             (the parameters become views; values and memory unchanged; see :mod:`retnet.layers.packing`).
         fused: run each RetNet layer's step as five fused Triton kernels (:mod:`retnet.generation.fused_step`;
-            batches up to 4, stacked weights). None (default): on CUDA at batch 1, where it is the faster step,
+            batches up to 4, stacked weights). None (default): on CUDA up to batch 2, where it is the faster step,
             whenever it can serve the model, else the default step (the reason is logged); True, or a
             :class:`~.fused_step.FusedLaunches` to launch its products differently: required (ValueError if it
             cannot serve); False: never. With ``compile`` the fused step itself is not compiled (its prefill

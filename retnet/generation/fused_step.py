@@ -35,9 +35,9 @@ from ..ops.retention import RetentionState
 from ..ops.triton_utils import triton_runtime_available
 from .decoder_parts import DecoderParts
 
-AUTO_FUSED_BATCH = 1
+AUTO_FUSED_BATCH = 2
 """Largest number of slots for which the engine picks the fused step by itself (``fused=None``). On the H200 at
-1.3B it is 1.22× the compiled default step at batch 1, as fast at 2 and 0.64× at 4 (each batch row streams the
+1.3B it is 1.41× the compiled default step at batch 1, 1.11× at 2 and 0.73× at 4 (each batch row streams the
 weights through its own programs), docs/benchmarks/decode-h200.md."""
 
 _ACTIVATION_NAMES = {nn.functional.silu: "silu", nn.functional.gelu: "gelu", torch.relu: "relu"}
@@ -47,7 +47,7 @@ _ACTIVATION_NAMES = {nn.functional.silu: "silu", nn.functional.gelu: "gelu", tor
 class FusedLaunches:
     """The program shape of each product of the fused step (:class:`~retnet.ops.decode.launch.MatvecLaunch`). The
     values computed do not depend on them. Defaults: the fastest whole step at batch 1 of the 1.3B preset on an H200
-    in a coordinate sweep over 90 launches (docs/benchmarks/decode-h200.md, "The fused step").
+    in a coordinate sweep with dependent launch (docs/benchmarks/decode-h200.md, "Dependent launch").
 
     Attributes:
         qkvg: the stacked q/k/v/g product.
@@ -55,13 +55,16 @@ class FusedLaunches:
         ffn_in: the FFN's input product (GLU: fc1 and gate together).
         ffn_out: the FFN's output product.
         head: the LM head.
+        dependent: launch each kernel as a programmatic dependent of the one before, so that it streams its first
+            weights while that one finishes (:mod:`retnet.ops.decode.dependent`; used where the GPU supports it).
     """
 
-    qkvg: MatvecLaunch = MatvecLaunch(8, 512, 4, 3)
-    output: MatvecLaunch = MatvecLaunch(8, 128, 4, 1)
-    ffn_in: MatvecLaunch = MatvecLaunch(2, 512, 4, 3)
+    qkvg: MatvecLaunch = MatvecLaunch(16, 256, 4, 3)
+    output: MatvecLaunch = MatvecLaunch(8, 128, 8, 2)
+    ffn_in: MatvecLaunch = MatvecLaunch(8, 1024, 4, 3)
     ffn_out: MatvecLaunch = MatvecLaunch(4, 1024, 8, 2)
     head: MatvecLaunch = MatvecLaunch(8, 1024, 4, 3)
+    dependent: bool = True
 
 
 @dataclass(frozen=True)
@@ -201,6 +204,7 @@ class FusedDecodeStep:
     """
 
     def __init__(self, parts: DecoderParts, batch_size: int, launches: FusedLaunches | None = None):
+        from ..ops.decode.dependent import dependent_launch_available
         from ..ops.decode.retention import head_stat_blocks
 
         weight = parts.lm_head.weight
@@ -210,6 +214,7 @@ class FusedDecodeStep:
             raise ValueError(f"the fused decode step cannot serve this model: {reason}")
         self.parts = parts
         self.launches = launches if launches is not None else FusedLaunches()
+        self.dependent = self.launches.dependent and dependent_launch_available(device)
         self._plans = {id(block.mixer): _plan(block, device) for block in parts.blocks}
         self._final_norm = _norm(parts.final_norm)
         first = next(iter(self._plans.values()))
@@ -239,31 +244,38 @@ class FusedDecodeStep:
         from ..ops.decode.retention import retention_step_with_stats
 
         plan = self._plans[id(block.mixer)]
-        L, H, K = self.launches, plan.heads, plan.key_dim
+        L, H, K, dep = self.launches, plan.heads, plan.key_dim, self.dependent
         if rotation is None:
             rotation = block.mixer.rotation_table(state.position[:, None])
         paired_projection(
             x, plan.qkvg, self.qkvg, L.qkvg, rotation=rotation, rotated_rows=2 * H * K, key_rows_from=H * K,
-            head_dim=K, key_scale=plan.key_scale, **plan.mixer_norm.args(),
+            head_dim=K, key_scale=plan.key_scale, dependent=dep, **plan.mixer_norm.args(),
         )  # fmt: skip
-        retention_step_with_stats(self.qkvg, plan.log_decay, state, self.o, self.stats, self.z_new)
+        retention_step_with_stats(self.qkvg, plan.log_decay, state, self.o, self.stats, self.z_new, dependent=dep)
         gated_output_residual(
             self.o, self.stats, self.qkvg, plan.gate_from, plan.out_proj, x, self.hidden, L.output,
             head_norm=plan.head_norm, head_weight=plan.head_weight, head_bias=plan.head_bias, eps=plan.head_eps,
-            z=state.z, z_new=self.z_new, position=state.position,
+            z=state.z, z_new=self.z_new, position=state.position, dependent=dep,
         )  # fmt: skip
-        norm_args = plan.ffn_norm.args()
+        ffn_args = {"dependent": dep, **plan.ffn_norm.args()}
         if plan.ffn_glu:
             paired_projection(
-                self.hidden, plan.ffn_in, self.ffn_hidden, L.ffn_in, glu_activation=plan.ffn_activation, **norm_args
+                self.hidden, plan.ffn_in, self.ffn_hidden, L.ffn_in, glu_activation=plan.ffn_activation, **ffn_args
             )
         else:
-            projection(self.hidden, plan.ffn_in, self.ffn_hidden, L.ffn_in, activation=plan.ffn_activation, **norm_args)
-        projection(self.ffn_hidden, plan.ffn_out, self.hidden, L.ffn_out, residual=self.hidden)
+            projection(self.hidden, plan.ffn_in, self.ffn_hidden, L.ffn_in, activation=plan.ffn_activation, **ffn_args)
+        projection(self.ffn_hidden, plan.ffn_out, self.hidden, L.ffn_out, residual=self.hidden, dependent=dep)
         return self.hidden
 
     def head_step(self, x: torch.Tensor, logits: torch.Tensor) -> None:
         """Final norm and LM head of ``x`` ``(B, D)`` into ``logits`` ``(B, vocab)`` float32, in place."""
         from ..ops.decode.projections import projection
 
-        projection(x, self.parts.lm_head.weight, logits, self.launches.head, **self._final_norm.args())
+        projection(
+            x,
+            self.parts.lm_head.weight,
+            logits,
+            self.launches.head,
+            dependent=self.dependent,
+            **self._final_norm.args(),
+        )

@@ -231,3 +231,43 @@ def test_captured_fused_step_replays_the_eager_one():
         steps = [(engine.step().clone(), engine.logits.clone()) for _ in range(10)]
         runs.append([torch.stack(t) for t in zip(*steps)])
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
+
+
+def test_dependent_launch_is_refused_where_it_cannot_run():
+    from retnet.ops.decode.dependent import dependent_launch_available, launch_options
+
+    assert not dependent_launch_available(torch.device("cpu"))
+    assert launch_options(False, torch.device("cpu")) == {}
+    with pytest.raises(ValueError, match="compute capability"):
+        launch_options(True, torch.device("cpu"))
+    x, w = torch.randn(1, 8), torch.randn(4, 8)
+    with pytest.raises(ValueError, match="compute capability"):
+        projection(x, w, torch.empty(1, 4), WIDE, dependent=True)
+    # The engine's step asks for it by default and uses it only where it can run.
+    parts = decoder_parts(_model("torchscale"))
+    for block in parts.blocks:
+        block.mixer.pack_decode_weights_()
+        block.ffn.pack_decode_weights_()
+    assert FusedLaunches().dependent and not FusedDecodeStep(parts, 1, TEST_LAUNCHES).dependent
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("B", [1, 2])
+def test_dependent_launches_compute_what_serial_launches_do(B):
+    """Programmatic dependent launch changes when each kernel starts, never what it computes: captured runs with
+    and without it emit bitwise the same logits over many steps (a kernel that read a buffer before its producer
+    finished, or wrote one its predecessor still read, would not). 1.3B head geometry, four layers, bf16."""
+    from retnet.ops.decode.dependent import dependent_launch_available
+
+    if not dependent_launch_available(torch.device("cuda")):
+        pytest.skip("needs a GPU of compute capability 9.0 or newer")
+    sizes = dict(vocab_size=4096, hidden_size=2048, num_heads=8, value_dim=3456, ffn_dim=3456, num_hidden_layers=4)
+    model = _model("torchscale", **sizes).cuda().to(torch.bfloat16)
+    runs = []
+    for dependent in (True, False):
+        engine = DecodeEngine(model, max_batch=B, max_len=96, fused=FusedLaunches(dependent=dependent))
+        assert engine.uses_cuda_graph and engine._fused.dependent == dependent
+        engine.add([list(range(1, 12)), [5, 6, 7]][:B], max_new_tokens=80)
+        steps = [(engine.step().clone(), engine.logits.clone()) for _ in range(64)]
+        runs.append([torch.stack(t) for t in zip(*steps)])
+    assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])

@@ -12,7 +12,8 @@ launches:
   gate.
 * ``retention.py``: the recurrent retention step (paper Eq. 6) reading q, k and v from the stacked product's
   output and writing, beside the normalised outputs, the partial sums the head-wise norm needs.
-
+* ``dependent.py``: programmatic dependent launch (Hopper and later): each kernel may start during the previous
+  one's last wave, and waits for its results before it reads them.
 * ``launch.py``: how a product is launched (:class:`~.launch.MatvecLaunch`), without importing Triton.
 
 Importing ``projections`` or ``retention`` imports Triton (an optional dependency); this package itself does not.

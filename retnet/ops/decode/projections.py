@@ -27,6 +27,7 @@ import triton
 import triton.language as tl
 
 from ..triton_utils import next_power_of_2
+from .dependent import await_previous, launch_options
 from .launch import ACTIVATION_CODES, HEAD_NORM_CODES, MAX_BATCH, NORM_CODES, MatvecLaunch
 
 
@@ -78,17 +79,27 @@ def _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM: tl.constexpr)
 
 @triton.jit
 def _row_sums(x_row, norm_w, norm_b, w, r0, r1, m_r, K, eps, NORM: tl.constexpr, TWO: tl.constexpr,
-              BR: tl.constexpr, BK: tl.constexpr):  # fmt: skip
+              DEPENDENT: tl.constexpr, BR: tl.constexpr, BK: tl.constexpr):  # fmt: skip
     """``(Σ_k W[r0, k] · norm(x)[k], the same for r1)``, ``(BR,)`` each, streaming x once (r1's sums are zeros
-    unless ``TWO``): the norm's factor applied, as every product of this module computes them."""
+    unless ``TWO``): the norm's factor applied, as every product of this module computes them. The first chunk of
+    the weight rows is loaded before :func:`~.dependent.await_previous`, everything else after it."""
+    cols = tl.arange(0, BK)
+    m_w = m_r[:, None] & (cols < K)[None, :]
+    w0 = tl.load(w + r0[:, None] * K + cols[None, :], mask=m_w, other=0.0)
+    w1 = w0
+    if TWO:
+        w1 = tl.load(w + r1[:, None] * K + cols[None, :], mask=m_w, other=0.0)
+    await_previous(DEPENDENT)
     mean = 0.0
     rstd = 1.0
     if NORM == 2:
         mean, rstd = _layer_norm_moments(x_row, K, eps, BK)
-    acc0 = tl.zeros((BR, BK), tl.float32)
+    b_x, squares = _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM)
+    acc0 = w0.to(tl.float32) * b_x[None, :]
     acc1 = tl.zeros((BR, BK), tl.float32)
-    squares = tl.zeros((BK,), tl.float32)
-    for k0 in range(0, K, BK):
+    if TWO:
+        acc1 = w1.to(tl.float32) * b_x[None, :]
+    for k0 in range(BK, K, BK):
         cols = k0 + tl.arange(0, BK)
         b_x, b_sq = _input_chunk(x_row, norm_w, norm_b, mean, rstd, cols, K, NORM)
         squares += b_sq
@@ -109,13 +120,14 @@ def _row_sums(x_row, norm_w, norm_b, w, r0, r1, m_r, K, eps, NORM: tl.constexpr,
 def _projection_kernel(
     x, norm_w, norm_b, w, residual, y,
     N, K, eps,
-    NORM: tl.constexpr, ACT: tl.constexpr, RESIDUAL: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+    NORM: tl.constexpr, ACT: tl.constexpr, RESIDUAL: tl.constexpr, DEPENDENT: tl.constexpr,
+    BN: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     # y[b, n] = act(Σ_k W[n, k] · norm(x)[b, k]) (+ residual[b, n]) for batch row b and this program's BN rows n.
     i_b = tl.program_id(0)
     rows = tl.program_id(1) * BN + tl.arange(0, BN)
     m_n = rows < N
-    out, _ = _row_sums(x + i_b * K, norm_w, norm_b, w, rows, rows, m_n, K, eps, NORM, False, BN, BK)  # (BN,)
+    out, _ = _row_sums(x + i_b * K, norm_w, norm_b, w, rows, rows, m_n, K, eps, NORM, False, DEPENDENT, BN, BK)  # (BN,)
     out = _activate(out, ACT)
     if RESIDUAL:
         out += tl.load(residual + i_b * N + rows, mask=m_n, other=0.0).to(tl.float32)
@@ -127,7 +139,8 @@ def _paired_projection_kernel(
     x, norm_w, norm_b, w, cos, sin, y,
     K, PAIRS, SECOND, Y_STRIDE, eps,
     ROTATED_PAIRS, KEY_PAIRS_FROM, HALF_K, COS_STRIDE, key_scale,
-    NORM: tl.constexpr, GLU: tl.constexpr, ACT: tl.constexpr, BP: tl.constexpr, BK: tl.constexpr,
+    NORM: tl.constexpr, GLU: tl.constexpr, ACT: tl.constexpr, DEPENDENT: tl.constexpr,
+    BP: tl.constexpr, BK: tl.constexpr,
 ):  # fmt: skip
     # Pair p combines weight rows r0 = 2p and r0 + 1 (the rotation) or r0 = p and p + SECOND (the GLU).
     i_b = tl.program_id(0)
@@ -138,7 +151,7 @@ def _paired_projection_kernel(
     else:
         r0 = 2 * p
     r1 = r0 + SECOND
-    a, b = _row_sums(x + i_b * K, norm_w, norm_b, w, r0, r1, m_p, K, eps, NORM, True, BP, BK)  # (BP,) each
+    a, b = _row_sums(x + i_b * K, norm_w, norm_b, w, r0, r1, m_p, K, eps, NORM, True, DEPENDENT, BP, BK)  # (BP,) each
     y_row = y + i_b * Y_STRIDE
     if GLU:
         tl.store(y_row + p, (_activate(a, ACT) * b).to(y.dtype.element_ty), mask=m_p)
@@ -154,10 +167,35 @@ def _paired_projection_kernel(
 
 
 @triton.jit
+def _gated_head_input(o_row, stats_row, g_row, head_w, head_b, h, V, NVB, eps, o_j, o_s, m_j,
+                      HEAD_NORM: tl.constexpr, GATE: tl.constexpr):  # fmt: skip
+    """swish(g) · HeadNorm(o) over head ``h``'s V columns ``(BV,)`` float32 (zeros past V)."""
+    cols = h * V + o_j
+    b_o = tl.load(o_row + cols, mask=m_j, other=0.0)
+    if HEAD_NORM != 0:
+        # The retention step's partial sums of this head: NVB blocks of Σo and Σo².
+        p_s = stats_row + (h * NVB + o_s) * 2
+        total = tl.sum(tl.load(p_s, mask=o_s < NVB, other=0.0), axis=0)
+        squares = tl.sum(tl.load(p_s + 1, mask=o_s < NVB, other=0.0), axis=0)
+        if HEAD_NORM == 2:
+            mean = total / V
+            var = tl.maximum(squares / V - mean * mean, 0.0)
+            b_o = (b_o - mean) / tl.sqrt(var + eps)
+            b_o = b_o * tl.load(head_w + cols, mask=m_j, other=0.0).to(tl.float32)
+            b_o = b_o + tl.load(head_b + cols, mask=m_j, other=0.0).to(tl.float32)
+        else:
+            b_o = b_o / tl.sqrt(squares / V + eps)
+    if GATE:
+        b_g = tl.load(g_row + cols, mask=m_j, other=0.0).to(tl.float32)
+        b_o = b_o * (b_g * tl.sigmoid(b_g))
+    return tl.where(m_j, b_o, 0.0)
+
+
+@triton.jit
 def _gated_output_kernel(
     o, stats, qkvg, head_w, head_b, w, residual, y, z, z_new, position,
     B, N, H, V, NVB, QKVG_STRIDE, G_FROM, eps, STATE_ROWS,
-    HEAD_NORM: tl.constexpr, GATE: tl.constexpr,
+    HEAD_NORM: tl.constexpr, GATE: tl.constexpr, DEPENDENT: tl.constexpr,
     BN: tl.constexpr, BV: tl.constexpr, BS: tl.constexpr, BZ: tl.constexpr,
 ):  # fmt: skip
     # y[b, n] = residual[b, n] + Σ_h Σ_j W[n, h·V + j] · swish(g[b, h·V + j]) · HeadNorm(o)[b, h·V + j]
@@ -167,29 +205,17 @@ def _gated_output_kernel(
     o_s = tl.arange(0, BS)
     m_n = rows < N
     m_j = o_j < V
+    m_w = m_n[:, None] & m_j[None, :]
     HV = H * V
-    acc = tl.zeros((BN, BV), tl.float32)
-    for h in range(H):
-        cols = h * V + o_j
-        b_o = tl.load(o + i_b * HV + cols, mask=m_j, other=0.0)
-        if HEAD_NORM != 0:
-            # The retention step's partial sums of this head: NVB blocks of Σo and Σo².
-            p_s = stats + ((i_b * H + h) * NVB + o_s) * 2
-            total = tl.sum(tl.load(p_s, mask=o_s < NVB, other=0.0), axis=0)
-            squares = tl.sum(tl.load(p_s + 1, mask=o_s < NVB, other=0.0), axis=0)
-            if HEAD_NORM == 2:
-                mean = total / V
-                var = tl.maximum(squares / V - mean * mean, 0.0)
-                b_o = (b_o - mean) / tl.sqrt(var + eps)
-                b_o = b_o * tl.load(head_w + cols, mask=m_j, other=0.0).to(tl.float32)
-                b_o = b_o + tl.load(head_b + cols, mask=m_j, other=0.0).to(tl.float32)
-            else:
-                b_o = b_o / tl.sqrt(squares / V + eps)
-        if GATE:
-            b_g = tl.load(qkvg + i_b * QKVG_STRIDE + G_FROM + cols, mask=m_j, other=0.0).to(tl.float32)
-            b_o = b_o * (b_g * tl.sigmoid(b_g))
-        b_o = tl.where(m_j, b_o, 0.0)
-        b_w = tl.load(w + rows[:, None] * HV + cols[None, :], mask=m_n[:, None] & m_j[None, :], other=0.0)
+    o_row, stats_row, g_row = o + i_b * HV, stats + i_b * H * NVB * 2, qkvg + i_b * QKVG_STRIDE + G_FROM
+    b_w = tl.load(w + rows[:, None] * HV + o_j[None, :], mask=m_w, other=0.0)  # head 0's columns: before the wait
+    await_previous(DEPENDENT)
+    b_o = _gated_head_input(o_row, stats_row, g_row, head_w, head_b, 0, V, NVB, eps, o_j, o_s, m_j, HEAD_NORM, GATE)
+    acc = b_w.to(tl.float32) * b_o[None, :]  # (BN, BV)
+    for h in range(1, H):
+        b_w = tl.load(w + rows[:, None] * HV + (h * V + o_j)[None, :], mask=m_w, other=0.0)
+        b_o = _gated_head_input(o_row, stats_row, g_row, head_w, head_b, h, V, NVB, eps, o_j, o_s, m_j,
+                                HEAD_NORM, GATE)  # fmt: skip
         acc += b_w.to(tl.float32) * b_o[None, :]
     out = tl.sum(acc, axis=1)  # (BN,)
     out += tl.load(residual + i_b * N + rows, mask=m_n, other=0.0).to(tl.float32)
@@ -227,6 +253,7 @@ def projection(
     eps: float = 0.0,
     activation: str = "none",
     residual: torch.Tensor | None = None,
+    dependent: bool = False,
 ) -> torch.Tensor:
     """``out = act(norm(x) Wᵀ) (+ residual)``, written into ``out``.
 
@@ -239,6 +266,7 @@ def projection(
             optionally ``norm_bias``), with ``eps``.
         activation: ``"none"``, ``"silu"``, ``"gelu"`` or ``"relu"``.
         residual: ``(B, N)`` added after the activation, or None.
+        dependent: launch as a programmatic dependent of the previous kernel (:mod:`~.dependent`).
 
     Returns:
         ``out``.
@@ -249,8 +277,8 @@ def projection(
         x, norm_w, norm_b, weight, out if residual is None else residual, out,
         N, K, eps,
         NORM=NORM_CODES[norm], ACT=ACTIVATION_CODES[activation],
-        RESIDUAL=residual is not None, BN=launch.rows, BK=launch.cols,
-        num_warps=launch.warps, num_stages=launch.stages,
+        RESIDUAL=residual is not None, DEPENDENT=dependent, BN=launch.rows, BK=launch.cols,
+        num_warps=launch.warps, num_stages=launch.stages, **launch_options(dependent, x.device),
     )  # fmt: skip
     return out
 
@@ -271,6 +299,7 @@ def paired_projection(
     key_rows_from: int = 0,
     head_dim: int = 2,
     key_scale: float = 1.0,
+    dependent: bool = False,
 ) -> torch.Tensor:
     """A product whose epilogue combines two weight rows: the GLU or the rotation of q and k.
 
@@ -280,7 +309,7 @@ def paired_projection(
     float32), and the rotated columns from ``key_rows_from`` on scaled by ``key_scale`` (k's K^−½).
 
     Args:
-        x: ``(B, K)`` contiguous input, B ≤ 4; the norm arguments as :func:`projection`.
+        x: ``(B, K)`` contiguous input, B ≤ 4; the norm arguments and ``dependent`` as :func:`projection`.
         weight: ``(N, K)`` contiguous, N even.
         out: the output buffer.
         launch: the program shape (``rows / 2`` pairs per program).
@@ -306,8 +335,9 @@ def paired_projection(
         x, norm_w, norm_b, weight, cos, sin, out,
         K, pairs, pairs if glu else 1, out.shape[1], eps,
         rotated_rows // 2, key_rows_from // 2, head_dim // 2, cos_stride, key_scale,
-        NORM=NORM_CODES[norm], GLU=glu, ACT=ACTIVATION_CODES[glu_activation or "none"],
-        BP=launch.rows // 2, BK=launch.cols, num_warps=launch.warps, num_stages=launch.stages,
+        NORM=NORM_CODES[norm], GLU=glu, ACT=ACTIVATION_CODES[glu_activation or "none"], DEPENDENT=dependent,
+        BP=launch.rows // 2, BK=launch.cols,
+        num_warps=launch.warps, num_stages=launch.stages, **launch_options(dependent, x.device),
     )  # fmt: skip
     return out
 
@@ -329,6 +359,7 @@ def gated_output_residual(
     z: torch.Tensor,
     z_new: torch.Tensor,
     position: torch.Tensor,
+    dependent: bool = False,
 ) -> torch.Tensor:
     """``out = residual + (swish(g) ⊙ HeadNorm(o)) W_Oᵀ``, and the end of the retention step.
 
@@ -344,6 +375,7 @@ def gated_output_residual(
         z: ``(B, H, K)`` the layer's state key sums, which the first program overwrites with ``z_new``.
         z_new: ``(B, H, K)`` the step's new key sums.
         position: ``(B,)`` the layer's state positions, which the first program advances by one.
+        dependent: as :func:`projection`.
 
     Returns:
         ``out``.
@@ -356,8 +388,8 @@ def gated_output_residual(
         o, stats, qkvg, weight if head_weight is None else head_weight, weight if head_bias is None else head_bias,
         weight, residual, out, z, z_new, position,
         B, N, H, V, NVB, qkvg.shape[1], 0 if gate_from is None else gate_from, eps, z.numel(),
-        HEAD_NORM=HEAD_NORM_CODES[head_norm], GATE=gate_from is not None,
+        HEAD_NORM=HEAD_NORM_CODES[head_norm], GATE=gate_from is not None, DEPENDENT=dependent,
         BN=launch.rows, BV=BV, BS=next_power_of_2(max(NVB, B)), BZ=1024,
-        num_warps=launch.warps, num_stages=launch.stages,
+        num_warps=launch.warps, num_stages=launch.stages, **launch_options(dependent, o.device),
     )  # fmt: skip
     return out

@@ -18,22 +18,30 @@ from ..retention.state import RetentionState
 from ..retention.triton.tiles import row_scale
 from ..retention.triton.tuning import step_launch
 from ..triton_utils import next_power_of_2
+from .dependent import await_previous, launch_options
 
 
 @triton.jit
 def _step_with_stats_kernel(
     qkvg, log_decay, S, z, z_new, position, o, stats,
     QKVG_STRIDE, NVB,
-    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, BK: tl.constexpr, BV: tl.constexpr,
+    H: tl.constexpr, K: tl.constexpr, V: tl.constexpr, DEPENDENT: tl.constexpr, BK: tl.constexpr,
+    BV: tl.constexpr,
 ):  # fmt: skip
     i_v, i_bh = tl.program_id(0), tl.program_id(1)
     i_b, i_h = i_bh // H, i_bh % H
-    lg = tl.load(log_decay + i_h).to(tl.float32)
-    n = tl.load(position + i_b)
     o_k = tl.arange(0, BK)
     o_v = i_v * BV + tl.arange(0, BV)
     m_k = o_k < K
     m_v = o_v < V
+    # Before the wait: the state, which only this layer's step of the previous token wrote.
+    p_S = S + i_bh * K * V + o_k[:, None] * V + o_v[None, :]
+    m_S = m_k[:, None] & m_v[None, :]
+    b_S = tl.load(p_S, mask=m_S, other=0.0)
+    b_z = tl.load(z + i_bh * K + o_k, mask=m_k, other=0.0)
+    lg = tl.load(log_decay + i_h).to(tl.float32)
+    await_previous(DEPENDENT)
+    n = tl.load(position + i_b)
     row = qkvg + i_b * QKVG_STRIDE
     b_q = tl.load(row + i_h * K + o_k, mask=m_k, other=0.0).to(tl.float32)
     b_k = tl.load(row + (H + i_h) * K + o_k, mask=m_k, other=0.0).to(tl.float32)
@@ -41,11 +49,9 @@ def _step_with_stats_kernel(
     # Left padding (n < 0): k = v = 0, so the state only decays, and the output row is 0.
     b_k = tl.where(n >= 0, b_k, 0.0)
     b_v = tl.where(n >= 0, b_v, 0.0)
-    p_S = S + i_bh * K * V + o_k[:, None] * V + o_v[None, :]
-    m_S = m_k[:, None] & m_v[None, :]
     g = tl.exp(lg)
-    b_S = tl.load(p_S, mask=m_S, other=0.0) * g + b_k[:, None] * b_v[None, :]
-    b_z = tl.load(z + i_bh * K + o_k, mask=m_k, other=0.0) * g + b_k
+    b_S = b_S * g + b_k[:, None] * b_v[None, :]
+    b_z = b_z * g + b_k
     tl.store(p_S, b_S, mask=m_S)
     tl.store(z_new + i_bh * K + o_k, b_z, mask=m_k & (i_v == 0))
     b_o = tl.sum(b_q[:, None] * b_S, axis=0)  # (BV,)
@@ -73,6 +79,7 @@ def retention_step_with_stats(
     o: torch.Tensor,
     stats: torch.Tensor,
     z_new: torch.Tensor,
+    dependent: bool = False,
 ) -> None:
     """Advance S in place by one token per row and write its outputs and their partial sums.
 
@@ -87,6 +94,7 @@ def retention_step_with_stats(
         o: ``(B, H, V)`` float32 output buffer (row-normalised retention outputs).
         stats: ``(B, H, NVB, 2)`` float32 buffer (:func:`head_stat_blocks`): Σo and Σo² of each V block.
         z_new: ``(B, H, K)`` float32 buffer for the new key sums.
+        dependent: launch as a programmatic dependent of the previous kernel (:mod:`~.dependent`).
     """
     S, z, position = state
     B, H, K, V = S.shape
@@ -96,5 +104,6 @@ def retention_step_with_stats(
         raise ValueError(f"stats must be {(B, H, nvb, 2)} for the step's launch, got {tuple(stats.shape)}")
     _step_with_stats_kernel[(nvb, B * H)](
         qkvg, log_decay, S, z, z_new, position, o, stats, qkvg.shape[1], nvb,
-        H=H, K=K, V=V, BK=max(16, next_power_of_2(K)), BV=block_v, num_warps=num_warps,
+        H=H, K=K, V=V, DEPENDENT=dependent, BK=max(16, next_power_of_2(K)), BV=block_v, num_warps=num_warps,
+        **launch_options(dependent, S.device),
     )  # fmt: skip
