@@ -15,7 +15,9 @@ forward, next-token loss, backward, fused AdamW, zeroed gradients. Models (``--m
 
 ``--trainer-step`` adds to every model's step what ``retnet train``'s step does beyond it
 (:meth:`retnet.training.trainer.Trainer._train_step`): the gradient norm clipped at ``--grad-clip`` (the trainer's
-default 2.0) and the loss and the norm read back to the host, two synchronisations per step.
+default 2.0), the update taken only where the loss and the norm are finite (decided on the device,
+:func:`retnet.training.step_stats.step_where`), and the loss and the norm copied to the host and read one step
+later (:class:`retnet.training.step_stats.StepStats`).
 
 ``--precision bf16`` keeps bf16 parameters and AdamW states for every model (flash-linear-attention's own mode);
 ``--precision mixed`` keeps fp32 master weights under bf16 autocast (``retnet train``'s default). MFU counts
@@ -54,6 +56,7 @@ from retnet.baselines import MixerLM  # noqa: E402
 from retnet.model.loss import fused_loss_available  # noqa: E402
 from retnet.training.config import DataSection, TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
+from retnet.training.step_stats import StepStats, step_where  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
 from retnet.utils.environment import environment_stamp, package_version  # noqa: E402
 
@@ -160,14 +163,21 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
     ids = torch.randint(0, cfg.vocab_size, (B, T), device=device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "mixed")
 
+    pending: list[StepStats] = []  # --trainer-step: the previous step's numbers, read after this one is queued
+
     def step():
         with autocast, sdpa_context(name, device):
             loss = loss_fn(ids)
         loss.backward()
-        if args.trainer_step:  # the trainer reads the loss, clips, then reads the norm, before the update
-            float(loss)
-            float(torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip))
-        opt.step()
+        if args.trainer_step:  # as the trainer: clip, update where finite, read the previous step's numbers
+            norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
+            taken = torch.isfinite(loss.detach()) & torch.isfinite(norm)
+            step_where(opt, taken)
+            if pending:
+                pending.pop().read()
+            pending.append(StepStats.start(0, loss.detach(), norm, taken))
+        else:
+            opt.step()
         opt.zero_grad(set_to_none=True)
 
     t0 = time.perf_counter()
@@ -290,7 +300,8 @@ def write_report(results: dict, out: Path) -> str:
     rows = results["rows"]
     peak = results.get("datasheet_tflops")
     trainer = results["args"].get("trainer_step")
-    step = "retnet train's (clipped, the loss and the norm read back)" if trainer else "bare"
+    step = "retnet train's (clipped, the update decided on the device, loss and norm read a step later)"
+    step = step if trainer else "bare"
     lines = [f"Precision: {results['args']['precision']}; step: {step}; GPU: {results['environment']['device']}.", ""]
     lines += ["| tokens/step | T | model | tokens/s | step ms | peak GiB | MFU | retnet / model |", "|" + "---|" * 8]
     for tokens, T in sorted({(r["tokens_per_step"], r["T"]) for r in rows}):

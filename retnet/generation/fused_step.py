@@ -271,11 +271,5 @@ class FusedDecodeStep:
         """Final norm and LM head of ``x`` ``(B, D)`` into ``logits`` ``(B, vocab)`` float32, in place."""
         from ..ops.decode.projections import projection
 
-        projection(
-            x,
-            self.parts.lm_head.weight,
-            logits,
-            self.launches.head,
-            dependent=self.dependent,
-            **self._final_norm.args(),
-        )
+        weight = self.parts.lm_head.weight
+        projection(x, weight, logits, self.launches.head, dependent=self.dependent, **self._final_norm.args())

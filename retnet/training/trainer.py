@@ -3,10 +3,11 @@
 Per optimizer step: the rank's share of the global batch (a pure function of the step, see
 :mod:`retnet.data.dataset`) is split into micro-batches; each contributes its summed next-token cross-entropy
 divided by the global token count (times the world size, because DDP and FSDP average gradients over ranks),
-so the gradient is the same for any rank count and accumulation split. Then the loss is all-reduced and checked
-(non-finite: stop or skip, never saved), gradients are unscaled (fp16), clipped and applied. The learning rate
-is a function of the step. Checkpoints (:mod:`retnet.training.checkpoint`) hold everything needed to continue
-bit-for-bit on CPU.
+so the gradient is the same for any rank count and accumulation split. Then the loss is all-reduced, gradients
+are unscaled (fp16), clipped and applied where the loss and the norm are finite, decided on the device
+(:mod:`retnet.training.step_stats`); the host reads each step's numbers while the next one runs and applies the
+non-finite policy (stop or skip, never saved). The learning rate is a function of the step. Checkpoints
+(:mod:`retnet.training.checkpoint`) hold everything needed to continue bit-for-bit on CPU.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
 from .run_lock import lock_run_dir
 from .schedule import lr_at
+from .step_stats import StepStats, step_where
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +269,8 @@ class _Trainer:
         logger.info("resumed from %s at step %d", path, self.step)
 
     # ---- one step ----------------------------------------------------------------------------------------
-    def _train_step(self) -> tuple[float, float]:
+    def _train_step(self) -> StepStats:
+        """Queue one optimizer step; its numbers come back as :class:`StepStats`, read by :meth:`_book`."""
         cfg, info = self.cfg, self.info
         lr = lr_at(self.step, cfg.optim.decay_steps or cfg.steps, cfg.optim)
         for group in self.optimizer.param_groups:
@@ -286,34 +289,61 @@ class _Trainer:
             self.scaler.scale(loss_sum * scale).backward()
             total += loss_sum.detach().double()
         all_reduce_sum(total)
-        loss = total.item() / (cfg.batch_size * cfg.data.seq_len)
-        if not math.isfinite(loss):
-            self._non_finite(f"loss {loss}")
-            return loss, math.nan
-        self.scaler.unscale_(self.optimizer)
-        clip = cfg.optim.grad_clip if cfg.optim.grad_clip > 0 else float("inf")
-        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        grad_norm = float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
-        if not math.isfinite(grad_norm) and not self.scaler.is_enabled():
-            self._non_finite(f"gradient norm {grad_norm}")
-            return loss, grad_norm
-        self.scaler.step(self.optimizer)  # fp16: the scaler skips the update on inf/NaN gradients
-        self.scaler.update()
+        loss = total / (cfg.batch_size * cfg.data.seq_len)
+        if self.scaler.is_enabled():
+            norm, taken = self._scaled_update(loss)
+        else:  # no host read: the update is skipped on the device where the loss or the norm is not finite
+            norm = self._clip()
+            taken = torch.isfinite(loss) & torch.isfinite(norm)
+            step_where(self.optimizer, taken)
         self.optimizer.zero_grad(set_to_none=True)
-        self.consecutive_skips = 0
-        return loss, grad_norm
+        return StepStats.start(self.step + 1, loss, norm, taken)
 
-    def _non_finite(self, what: str) -> None:
-        """A NaN/inf loss, or NaN/inf gradients without a grad scaler (which handles fp16 overflow itself)."""
-        self.optimizer.zero_grad(set_to_none=True)
+    def _clip(self) -> torch.Tensor:
+        """Clip the gradients to ``optim.grad_clip`` (0: no clipping) and return their norm, 0-d."""
+        clip = self.cfg.optim.grad_clip if self.cfg.optim.grad_clip > 0 else float("inf")
+        norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
+
+    def _scaled_update(self, loss: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """fp16: a finite loss's gradients are unscaled, clipped and applied by the grad scaler, which skips the
+        update on inf/NaN gradients itself and adjusts its scale; a non-finite loss skips the step before the
+        scaler sees it (read on the host). Returns the norm and whether the step counts as taken."""
+        finite = math.isfinite(loss.item())
+        flag = torch.tensor(finite, device=loss.device)
+        if not finite:
+            return torch.full_like(loss, math.nan), flag
+        self.scaler.unscale_(self.optimizer)
+        norm = self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return norm, flag
+
+    def _book(self, stats: StepStats) -> tuple[float, float]:
+        """Count a step whose numbers have reached the host: a skipped one under ``nan_policy`` (stop: raise;
+        skip: count it), a taken one ends a run of skips. Returns its loss and gradient norm (NaN for a
+        non-finite loss, whose norm is not reported)."""
+        loss, norm, taken = stats.read()
+        if not math.isfinite(loss):
+            self._non_finite(f"loss {loss}", stats.step)
+            return loss, math.nan
+        if not taken:
+            self._non_finite(f"gradient norm {norm}", stats.step)
+        else:
+            self.consecutive_skips = 0
+        return loss, norm
+
+    def _non_finite(self, what: str, step: int) -> None:
+        """A NaN/inf loss, or NaN/inf gradients without a grad scaler (which handles fp16 overflow itself): the
+        step's update was not applied."""
         if self.cfg.nan_policy == "stop":
             raise NonFiniteLossError(
-                f"non-finite {what} at step {self.step + 1}; stopped without saving (last checkpoint kept). "
+                f"non-finite {what} at step {step}; stopped without saving (last checkpoint kept). "
                 "Lower optim.lr, use precision=fp32/bf16, or set nan_policy=skip"
             )
         self.skipped += 1
         self.consecutive_skips += 1
-        logger.warning("skipping step %d: non-finite %s", self.step + 1, what)
+        logger.warning("skipping step %d: non-finite %s", step, what)
         if self.consecutive_skips > self.cfg.max_skips:
             raise NonFiniteLossError(f"{self.consecutive_skips} consecutive non-finite steps; stopping")
 
@@ -375,15 +405,26 @@ class _Trainer:
         step_tokens = cfg.batch_size * cfg.data.seq_len
         self.model.train()
         first, estimate_at, estimate_t = True, -1, 0.0
+        pending: list[StepStats] = []  # steps queued on the device whose numbers have not been read
         while self.step < cfg.steps:
-            loss, grad_norm = self._train_step()
+            pending.append(self._train_step())
+            self.step += 1
+            end = self.step == cfg.steps
+            log_now = self.step % cfg.log_every == 0 or end
+            eval_now = bool(cfg.eval_every and self.step % cfg.eval_every == 0) or end
+            save_now = bool(cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or end
+            # The steps before this one are read while it runs; this one too where its numbers are used.
+            read_all = first or log_now or eval_now or save_now or self.step == estimate_at
+            for stats in pending if read_all else pending[:-1]:
+                loss, grad_norm = self._book(stats)
+                result.losses.append((stats.step, loss))
+            pending = [] if read_all else pending[-1:]
             if first:  # compilation and the optimizer's state allocation happen in the first step
                 first, result.first_step_s = False, time.time() - start
-                estimate_at, estimate_t = self.step + 1 + ESTIMATE_AFTER_STEPS, time.time()
+                estimate_at, estimate_t = self.step + ESTIMATE_AFTER_STEPS, time.time()
                 if info.is_main:
                     extra = " (compilation included)" if self.compiled else ""
                     logger.info("first step took %.1f s%s", result.first_step_s, extra)
-            self.step += 1
             if self.step == estimate_at and info.is_main:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
@@ -393,8 +434,7 @@ class _Trainer:
                 logger.info("%.2f s/step: about %s min for the run at this speed", per_step, format_minutes(total))
             self.tokens_seen += step_tokens
             window_tokens += step_tokens
-            result.losses.append((self.step, loss))
-            if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            if log_now:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
                 elapsed = max(time.time() - window_t, 1e-9)
@@ -411,8 +451,7 @@ class _Trainer:
                     post["mfu"] = f"{100 * mfu:.1f}%"
                 bar.set_postfix(post)
             bar.update(1)
-            end = self.step == cfg.steps
-            if (cfg.eval_every and self.step % cfg.eval_every == 0) or end:
+            if eval_now:
                 result.val = self._evaluate()
                 if metrics:
                     metrics.log("val", self.step, **result.val.as_dict())
@@ -420,7 +459,7 @@ class _Trainer:
                         f"step {self.step}: val loss {result.val.loss:.4f}, ppl {result.val.perplexity:.2f}, "
                         f"bpb {result.val.bits_per_byte:.3f}"
                     )
-            if (cfg.checkpoint.every and self.step % cfg.checkpoint.every == 0) or end:
+            if save_now:
                 self._save()
             if window_tokens == 0:
                 window_t = time.time()  # tokens/s and MFU measure training only, not validation or saving

@@ -36,7 +36,7 @@ def test_train_benchmark_smoke(tmp_path):
     assert (tmp_path / "train.png").is_file() and results["rows"] == rows
 
 
-def test_trainer_step_clips_and_reads_back_every_step(tmp_path, monkeypatch):
+def test_trainer_step_clips_and_decides_the_update_every_step(tmp_path, monkeypatch):
     bench = _load()
     clips = []
     clip = bench.torch.nn.utils.clip_grad_norm_
@@ -46,12 +46,15 @@ def test_trainer_step_clips_and_reads_back_every_step(tmp_path, monkeypatch):
         return clip(params, max_norm, *args, **kwargs)
 
     monkeypatch.setattr(bench.torch.nn.utils, "clip_grad_norm_", counted)
+    decisions = []
+    step_where = bench.step_where
+    monkeypatch.setattr(bench, "step_where", lambda opt, take: (decisions.append(bool(take)), step_where(opt, take)))
     common = ["--preset", "debug", "--device", "cpu", "--models", "retnet", "--T", "16", "--tokens-per-step", "16",
               "--warmup", "1"]  # fmt: skip
     bench.main([*common, "--steps", "1", "--out", str(tmp_path / "bare")])
     assert clips == []
     results = bench.main([*common, "--steps", "2", "--trainer-step", "--grad-clip", "0.5", "--out", str(tmp_path)])
-    assert clips == [0.5] * 3 and results["rows"][0]["trainer_step"] is True
+    assert clips == [0.5] * 3 and decisions == [True] * 3 and results["rows"][0]["trainer_step"] is True
     assert "step: retnet train's" in (tmp_path / "results.md").read_text()
     runs = [str(tmp_path / "results.json"), str(tmp_path / "bare" / "results.json")]
     with pytest.raises(ValueError, match="steps"):

@@ -222,3 +222,44 @@ def test_precision_and_parameter_dtype(dataset, tmp_path):
     res = _run(dataset, tmp_path / "b", steps=4, param_dtype="bf16", precision="bf16")
     assert res.losses[-1][1] < res.losses[0][1]
     assert next(iter(load_trained(tmp_path / "b" / "model").model.parameters())).dtype == torch.float32
+
+
+def test_the_host_reads_a_step_while_the_next_one_is_queued(dataset, tmp_path, monkeypatch):
+    """Between logs, evaluations and checkpoints, step N's numbers are read only after step N + 1 was queued
+    (so the GPU never waits for the host between steps); the numbers of every step still arrive, in order."""
+    events = []
+    real_step, real_read = trainer_mod._Trainer._train_step, trainer_mod.StepStats.read
+
+    def train_step(self):
+        events.append(("queue", self.step + 1))
+        return real_step(self)
+
+    def read(self):
+        events.append(("read", self.step))
+        return real_read(self)
+
+    monkeypatch.setattr(trainer_mod._Trainer, "_train_step", train_step)
+    monkeypatch.setattr(trainer_mod.StepStats, "read", read)
+    res = _run(dataset, tmp_path / "lag", steps=6, log_every=100, eval_every=0, **{"checkpoint.every": 0})
+    # Step 1 is read at once (its time is the first step's), step 6 at the end (evaluation, checkpoint, log).
+    lagged = [e for n in range(2, 6) for e in (("queue", n + 1), ("read", n))]
+    assert events == [("queue", 1), ("read", 1), ("queue", 2), *lagged, ("read", 6)]
+    assert [s for s, _ in res.losses] == list(range(1, 7))
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_nan_skip_policy_leaves_the_update_out(dataset, tmp_path, monkeypatch, fused):
+    """The skipped step's update is left out on the device (a fused optimizer's kernel) or by the host (any other
+    optimizer): of 5 steps with one non-finite, every parameter's optimizer took 4."""
+    real_build, built = trainer_mod.build_optimizer, []
+
+    def build(model, cfg):
+        built.append(real_build(model, cfg, fused=fused))
+        return built[-1]
+
+    monkeypatch.setattr(trainer_mod, "build_optimizer", build)
+    _nan_at(monkeypatch, 3)
+    res = _run(dataset, tmp_path / "skip", steps=5, nan_policy="skip")
+    assert res.skipped == 1 and math.isnan(res.losses[2][1]) and all(math.isfinite(x) for _, x in res.losses[3:])
+    assert all(group["fused"] == (fused or None) for group in built[0].param_groups)
+    assert {float(state["step"]) for state in built[0].state.values()} == {4.0}
