@@ -50,3 +50,40 @@ def test_step_stats_from_the_gpu_arrive_without_a_synchronisation_of_the_caller(
     stats = StepStats.start(1, loss, loss * 2, torch.isfinite(loss))
     assert stats.values.device.type == "cpu" and stats.values.is_pinned() and stats.ready is not None
     assert stats.read() == (3.0, 6.0, True)
+
+
+_FSDP_CHECK = """
+import os, torch, torch.distributed as dist
+from torch.distributed.fsdp import fully_shard
+from retnet.training.step_stats import step_where
+os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=os.environ["PORT"])
+dist.init_process_group("gloo", rank=0, world_size=1)
+torch.manual_seed(0)
+model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 2))
+fully_shard(model)
+opt = torch.optim.AdamW(model.parameters(), fused=True)
+model(torch.randn(4, 8)).sum().backward()
+before = [p.full_tensor().clone() for p in model.parameters()]
+step_where(opt, torch.tensor(False))
+assert all(torch.equal(a, p.full_tensor()) for a, p in zip(before, model.parameters()))
+step_where(opt, torch.tensor(True))
+assert not any(torch.equal(a, p.full_tensor()) for a, p in zip(before, model.parameters()))
+dist.destroy_process_group()
+"""
+
+
+def test_step_where_takes_sharded_parameters():
+    """FSDP2's DTensor parameters: the fused kernel takes the plain 0-d decision beside them (a child process with
+    its own one-rank process group)."""
+    import socket
+    import subprocess
+    import sys
+
+    from .subproc import child_env
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**child_env(), "PORT": str(port)}
+    done = subprocess.run([sys.executable, "-c", _FSDP_CHECK], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
