@@ -19,6 +19,11 @@ default 2.0), the update taken only where the loss and the norm are finite (deci
 :func:`retnet.training.step_stats.step_where`), and the loss and the norm copied to the host and read one step
 later (:class:`retnet.training.step_stats.StepStats`).
 
+``--documents L`` (retnet only) times ``retnet train``'s default data layout instead of rows of random ids: each
+row holds documents of about L tokens (a separator after each), the rows are packed into one with the state reset
+at every row and document start (``data.reset_at_boundaries``), and the batch is built on the host and moved to
+the GPU every step, as the trainer does.
+
 ``--precision bf16`` keeps bf16 parameters and AdamW states for every model (flash-linear-attention's own mode);
 ``--precision mixed`` keeps fp32 master weights under bf16 autocast (``retnet train``'s default). MFU counts
 6·N FLOPs per token for every model (N: parameters in matrix products, embedding excluded), over the GPU's
@@ -44,6 +49,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -53,9 +59,11 @@ import common  # noqa: E402  (benchmarks/common.py: the compared Transformer, ou
 
 from retnet import RetNetConfig, RetNetForCausalLM  # noqa: E402
 from retnet.baselines import MixerLM  # noqa: E402
+from retnet.data import make_batch  # noqa: E402
 from retnet.model.loss import fused_loss_available  # noqa: E402
 from retnet.training.config import DataSection, TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
+from retnet.training.loss import lm_loss_sum  # noqa: E402
 from retnet.training.step_stats import StepStats, step_where  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
 from retnet.utils.environment import environment_stamp, package_version  # noqa: E402
@@ -128,7 +136,7 @@ def build(name: str, cfg: RetNetConfig, args, device: torch.device):
             compile_backend="inductor" if device.type == "cuda" else "aot_eager",
             activation_checkpointing=args.activation_checkpointing,
             activation_memory_budget=args.activation_memory_budget,
-            data=DataSection(reset_at_boundaries=False),  # rows of random ids: no documents to reset at
+            data=DataSection(reset_at_boundaries=bool(args.documents)),
         )
         prepare_model(model, train_cfg, device)
     elif name == "fla-compiled":
@@ -148,6 +156,30 @@ def build(name: str, cfg: RetNetConfig, args, device: torch.device):
     return model, loss
 
 
+SEPARATOR = 0  # the token id that ends a document in --documents batches
+
+
+def documents(B: int, T: int, mean_length: int, vocab_size: int) -> np.ndarray:
+    """``(B, T + 1)`` windows of random ids with a separator after each document of about ``mean_length`` tokens
+    (lengths drawn geometrically; seeded)."""
+    rng = np.random.default_rng(0)
+    windows = rng.integers(1, vocab_size, size=(B, T + 1), dtype=np.int64)
+    windows[rng.random((B, T + 1)) < 1 / mean_length] = SEPARATOR
+    return windows
+
+
+def packed_documents_loss(model, windows: np.ndarray, device: torch.device):
+    """The trainer's forward-and-loss on packed documents: ``loss(_) -> mean loss`` of ``windows``, whose batch is
+    built on the host and moved to ``device`` at every call."""
+    cfg = TrainConfig()
+
+    def loss(_ids):
+        batch = make_batch(windows, SEPARATOR, reset_at_boundaries=True).to(device)
+        return lm_loss_sum(model, batch, cfg.form, cfg.chunk_size) / batch.targets.numel()
+
+    return loss
+
+
 # ---- timing ------------------------------------------------------------------------------------------------------
 def _sync(device):
     if device.type == "cuda":
@@ -161,6 +193,8 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
     n_matmul = matmul_parameters(model)
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), fused=device.type == "cuda")
     ids = torch.randint(0, cfg.vocab_size, (B, T), device=device)
+    if args.documents:
+        loss_fn = packed_documents_loss(model, documents(B, T, args.documents, cfg.vocab_size), device)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.precision == "mixed")
 
     pending: list[StepStats] = []  # --trainer-step: the previous step's numbers, read after this one is queued
@@ -195,6 +229,7 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
     row = {
         "model": name, "T": T, "batch": B, "tokens_per_step": B * T, "tokens_per_s": B * T / seconds,
         "step_ms": seconds * 1e3, "warmup_s": warmup_s, "matmul_params": n_matmul, "trainer_step": args.trainer_step,
+        "documents": args.documents,
         "peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
         "loss": _loss_used(name, ids),
     }  # fmt: skip
@@ -302,7 +337,13 @@ def write_report(results: dict, out: Path) -> str:
     trainer = results["args"].get("trainer_step")
     step = "retnet train's (clipped, the update decided on the device, loss and norm read a step later)"
     step = step if trainer else "bare"
-    lines = [f"Precision: {results['args']['precision']}; step: {step}; GPU: {results['environment']['device']}.", ""]
+    mean = results["args"].get("documents")
+    layout = f"packed documents of about {mean} tokens, state reset at each" if mean else "rows of random ids"
+    lines = [
+        f"Precision: {results['args']['precision']}; step: {step}; data: {layout}; "
+        f"GPU: {results['environment']['device']}.",
+        "",
+    ]
     lines += ["| tokens/step | T | model | tokens/s | step ms | peak GiB | MFU | retnet / model |", "|" + "---|" * 8]
     for tokens, T in sorted({(r["tokens_per_step"], r["T"]) for r in rows}):
         group = [r for r in rows if r["tokens_per_step"] == tokens and r["T"] == T]
@@ -372,13 +413,17 @@ def merge_results(paths: list[str], out: Path) -> dict:
     """One report of the rows of several runs (one GPU, precision mode and step; each run's stamp is kept).
 
     Raises:
-        ValueError: runs of different precision modes, steps (``--trainer-step``) or devices (their rows would not
-            compare).
+        ValueError: runs of different precision modes, steps (``--trainer-step``), data layouts (``--documents``) or
+            devices (their rows would not compare).
     """
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    modes = {(r["args"]["precision"], r["args"].get("trainer_step", False), r["environment"]["device"]) for r in runs}
+    modes = {
+        (r["args"]["precision"], r["args"].get("trainer_step", False), r["args"].get("documents", 0),
+         r["environment"]["device"])
+        for r in runs
+    }  # fmt: skip
     if len(modes) != 1:
-        raise ValueError(f"cannot merge runs of different precision modes, steps or devices: {sorted(modes)}")
+        raise ValueError(f"cannot merge runs of different precision modes, steps, layouts or devices: {sorted(modes)}")
     merged = {**runs[0], "rows": [row for r in runs for row in r["rows"]], "runs": [r["environment"] for r in runs]}
     (out / "results.json").write_text(json.dumps(merged, indent=2) + "\n")
     print(write_report(merged, out))
@@ -405,6 +450,10 @@ def main(argv: list[str] | None = None) -> dict:
         help="also clip the gradient norm and read the loss and the norm back every step, as retnet train does",
     )  # fmt: skip
     p.add_argument("--grad-clip", type=float, default=TrainConfig().optim.grad_clip, help="with --trainer-step")
+    p.add_argument(
+        "--documents", type=int, default=0, metavar="L",
+        help="retnet only: packed documents of about L tokens with state resets, the batch moved to the GPU each step",
+    )  # fmt: skip
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--profile", choices=MODELS, default=None, help="profile one step of this model at every row")
@@ -413,6 +462,10 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--from-json", nargs="+", default=None, help="merge these results.json files (no timing)")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    if args.documents and (args.documents < 2 or set(args.models) != {"retnet"}):
+        p.error(
+            f"--documents needs a mean length of at least 2 and --models retnet, got {args.documents}, {args.models}"
+        )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     if args.from_json:

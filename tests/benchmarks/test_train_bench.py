@@ -91,3 +91,25 @@ def test_from_json_merges_runs_of_one_mode(tmp_path):
     with pytest.raises(ValueError, match="different precision modes"):
         bench.main(["--from-json", str(tmp_path / "a" / "results.json"), str(tmp_path / "c" / "results.json"),
                     "--out", str(tmp_path / "x")])  # fmt: skip
+
+
+def test_documents_time_the_trainers_packed_layout(tmp_path, monkeypatch):
+    """``--documents``: every step's batch is one packed row with document boundaries, built on the host as the
+    trainer builds it; the rows say so and do not merge with rows of random ids; other models are refused."""
+    bench = _load()
+    windows = bench.documents(2, 64, 8, 100)
+    assert windows.shape == (2, 65) and 0.05 < (windows == bench.SEPARATOR).mean() < 0.25
+    batches = []
+    make_batch = bench.make_batch
+    monkeypatch.setattr(bench, "make_batch", lambda *a, **k: batches.append(make_batch(*a, **k)) or batches[-1])
+    common = ["--preset", "debug", "--device", "cpu", "--T", "64", "--tokens-per-step", "128", "--warmup", "1"]
+    results = bench.main([*common, "--models", "retnet", "--steps", "2", "--documents", "8", "--out", str(tmp_path)])
+    assert len(batches) == 3 and all(b.input_ids.shape == (1, 128) and b.cu_seqlens is not None for b in batches)
+    assert len(batches[0].cu_seqlens) > 3 and results["rows"][0]["documents"] == 8
+    assert "data: packed documents of about 8 tokens" in (tmp_path / "results.md").read_text()
+    bench.main([*common, "--models", "retnet", "--steps", "1", "--out", str(tmp_path / "rows")])
+    with pytest.raises(ValueError, match="layouts"):
+        bench.main(["--from-json", str(tmp_path / "results.json"), str(tmp_path / "rows" / "results.json"),
+                    "--out", str(tmp_path / "merged")])  # fmt: skip
+    with pytest.raises(SystemExit):
+        bench.main([*common, "--models", "retnet", "fla", "--documents", "8", "--out", str(tmp_path / "no")])
