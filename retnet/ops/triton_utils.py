@@ -25,9 +25,16 @@ def interpreter_active() -> bool:
 
 
 @functools.cache
-def _cuda_capable(index: int) -> bool:
-    major, _ = torch.cuda.get_device_capability(index)
-    return major >= 8  # the kernels use bf16 dots (Ampere or newer)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def cuda_capability(device: torch.device | str) -> tuple[int, int] | None:
+    """``(major, minor)`` compute capability of a CUDA ``device``; None off CUDA or without a GPU."""
+    device = torch.device(device)
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    return _capability(device.index if device.index is not None else torch.cuda.current_device())
 
 
 def triton_runtime_available(device: torch.device | str) -> bool:
@@ -44,13 +51,10 @@ def triton_runtime_available(device: torch.device | str) -> bool:
     """
     if triton is None:
         return False
-    device = torch.device(device)
     if interpreter_active():
         return True
-    if device.type != "cuda" or not torch.cuda.is_available():
-        return False
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    return _cuda_capable(index)
+    capability = cuda_capability(device)
+    return capability is not None and capability >= (8, 0)  # the kernels use bf16 dots (Ampere or newer)
 
 
 def dot_precision(dtype: torch.dtype) -> str:

@@ -18,14 +18,12 @@ reader. Outside a dependent launch the wait returns at once, so the kernels comp
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from ..triton_utils import interpreter_active
+from ..triton_utils import cuda_capability, interpreter_active
 
 
 @triton.jit
@@ -36,18 +34,13 @@ def await_previous(DEPENDENT: tl.constexpr):
         gdc_launch_dependents()
 
 
-@functools.cache
-def _capable(index: int) -> bool:
-    return torch.cuda.get_device_capability(index) >= (9, 0)
-
-
 def dependent_launch_available(device: torch.device) -> bool:
     """Whether kernels on ``device`` can be launched as programmatic dependents (CUDA, compute capability ≥ 9.0,
     not under the Triton interpreter)."""
-    device = torch.device(device)
-    if device.type != "cuda" or interpreter_active():
+    if interpreter_active():
         return False
-    return _capable(device.index if device.index is not None else torch.cuda.current_device())
+    capability = cuda_capability(device)
+    return capability is not None and capability >= (9, 0)
 
 
 def launch_options(dependent: bool, device: torch.device) -> dict:
