@@ -16,7 +16,7 @@ forward, next-token loss, backward, fused AdamW, zeroed gradients. Models (``--m
 ``--trainer-step`` adds to every model's step what ``retnet train``'s step does beyond it
 (:meth:`retnet.training.trainer.Trainer._train_step`): the gradient norm clipped at ``--grad-clip`` (the trainer's
 default 2.0), the update taken only where the loss and the norm are finite (decided on the device,
-:func:`retnet.training.step_stats.step_where`), and the loss and the norm copied to the host and read one step
+:func:`retnet.training.step_stats.step_if_finite`), and the loss and the norm copied to the host and read one step
 later (:class:`retnet.training.step_stats.StepStats`).
 
 ``--documents L`` (retnet only) times ``retnet train``'s default data layout instead of rows of random ids: each
@@ -64,7 +64,7 @@ from retnet.model.loss import fused_loss_available  # noqa: E402
 from retnet.training.config import DataSection, TrainConfig  # noqa: E402
 from retnet.training.flops import PEAK_TFLOPS  # noqa: E402
 from retnet.training.loss import lm_loss_sum  # noqa: E402
-from retnet.training.step_stats import StepStats, step_where  # noqa: E402
+from retnet.training.step_stats import StepStats, step_if_finite  # noqa: E402
 from retnet.training.trainer import prepare_model  # noqa: E402
 from retnet.utils.environment import environment_stamp, package_version  # noqa: E402
 
@@ -205,8 +205,7 @@ def time_training(name: str, cfg: RetNetConfig, T: int, tokens_per_step: int, ar
         loss.backward()
         if args.trainer_step:  # as the trainer: clip, update where finite, read the previous step's numbers
             norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.grad_clip)
-            taken = torch.isfinite(loss.detach()) & torch.isfinite(norm)
-            step_where(opt, taken)
+            taken = step_if_finite(opt, loss.detach(), norm)
             if pending:
                 pending.pop().read()
             pending.append(StepStats.start(0, loss.detach(), norm, taken))

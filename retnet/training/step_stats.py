@@ -31,6 +31,14 @@ def step_where(optimizer: torch.optim.Optimizer, take: torch.Tensor) -> None:
         optimizer.step()
 
 
+def step_if_finite(optimizer: torch.optim.Optimizer, loss: torch.Tensor, norm: torch.Tensor) -> torch.Tensor:
+    """The update of a step whose loss and gradient norm (0-d tensors) are finite (:func:`step_where`); returns
+    whether it was taken (a 0-d bool tensor, on the device)."""
+    taken = torch.isfinite(loss) & torch.isfinite(norm)
+    step_where(optimizer, taken)
+    return taken
+
+
 @dataclass(frozen=True)
 class StepStats:
     """Step ``step``'s loss, gradient norm and whether its update was taken, on their way to the host."""

@@ -51,7 +51,7 @@ from .metrics import MetricsLogger, plot_loss_curve
 from .optim import build_optimizer
 from .run_lock import lock_run_dir
 from .schedule import lr_at
-from .step_stats import StepStats, step_where
+from .step_stats import StepStats, step_if_finite
 
 logger = logging.getLogger(__name__)
 
@@ -294,8 +294,7 @@ class _Trainer:
             norm, taken = self._scaled_update(loss)
         else:  # no host read: the update is skipped on the device where the loss or the norm is not finite
             norm = self._clip()
-            taken = torch.isfinite(loss) & torch.isfinite(norm)
-            step_where(self.optimizer, taken)
+            taken = step_if_finite(self.optimizer, loss, norm)
         self.optimizer.zero_grad(set_to_none=True)
         return StepStats.start(self.step + 1, loss, norm, taken)
 

@@ -47,8 +47,13 @@ def test_trainer_step_clips_and_decides_the_update_every_step(tmp_path, monkeypa
 
     monkeypatch.setattr(bench.torch.nn.utils, "clip_grad_norm_", counted)
     decisions = []
-    step_where = bench.step_where
-    monkeypatch.setattr(bench, "step_where", lambda opt, take: (decisions.append(bool(take)), step_where(opt, take)))
+    step_if_finite = bench.step_if_finite
+
+    def decided(opt, loss, norm):
+        decisions.append(bool(taken := step_if_finite(opt, loss, norm)))
+        return taken
+
+    monkeypatch.setattr(bench, "step_if_finite", decided)
     common = ["--preset", "debug", "--device", "cpu", "--models", "retnet", "--T", "16", "--tokens-per-step", "16",
               "--warmup", "1"]  # fmt: skip
     bench.main([*common, "--steps", "1", "--out", str(tmp_path / "bare")])

@@ -5,7 +5,7 @@ import copy
 import pytest
 import torch
 
-from retnet.training.step_stats import StepStats, step_where
+from retnet.training.step_stats import StepStats, step_if_finite, step_where
 
 
 def _optimizer(fused: bool):
@@ -87,3 +87,13 @@ def test_step_where_takes_sharded_parameters():
     env = {**child_env(), "PORT": str(port)}
     done = subprocess.run([sys.executable, "-c", _FSDP_CHECK], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize(
+    ("loss", "norm", "taken"), [(1.0, 2.0, True), (float("nan"), 2.0, False), (1.0, float("inf"), False)]
+)
+def test_step_if_finite_takes_only_finite_steps(loss, norm, taken):
+    params, opt = _optimizer(fused=True)
+    before = [p.detach().clone() for p in params]
+    got = step_if_finite(opt, torch.tensor(loss), torch.tensor(norm))
+    assert bool(got) == taken and any(not torch.equal(a, p) for a, p in zip(before, params)) == taken
