@@ -89,6 +89,21 @@ def profile(engine, path: Path) -> None:
     path.write_text(f"# 20 graph replays at batch 1, 1.3b, dependent launch\n\n{table}\n")
 
 
+def best_with_and_without(rec: Recorder, model, best: FusedLaunches, profile_path: Path) -> None:
+    """``best`` with and without dependent launch at batches 1 and 2 (profiling batch 1 with it), then at 6.7B."""
+    for B in (1, 2):
+        for dependent in (False, True):
+            _, engine = rec.run(
+                f"best, dependent {dependent}", model, B, dataclasses.replace(best, dependent=dependent)
+            )
+            if B == 1 and dependent:
+                profile(engine, profile_path)
+            del engine
+    large = build("6.7b")  # beside the 1.3B weights, which the caller still holds (2.6 GB)
+    for dependent in (False, True):
+        rec.run(f"6.7b best, dependent {dependent}", large, 1, dataclasses.replace(best, dependent=dependent))
+
+
 def second_pass(out: Path) -> None:
     from retnet.ops.retention.triton.tuning import retention_tuning
 
@@ -118,19 +133,7 @@ def second_pass(out: Path) -> None:
     rec.results["best_step_launch"] = step
     print("best launches", rec.results["best_launches"], "step launch", step, flush=True)
     with retention_tuning(step_launch=step) if step else contextlib.nullcontext():
-        for B in (1, 2):
-            for dependent in (False, True):
-                _, engine = rec.run(
-                    f"best, dependent {dependent}", model, B, dataclasses.replace(best, dependent=dependent)
-                )
-                if B == 1 and dependent:
-                    profile(engine, out / "profile-second-pass-B1.txt")
-                del engine
-        del model
-        torch.cuda.empty_cache()
-        model = build("6.7b")
-        for dependent in (False, True):
-            rec.run(f"6.7b best, dependent {dependent}", model, 1, dataclasses.replace(best, dependent=dependent))
+        best_with_and_without(rec, model, best, out / "profile-second-pass-B1.txt")
 
 
 def batches(out: Path) -> None:
@@ -183,18 +186,7 @@ def main() -> None:
                 best, best_value = trial, value
     rec.results["best_launches"] = dataclasses.asdict(best)
     print("best launches", rec.results["best_launches"], flush=True)
-    for B in (1, 2):
-        for dependent in (False, True):
-            trial = dataclasses.replace(best, dependent=dependent)
-            _, engine = rec.run(f"best, dependent {dependent}", model, B, trial)
-            if B == 1 and dependent:
-                profile(engine, out / "profile-dependent-B1.txt")
-            del engine
-    del model
-    torch.cuda.empty_cache()
-    model = build("6.7b")
-    for dependent in (False, True):
-        rec.run(f"6.7b best, dependent {dependent}", model, 1, dataclasses.replace(best, dependent=dependent))
+    best_with_and_without(rec, model, best, out / "profile-dependent-B1.txt")
 
 
 if __name__ == "__main__":
